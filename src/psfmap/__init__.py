@@ -1,0 +1,54 @@
+"""psfmap: model, measure and remove spatially-variant blur in fluorescence microscopy.
+
+The user's verbs are re-exported here and imported lazily, so ``import psfmap`` stays cheap
+and each sub-package only loads when used::
+
+    import psfmap
+    op = psfmap.operators.from_psf_grid(psfs, image.shape)
+    restored = psfmap.richardson_lucy(image, op, iterations=20, tv=0.1)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ProductConvolution": "psfmap.operators",
+    "Convolution": "psfmap.operators",
+    "from_psf_grid": "psfmap.operators",
+    "simulate": "psfmap.simulate",
+    "richardson_lucy": "psfmap.restore",
+    "sparse_smooth": "psfmap.restore",
+    "deconvolve": "psfmap.restore",
+    "calibrate": "psfmap.calibrate",
+    "OperatorFamily": "psfmap.calibrate",
+    "identify_from_spikes": "psfmap.identify",
+    "PSFEstimator": "psfmap.identify",
+    "PSFMap": "psfmap.identify",
+    "estimate": "psfmap.identify",
+    "deblur": "psfmap.identify",
+}
+_SUBMODULES = {
+    "psf", "operators", "simulate", "restore", "calibrate", "identify",
+    "metrics", "io", "depth", "cli",
+}
+
+__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"psfmap.{name}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'psfmap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

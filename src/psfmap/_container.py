@@ -1,0 +1,126 @@
+"""One self-describing file format for operators, families and PSF maps.
+
+A psfmap file is a NumPy ``.npz`` archive (no pickle) holding named arrays plus one JSON
+header entry ``__header__`` with the format name, the format version, the kind of object and
+its metadata (optics, provenance). Loading checks all three and fails with a clear message on
+a foreign file, another kind, or a newer format version. Writes are atomic: the archive is
+written to a temporary file in the destination folder and renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "psfmap"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
+
+    The temporary file lives in the destination folder so the rename is atomic; it is removed
+    if ``write`` fails, so a failed write never leaves a partial file behind.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise ValueError(f"output folder {str(path.parent)!r} does not exist")
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp_path = Path(tmp_name)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def save_container(
+    path: str | os.PathLike,
+    kind: str,
+    arrays: Mapping[str, np.ndarray],
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``arrays`` and a JSON header (format, version, kind, metadata) atomically."""
+    header = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "metadata": _jsonable(dict(metadata or {})),
+    }
+    payload = {name: np.ascontiguousarray(np.asarray(a)) for name, a in arrays.items()}
+    if "__header__" in payload:
+        raise ValueError("array name '__header__' is reserved")
+    payload["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as stream:
+            np.savez(stream, **payload)
+
+    return atomic_write(path, write)
+
+
+def load_container(
+    path: str | os.PathLike, kind: str | tuple[str, ...] | None = None
+) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
+    """Read a psfmap file; return ``(kind, arrays, metadata)``.
+
+    Raises ``ValueError`` for a missing, corrupted or foreign file, an unexpected kind, or a
+    format version newer than this version of psfmap understands.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"psfmap file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"{str(path)!r} is not a readable psfmap file ({error})") from None
+    raw = arrays.pop("__header__", None)
+    if raw is None:
+        raise ValueError(f"{str(path)!r} is not a psfmap file (no header)")
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{str(path)!r} has a corrupted psfmap header") from None
+    if header.get("format") != FORMAT_NAME:
+        raise ValueError(f"{str(path)!r} is not a psfmap file")
+    version = int(header.get("version", 0))
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} uses psfmap format version {version}, newer than the version "
+            f"{FORMAT_VERSION} this psfmap reads; upgrade psfmap to load it"
+        )
+    found = header.get("kind")
+    allowed = (kind,) if isinstance(kind, str) else kind
+    if allowed is not None and found not in allowed:
+        raise ValueError(
+            f"{str(path)!r} holds a {found!r}, expected {' or '.join(map(repr, allowed))}"
+        )
+    return found, arrays, header.get("metadata", {})
+
+
+def peek_kind(path: str | os.PathLike) -> str:
+    """Return the kind stored in a psfmap file without checking it."""
+    return load_container(path)[0]

@@ -1,0 +1,112 @@
+"""Input checks shared by every verb: one sentence naming the argument, what it got, what it
+expected (DESIGN.md, "The shape of a verb")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def describe(value: Any) -> str:
+    """Short description of a value for error messages."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__}"
+
+
+def as_tensor(
+    value: Any,
+    name: str,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Convert NumPy arrays, tensors and nested sequences to a floating tensor.
+
+    Integer and boolean inputs become ``torch.get_default_dtype()`` (float32 by default);
+    float64 is kept unless ``dtype`` says otherwise.
+    """
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    elif isinstance(value, (np.ndarray, np.generic, list, tuple, float, int)):
+        array = np.asarray(value)
+        if array.dtype == object or not (
+            np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+        ):
+            raise TypeError(f"{name} must be numeric, got {describe(value)}")
+        if np.iscomplexobj(array):
+            raise TypeError(f"{name} must be real, got complex values")
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
+        tensor = torch.from_numpy(array)
+        if not isinstance(value, (np.ndarray, np.generic)) and dtype is None:
+            # Python numbers and lists follow torch's default dtype (float32), like torch.tensor
+            dtype = torch.get_default_dtype()
+    else:
+        raise TypeError(f"{name} must be a NumPy array or torch tensor, got {describe(value)}")
+    if tensor.is_complex():
+        raise TypeError(f"{name} must be real, got complex values")
+    if dtype is None:
+        dtype = tensor.dtype if tensor.dtype.is_floating_point else torch.get_default_dtype()
+        if dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32
+    return tensor.to(dtype=dtype, device=device)
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Raise ``ValueError`` if ``tensor`` holds NaN or infinite values."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; expected finite numbers")
+    return tensor
+
+
+def check_ndim(tensor: torch.Tensor, name: str, ndim: int | tuple[int, ...], what: str) -> None:
+    """Raise ``ValueError`` unless ``tensor.ndim`` is one of ``ndim`` (``what`` names the axes)."""
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if tensor.ndim not in allowed:
+        raise ValueError(f"{name} must have shape {what}, got shape {tuple(tensor.shape)}")
+
+
+def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or >= 0)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {describe(value)}") from None
+    if not np.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return number
+
+
+def check_psf(psf: torch.Tensor, name: str = "psf") -> torch.Tensor:
+    """PSFs (any leading dims) must be finite, non-negative and not all zero."""
+    check_finite(psf, name)
+    if bool((psf < 0).any()):
+        raise ValueError(f"{name} has negative values; a PSF must be non-negative")
+    if bool((psf.flatten(-2).sum(-1) <= 0).any()):
+        raise ValueError(f"{name} is all zero; a PSF must have positive total intensity")
+    return psf
+
+
+class ArrayKind:
+    """Remembers whether a verb received NumPy or torch, to return the same kind."""
+
+    def __init__(self, value: Any):
+        self.numpy = not isinstance(value, torch.Tensor)
+        self.numpy_dtype = value.dtype if isinstance(value, np.ndarray) else None
+        self.torch_dtype = value.dtype if isinstance(value, torch.Tensor) else None
+        self.device = value.device if isinstance(value, torch.Tensor) else None
+
+    def restore(self, tensor: torch.Tensor) -> Any:
+        """Convert a result back to the caller's kind (floating dtypes preserved)."""
+        if not self.numpy:
+            if self.torch_dtype is not None and self.torch_dtype.is_floating_point:
+                tensor = tensor.to(self.torch_dtype)
+            return tensor.to(self.device) if self.device is not None else tensor
+        array = tensor.detach().cpu().numpy()
+        if self.numpy_dtype is not None and np.issubdtype(self.numpy_dtype, np.floating):
+            array = array.astype(self.numpy_dtype, copy=False)
+        return array

@@ -1,0 +1,17 @@
+"""Blur operators: product convolutions ``H f = Σ_i k_i ⋆ (w_i · f)`` and their builders."""
+
+from psfmap.operators.base import LinearOperator
+from psfmap.operators.compression import compress
+from psfmap.operators.grid import cell_centres, from_psf_grid, hat_profiles
+from psfmap.operators.product_convolution import Convolution, ProductConvolution, load
+
+__all__ = [
+    "Convolution",
+    "LinearOperator",
+    "ProductConvolution",
+    "cell_centres",
+    "compress",
+    "from_psf_grid",
+    "hat_profiles",
+    "load",
+]

@@ -1,0 +1,58 @@
+"""The linear-operator interface shared by every blur model (deepinv ``physics`` style)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class LinearOperator:
+    """A linear map between images with ``forward`` and its exact ``adjoint``.
+
+    Subclasses implement :meth:`forward` and :meth:`adjoint` on tensors ``(..., H, W)``.
+    """
+
+    image_shape: tuple[int, int] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+    def extended(self, margin: int) -> LinearOperator:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def norm_squared(
+        self,
+        shape: tuple[int, int] | None = None,
+        iterations: int = 30,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> float:
+        """Power-iteration estimate of ``‖H‖² = λ_max(H* H)``.
+
+        ``shape`` is needed only for operators without a fixed image shape (convolutions).
+        """
+        shape = tuple(shape or self.image_shape or ())
+        if len(shape) != 2:
+            raise ValueError("norm_squared needs shape=(H, W) for an operator of any image size")
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.rand(shape, generator=generator, dtype=dtype)
+        x /= torch.linalg.vector_norm(x)
+        value = 0.0
+        with torch.inference_mode():
+            for _ in range(iterations):
+                z = self.adjoint(self.forward(x))
+                value = float(torch.linalg.vector_norm(z))
+                if value == 0.0:
+                    return 0.0
+                x = z / value
+        return value
+
+    def _describe(self) -> dict[str, Any]:
+        return {}

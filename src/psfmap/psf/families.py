@@ -1,0 +1,228 @@
+"""Named parametric PSF families (Shajkofci & Liebling, IEEE TIP 2020, Table II).
+
+| name        | parameters                 | model                                           |
+|-------------|----------------------------|-------------------------------------------------|
+| ``gaussian1`` | width                    | isotropic Gaussian, σ in px (G-1)               |
+| ``gaussian2`` | width_x, width_y         | axis-aligned anisotropic Gaussian (G-2)         |
+| ``zernike1``  | focus                    | defocus ``a4`` in RMS waves (Z-1)               |
+| ``zernike2``  | cylinder, axis           | astigmatism power and axis (Z-2)                |
+| ``zernike3``  | focus, cylinder, axis    | defocus + astigmatism (Z-3)                     |
+
+Astigmatism of power ``C`` along ``axis`` φ is ``C √6 ρ² cos 2(θ − φ)``, i.e. Noll
+``a6 = C cos 2φ`` and ``a5 = C sin 2φ``; it is periodic in φ with period π. The default
+ranges keep the largest PSF inside the default 33 × 33 window; pass ``low``/``high`` or
+optics keywords to :func:`model` to change them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from psfmap._validation import as_tensor, check_finite, check_positive
+from psfmap.psf.gaussian import gaussian_batch
+from psfmap.psf.zernike import zernike_batch
+
+DEFAULT_SIZE = 33
+DEFAULT_OPTICS = {"na": 0.8, "wavelength": 0.55, "pixel_size": 0.2, "immersion_index": 1.0}
+
+# name -> (parameter names, default low, default high, kind)
+_CATALOGUE: dict[str, tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...], str]] = {
+    "gaussian1": (("width",), (0.5,), (4.0,), "gaussian"),
+    "gaussian2": (("width_x", "width_y"), (0.5, 0.5), (4.0, 4.0), "gaussian"),
+    "zernike1": (("focus",), (0.0,), (0.4,), "zernike"),
+    "zernike2": (("cylinder", "axis"), (0.0, 0.0), (0.3, np.pi), "zernike"),
+    "zernike3": (("focus", "cylinder", "axis"), (0.0, 0.0, 0.0), (0.4, 0.3, np.pi), "zernike"),
+}
+FAMILIES = tuple(_CATALOGUE)
+
+
+def _zernike_coefficients(name: str, params: torch.Tensor) -> torch.Tensor:
+    """Map family parameters ``(B, N)`` to Noll coefficients ``(B, 6)`` (j = 1..6)."""
+    coefficients = params.new_zeros(params.shape[0], 6)
+    if name == "zernike1":
+        coefficients[:, 3] = params[:, 0]
+        return coefficients
+    offset = 1 if name == "zernike3" else 0
+    if name == "zernike3":
+        coefficients[:, 3] = params[:, 0]
+    cylinder, axis = params[:, offset], params[:, offset + 1]
+    coefficients[:, 4] = cylinder * torch.sin(2 * axis)
+    coefficients[:, 5] = cylinder * torch.cos(2 * axis)
+    return coefficients
+
+
+class PSFFamily:
+    """A parametric PSF model: ``family(params (B, N)) -> PSFs (B, size, size)``.
+
+    Attributes
+    ----------
+    name : str
+        Catalogue name (``gaussian1`` ... ``zernike3``).
+    names : tuple of str
+        Parameter names, in column order.
+    low, high : np.ndarray
+        Admissible range of each parameter (used for sampling and for normalising regressions).
+    size : int
+        PSF window side in pixels (odd).
+    optics : dict
+        ``na``, ``wavelength`` (µm), ``pixel_size`` (µm), ``immersion_index`` for Zernike
+        families; empty for Gaussian ones (widths are in pixels).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        size: int = DEFAULT_SIZE,
+        low: Sequence[float] | None = None,
+        high: Sequence[float] | None = None,
+        optics: Mapping[str, float] | None = None,
+    ):
+        if name not in _CATALOGUE:
+            raise ValueError(f"unknown PSF model {name!r}; expected one of {', '.join(FAMILIES)}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 3 or size % 2 == 0:
+            raise ValueError(f"size must be an odd integer >= 3, got {size!r}")
+        names, default_low, default_high, kind = _CATALOGUE[name]
+        self.name = name
+        self.names = names
+        self.kind = kind
+        self.size = size
+        self.low = self._range(low, default_low, "low")
+        self.high = self._range(high, default_high, "high")
+        if np.any(self.high < self.low):
+            raise ValueError(f"high must be >= low, got low={self.low}, high={self.high}")
+        if kind == "gaussian" and np.any(self.low <= 0):
+            raise ValueError(f"Gaussian widths must be > 0 px, got low={self.low}")
+        self.optics: dict[str, float] = {}
+        if kind == "zernike":
+            merged = {**DEFAULT_OPTICS, **dict(optics or {})}
+            unknown = set(merged) - set(DEFAULT_OPTICS)
+            if unknown:
+                raise ValueError(f"unknown optics keywords {sorted(unknown)}")
+            self.optics = {k: check_positive(v, k) for k, v in merged.items()}
+            if self.optics["na"] > self.optics["immersion_index"]:
+                raise ValueError("na cannot exceed immersion_index")
+        elif optics:
+            raise ValueError(f"the {name} model takes no optics keywords, got {sorted(optics)}")
+
+    def _range(self, values, default, label) -> np.ndarray:
+        array = np.asarray(default if values is None else values, dtype=np.float64)
+        if array.shape != (len(self.names),) or not np.all(np.isfinite(array)):
+            raise ValueError(
+                f"{label} must be {len(self.names)} finite numbers for {self.names}, got {values!r}"
+            )
+        return array
+
+    @property
+    def n_params(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        ranges = ", ".join(
+            f"{n}∈[{lo:g}, {hi:g}]" for n, lo, hi in zip(self.names, self.low, self.high)
+        )
+        return f"PSFFamily({self.name!r}, size={self.size}, {ranges})"
+
+    def __call__(self, params: Any) -> torch.Tensor:
+        """Evaluate the PSFs of a batch of parameters ``(B, N)`` (or one ``(N,)`` vector)."""
+        tensor = check_finite(as_tensor(params, "params"), "params")
+        single = tensor.ndim == 1
+        batch = tensor[None] if single else tensor
+        if batch.ndim != 2 or batch.shape[1] != self.n_params:
+            raise ValueError(
+                f"params must have shape (B, {self.n_params}) for {self.names}, "
+                f"got {tuple(tensor.shape)}"
+            )
+        psfs = self._evaluate(batch)
+        return psfs[0] if single else psfs
+
+    def _evaluate(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gaussian":
+            if bool((batch <= 0).any()):
+                raise ValueError("Gaussian widths must be > 0 px")
+            width_x = batch[:, 0]
+            width_y = batch[:, 1] if self.n_params == 2 else batch[:, 0]
+            return gaussian_batch(self.size, width_x, width_y, torch.zeros_like(width_x))
+        optics = self.optics
+        return zernike_batch(
+            self.size,
+            _zernike_coefficients(self.name, batch),
+            na=optics["na"],
+            wavelength=optics["wavelength"],
+            pixel_size=optics["pixel_size"],
+        )
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Draw ``n`` parameter vectors uniformly in ``[low, high]`` -> ``(n, N)``; replayable."""
+        dtype = dtype or torch.get_default_dtype()
+        unit = torch.rand(n, self.n_params, generator=generator, dtype=torch.float64)
+        low = torch.from_numpy(self.low)
+        high = torch.from_numpy(self.high)
+        return (low + unit * (high - low)).to(dtype)
+
+    def normalize(self, params: torch.Tensor) -> torch.Tensor:
+        """Map parameters to ``[0, 1]`` over the family range (constant ranges map to 0)."""
+        low = torch.as_tensor(self.low, dtype=params.dtype, device=params.device)
+        span = torch.as_tensor(self.high - self.low, dtype=params.dtype, device=params.device)
+        return (params - low) / torch.where(span > 0, span, torch.ones_like(span))
+
+    def denormalize(self, unit: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`."""
+        low = torch.as_tensor(self.low, dtype=unit.dtype, device=unit.device)
+        span = torch.as_tensor(self.high - self.low, dtype=unit.dtype, device=unit.device)
+        return low + unit * span
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description; :func:`model_from_config` rebuilds the family."""
+        return {
+            "name": self.name,
+            "size": self.size,
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+            "optics": dict(self.optics),
+        }
+
+
+def model(
+    name: str,
+    *,
+    size: int | None = None,
+    low: Sequence[float] | None = None,
+    high: Sequence[float] | None = None,
+    **optics: float,
+) -> PSFFamily:
+    """The named parametric PSF family (see the module table).
+
+    Examples
+    --------
+    >>> family = model("zernike3")
+    >>> family.names
+    ('focus', 'cylinder', 'axis')
+    >>> family(family.sample(4)).shape
+    torch.Size([4, 33, 33])
+    """
+    return PSFFamily(name, size=size or DEFAULT_SIZE, low=low, high=high, optics=optics or None)
+
+
+def model_from_config(config: Mapping[str, Any]) -> PSFFamily:
+    """Rebuild a family from :meth:`PSFFamily.config` output."""
+    try:
+        return PSFFamily(
+            config["name"],
+            size=int(config["size"]),
+            low=config.get("low"),
+            high=config.get("high"),
+            optics=config.get("optics") or None,
+        )
+    except KeyError as missing:
+        raise ValueError(f"PSF model config lacks the field {missing}") from None

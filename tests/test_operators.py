@@ -1,0 +1,269 @@
+"""Product-convolution operators: adjoints, exact special cases, brute force, compression, files."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import fftconvolve
+
+from psfmap._container import FORMAT_VERSION
+from psfmap.operators import Convolution, ProductConvolution, from_psf_grid, hat_profiles, load
+from psfmap.psf import gaussian
+
+
+def _random_operator(dtype, strategy="fourier-sum", seed=0, shape=(37, 29), n=3, kernel=(7, 9)):
+    g = torch.Generator().manual_seed(seed)
+    kernels = torch.rand((n,) + kernel, generator=g, dtype=dtype)
+    weights = torch.rand((n,) + shape, generator=g, dtype=dtype)
+    op = ProductConvolution(kernels, weights)
+    op.strategy = strategy
+    return op
+
+
+def _grid_operator(dtype=torch.float32, grid=(4, 4), shape=(128, 128), size=15):
+    psfs = torch.stack([
+        torch.stack([gaussian(size, 0.8 + 0.5 * r + 0.3 * c, angle=0.2 * c, dtype=dtype)
+                     for c in range(grid[1])])
+        for r in range(grid[0])
+    ])
+    return psfs, from_psf_grid(psfs, shape)
+
+
+def _adjoint_gap(op, shape, dtype, batch=(2,)):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(batch + shape, generator=g, dtype=dtype)
+    y = torch.randn(batch + shape, generator=g, dtype=dtype)
+    lhs = float((op.forward(x) * y).sum())
+    rhs = float((x * op.adjoint(y)).sum())
+    return abs(lhs - rhs) / abs(lhs)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("strategy", ["fourier-sum", "tiles"])
+def test_adjoint_dense_weights(dtype, tol, strategy):
+    op = _random_operator(dtype, strategy)
+    assert _adjoint_gap(op, op.image_shape, dtype) < tol
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_adjoint_psf_grid(dtype, tol):
+    _, op = _grid_operator(dtype)
+    assert op.strategy == "tiles"
+    assert _adjoint_gap(op, op.image_shape, dtype, batch=(2, 1)) < tol
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_adjoint_convolution(dtype, tol):
+    op = Convolution(gaussian(9, (1.0, 2.0), angle=0.3, dtype=dtype))
+    assert _adjoint_gap(op, (30, 41), dtype) < tol
+
+
+def test_strategies_agree():
+    _, grid_op = _grid_operator(torch.float64)
+    dense = ProductConvolution(grid_op.kernels, grid_op.weights)
+    dense.strategy = "fourier-sum"
+    x = torch.randn(3, 128, 128, dtype=torch.float64)
+    torch.testing.assert_close(grid_op.forward(x), dense.forward(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(grid_op.adjoint(x), dense.adjoint(x), rtol=0, atol=1e-12)
+
+
+def test_one_psf_everywhere_equals_fftconvolve():
+    rng = np.random.default_rng(0)
+    psf = gaussian(13, (1.5, 2.5), angle=0.4, dtype=torch.float64).numpy()
+    psf = psf * (1 + 0.3 * rng.random(psf.shape))  # asymmetric, to catch flips
+    image = rng.random((50, 61))
+    expected = fftconvolve(image, psf, mode="same")
+    conv = Convolution(torch.from_numpy(psf))
+    np.testing.assert_allclose(conv.forward(torch.from_numpy(image)).numpy(), expected, atol=1e-12)
+    constant = ProductConvolution(torch.from_numpy(psf)[None], torch.ones(1, 50, 61,
+                                                                         dtype=torch.float64))
+    np.testing.assert_allclose(constant.forward(torch.from_numpy(image)).numpy(), expected,
+                               atol=1e-12)
+    grid = from_psf_grid(torch.from_numpy(np.broadcast_to(psf, (3, 2) + psf.shape).copy()),
+                         (50, 61))
+    np.testing.assert_allclose(grid.forward(torch.from_numpy(image)).numpy(), expected,
+                               atol=1e-12)
+
+
+def test_point_at_cell_centre_gives_that_cells_psf():
+    psfs, op = _grid_operator(torch.float64)
+    # 4x4 grid on 128x128: centres at 16, 48, 80, 112
+    for r, c in [(0, 0), (1, 2), (3, 1), (2, 3)]:
+        row, col = 16 + 32 * r, 16 + 32 * c
+        point = torch.zeros(128, 128, dtype=torch.float64)
+        point[row, col] = 1.0
+        blurred = op.forward(point)
+        window = blurred[row - 7 : row + 8, col - 7 : col + 8]
+        torch.testing.assert_close(window, psfs[r, c], rtol=0, atol=1e-12)
+        torch.testing.assert_close(op.psf_at(row, col), psfs[r, c])
+        assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_grid_weights_are_a_partition_of_unity():
+    profiles = hat_profiles(5, 103)
+    np.testing.assert_allclose(profiles.sum(0), 1.0)
+    assert (profiles >= 0).all()
+    _, op = _grid_operator(torch.float64, grid=(3, 5), shape=(90, 110))
+    np.testing.assert_allclose(op.weights.sum(0).numpy(), 1.0, atol=1e-12)
+    # at most four cells touch any pixel
+    assert int((op.weights > 0).sum(0).max()) <= 4
+
+
+def test_matches_brute_force_space_variant_convolution():
+    g = torch.Generator().manual_seed(5)
+    height, width, kh, kw = 12, 10, 5, 3
+    op = ProductConvolution(torch.rand(2, kh, kw, generator=g, dtype=torch.float64),
+                            torch.rand(2, height, width, generator=g, dtype=torch.float64))
+    x = torch.rand(height, width, generator=g, dtype=torch.float64)
+    expected = torch.zeros(height, width, dtype=torch.float64)
+    for qy in range(height):  # every source pixel spreads its own local PSF
+        for qx in range(width):
+            local = op.psf_at(qy, qx)
+            for dy in range(kh):
+                for dx in range(kw):
+                    py, px = qy + dy - kh // 2, qx + dx - kw // 2
+                    if 0 <= py < height and 0 <= px < width:
+                        expected[py, px] += x[qy, qx] * local[dy, dx]
+    torch.testing.assert_close(op.forward(x), expected, rtol=0, atol=1e-12)
+    op.strategy = "tiles"
+    torch.testing.assert_close(op.forward(x), expected, rtol=0, atol=1e-12)
+
+
+def test_compressing_an_exact_rank_r_field_is_exact():
+    g = torch.Generator().manual_seed(2)
+    eigen = torch.rand(3, 9, 9, generator=g, dtype=torch.float64)
+    maps = torch.rand(3, 40, 40, generator=g, dtype=torch.float64)
+    mixing = torch.rand(8, 3, generator=g, dtype=torch.float64)
+    # 8 kernels that are combinations of 3: a rank-3 PSF field written with 8 terms
+    kernels = torch.einsum("ki,ihw->khw", mixing, eigen)
+    weights = torch.einsum("ki,ihw->khw", torch.linalg.pinv(mixing).T, maps)
+    op = ProductConvolution(kernels, weights)
+    compressed = op.compress(rank=3)
+    assert compressed.n_kernels == 3
+    assert compressed.compression_error < 1e-7
+    x = torch.rand(2, 40, 40, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(compressed.forward(x), op.forward(x), rtol=0, atol=1e-9)
+    torch.testing.assert_close(compressed.adjoint(x), op.adjoint(x), rtol=0, atol=1e-9)
+
+
+def test_compress_by_energy_reports_error():
+    _, op = _grid_operator(torch.float64)
+    compressed = op.compress(energy=0.999)
+    assert compressed.n_kernels < op.n_kernels
+    assert 0 < compressed.compression_error <= np.sqrt(1 - 0.999) + 1e-9
+    x = torch.rand(128, 128, dtype=torch.float64)
+    relative = float((compressed.forward(x) - op.forward(x)).norm() / op.forward(x).norm())
+    assert relative < 3 * compressed.compression_error
+    one = op.compress(rank=1)
+    assert one.n_kernels == 1 and one.compression_error > compressed.compression_error
+
+
+def test_extended_operator_replicates_edge_weights():
+    _, op = _grid_operator(torch.float64, grid=(2, 2), shape=(40, 40), size=7)
+    wide = op.extended(5)
+    assert wide.image_shape == (50, 50)
+    torch.testing.assert_close(wide.weights[:, 5:45, 5:45], op.weights)
+    torch.testing.assert_close(wide.weights[:, 0, 5:45], op.weights[:, 0])
+    conv = Convolution(gaussian(7, 1.0))
+    assert conv.extended(5) is conv
+
+
+def test_gradients_flow_to_image_and_kernels():
+    kernels = torch.rand(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, 20, 20, dtype=torch.float64)
+    op = ProductConvolution(kernels, weights)
+    op.kernels = kernels  # keep the graph to the leaf
+    x = torch.rand(20, 20, dtype=torch.float64, requires_grad=True)
+    op.forward(x).square().sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert kernels.grad is not None and float(kernels.grad.abs().sum()) > 0
+
+
+def test_norm_squared_of_normalised_blur_is_at_most_one():
+    op = Convolution(gaussian(9, 1.5))
+    value = op.norm_squared(shape=(64, 64), iterations=50)
+    assert 0.9 < value <= 1.0 + 1e-4
+
+
+@pytest.mark.parametrize("kind", ["dense", "grid", "convolution"])
+def test_save_load_round_trip(tmp_path, kind):
+    if kind == "dense":
+        op = _random_operator(torch.float32)
+    elif kind == "grid":
+        op = _grid_operator()[1]
+    else:
+        op = Convolution(gaussian(9, 1.5))
+    path = op.save(tmp_path / "op.psfmap", metadata={"pixel_size": 0.1})
+    loaded = load(path)
+    assert type(loaded) is type(op)
+    assert loaded.metadata["pixel_size"] == 0.1
+    shape = op.image_shape or (30, 30)
+    x = torch.rand(shape)
+    torch.testing.assert_close(loaded.forward(x), op.forward(x))
+
+
+def test_compressed_operator_round_trip_keeps_error(tmp_path):
+    op = _grid_operator()[1].compress(rank=3)
+    loaded = ProductConvolution.load(op.save(tmp_path / "c.psfmap"))
+    assert loaded.compression_error == pytest.approx(op.compression_error)
+    assert loaded.n_kernels == 3
+
+
+def test_load_rejects_newer_format_and_corrupted_files(tmp_path):
+    op = Convolution(gaussian(5, 1.0))
+    path = op.save(tmp_path / "op.psfmap")
+    with zipfile.ZipFile(path) as archive:
+        header = json.loads(np.frombuffer(archive.read("__header__.npy")[128:], np.uint8)
+                            .tobytes().decode())
+    assert header["version"] == FORMAT_VERSION
+    # rewrite the header with a newer version
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    header["version"] = FORMAT_VERSION + 1
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    newer = tmp_path / "newer.psfmap"
+    np.savez(newer, **arrays)
+    with pytest.raises(ValueError, match="newer"):
+        load(newer)
+    corrupted = tmp_path / "corrupted.psfmap"
+    corrupted.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="not a readable psfmap file"):
+        load(corrupted)
+    with pytest.raises(ValueError, match="does not exist"):
+        load(tmp_path / "missing.psfmap")
+    with pytest.raises(ValueError, match="expected 'product_convolution'"):
+        ProductConvolution.load(path)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: ProductConvolution(torch.rand(2, 5, 5), torch.rand(3, 10, 10)), "same number"),
+        (lambda: ProductConvolution(torch.rand(5, 5), torch.rand(1, 10, 10)), r"\(I, h, w\)"),
+        (lambda: ProductConvolution(torch.rand(1, 5, 5), torch.rand(10, 10)), r"\(I, H, W\)"),
+        (lambda: ProductConvolution(torch.full((1, 5, 5), float("nan")), torch.rand(1, 9, 9)),
+         "kernels contains NaN"),
+        (lambda: ProductConvolution(torch.rand(1, 5, 5), torch.full((1, 9, 9), float("inf"))),
+         "weights contains NaN"),
+        (lambda: ProductConvolution(torch.rand(0, 5, 5), torch.rand(0, 9, 9)), "at least one"),
+        (lambda: ProductConvolution(torch.rand(1, 5, 5), torch.rand(1, 9, 9)).forward(
+            torch.rand(8, 9)), "image shape"),
+        (lambda: ProductConvolution(torch.rand(1, 5, 5), torch.rand(1, 9, 9)).psf_at(9, 0),
+         "outside"),
+        (lambda: Convolution(-torch.rand(5, 5)), "negative"),
+        (lambda: Convolution(torch.zeros(5, 5)), "all zero"),
+        (lambda: Convolution(torch.rand(2, 5, 5)), r"\(h, w\)"),
+        (lambda: from_psf_grid(torch.rand(2, 2, 5, 5), (1, 10)), "at least"),
+        (lambda: from_psf_grid(torch.rand(2, 5, 5), (10, 10)), r"\(gy, gx, h, w\)"),
+        (lambda: from_psf_grid(torch.rand(2, 2, 5, 5), (10,)), "image_shape"),
+        (lambda: from_psf_grid(-torch.rand(2, 2, 5, 5), (10, 10)), "negative"),
+        (lambda: Convolution(torch.rand(5, 5)).forward("image"), "NumPy array or torch tensor"),
+        (lambda: _grid_operator()[1].compress(rank=0), "rank"),
+        (lambda: _grid_operator()[1].compress(energy=1.5), "energy"),
+    ],
+)
+def test_bad_input_raises_clear_errors(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
