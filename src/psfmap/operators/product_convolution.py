@@ -237,18 +237,6 @@ class ProductConvolution(LinearOperator):
             lambda: centred_spectra(self._kernels_as(dtype, device), self.fft_shape),
         )
 
-    def _tile_spectra(self, dtype, device) -> list[torch.Tensor | None]:
-        def build():
-            kernels = self._kernels_as(dtype, device)
-            return [
-                corner_spectra(kernels[i], shape) if box[1] > box[0] else None
-                for i, (box, shape) in enumerate(zip(self._supports, self._tile_shapes))
-            ]
-
-        if self.kernels.requires_grad:
-            return build()
-        return self._cached("tile_spectra", dtype, device, build)
-
     # ------------------------------------------------------------------ forward / adjoint
     def forward(self, x: Any) -> torch.Tensor:
         """Blur ``x`` of shape ``(..., H, W)``: ``Σ_i k_i ⋆ (w_i · x)``, same shape out."""
@@ -312,45 +300,72 @@ class ProductConvolution(LinearOperator):
             out = term if out is None else out + term
         return out
 
+    def _tile_groups(self) -> list[tuple[list[int], tuple[int, int], tuple[int, int]]]:
+        """Tiles grouped by box size: ``(indices, (bh, bw), fft_shape)``; one FFT call each."""
+        if "groups" not in self._cache:
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, (r0, r1, c0, c1) in enumerate(self._supports):
+                if r1 > r0:
+                    groups.setdefault((r1 - r0, c1 - c0), []).append(i)
+            self._cache["groups"] = [
+                (indices, size, self._tile_shapes[indices[0]]) for size, indices in groups.items()
+            ]
+        return self._cache["groups"]
+
+    def _group_spectra(self, dtype, device) -> list[torch.Tensor]:
+        def build():
+            kernels = self._kernels_as(dtype, device)
+            return [corner_spectra(kernels[idx], shape) for idx, _, shape in self._tile_groups()]
+
+        if self.kernels.requires_grad:
+            return build()
+        return self._cached("group_spectra", dtype, device, build)
+
+    def _group_weights(self, indices: list[int], dtype, device) -> torch.Tensor:
+        return torch.stack([self._weight(i, self._supports[i], dtype, device) for i in indices])
+
     def _forward_tiles(self, x: torch.Tensor) -> torch.Tensor:
+        # Each term is convolved on its weight's bounding box only ("full" linear convolution,
+        # kernel at the FFT origin) and added back at an offset; a margin of one kernel size
+        # around the output absorbs the parts that fall outside the field.
         height, width = self.image_shape
-        ch, cw = self.kernel_shape[0] // 2, self.kernel_shape[1] // 2
-        spectra = self._tile_spectra(x.dtype, x.device)
-        out = x.new_zeros(x.shape)
-        for i, box in enumerate(self._supports):
-            r0, r1, c0, c1 = box
-            if r1 <= r0:
-                continue
-            patch = x[:, r0:r1, c0:c1] * self._weight(i, box, x.dtype, x.device)
-            shape = self._tile_shapes[i]
-            blurred = torch.fft.irfft2(torch.fft.rfft2(patch, s=shape) * spectra[i], s=shape)
-            # local full-convolution index t <-> image index r0 - ch + t
-            top, left = r0 - ch, c0 - cw
-            t0, t1 = max(0, -top), min(r1 - r0 + self.kernel_shape[0] - 1, height - top)
-            s0, s1 = max(0, -left), min(c1 - c0 + self.kernel_shape[1] - 1, width - left)
-            out[:, top + t0 : top + t1, left + s0 : left + s1] += blurred[:, t0:t1, s0:s1]
-        return out
+        kh, kw = self.kernel_shape
+        out = x.new_zeros((x.shape[0], height + 2 * kh, width + 2 * kw))
+        for (indices, (bh, bw), shape), spectra in zip(
+            self._tile_groups(), self._group_spectra(x.dtype, x.device)
+        ):
+            patches = torch.stack(
+                [x[:, r0:r1, c0:c1] for r0, r1, c0, c1 in (self._supports[i] for i in indices)],
+                dim=1,
+            ) * self._group_weights(indices, x.dtype, x.device)
+            blurred = torch.fft.irfft2(torch.fft.rfft2(patches, s=shape) * spectra, s=shape)
+            for k, i in enumerate(indices):
+                r0, _, c0, _ = self._supports[i]
+                top, left = r0 - kh // 2 + kh, c0 - kw // 2 + kw
+                out[:, top : top + bh + kh - 1, left : left + bw + kw - 1] += blurred[
+                    :, k, : bh + kh - 1, : bw + kw - 1
+                ]
+        return out[:, kh : kh + height, kw : kw + width]
 
     def _adjoint_tiles(self, y: torch.Tensor) -> torch.Tensor:
         height, width = self.image_shape
         kh, kw = self.kernel_shape
-        ch, cw = kh // 2, kw // 2
-        spectra = self._tile_spectra(y.dtype, y.device)
+        padded = torch.nn.functional.pad(y, (kw, kw, kh, kh))
         out = y.new_zeros(y.shape)
-        for i, box in enumerate(self._supports):
-            r0, r1, c0, c1 = box
-            if r1 <= r0:
-                continue
-            shape = self._tile_shapes[i]
-            top, left = r0 - ch, c0 - cw
-            t0, t1 = max(0, -top), min(r1 - r0 + kh - 1, height - top)
-            s0, s1 = max(0, -left), min(c1 - c0 + kw - 1, width - left)
-            local = y.new_zeros((y.shape[0],) + tuple(shape))
-            local[:, t0:t1, s0:s1] = y[:, top + t0 : top + t1, left + s0 : left + s1]
-            correlated = torch.fft.irfft2(torch.fft.rfft2(local) * spectra[i].conj(), s=shape)[
-                :, : r1 - r0, : c1 - c0
-            ]
-            out[:, r0:r1, c0:c1] += correlated * self._weight(i, box, y.dtype, y.device)
+        for (indices, (bh, bw), shape), spectra in zip(
+            self._tile_groups(), self._group_spectra(y.dtype, y.device)
+        ):
+            regions = []
+            for i in indices:
+                r0, _, c0, _ = self._supports[i]
+                top, left = r0 - kh // 2 + kh, c0 - kw // 2 + kw
+                regions.append(padded[:, top : top + bh + kh - 1, left : left + bw + kw - 1])
+            spectrum = torch.fft.rfft2(torch.stack(regions, dim=1), s=shape)
+            correlated = torch.fft.irfft2(spectrum * spectra.conj(), s=shape)[..., :bh, :bw]
+            correlated = correlated * self._group_weights(indices, y.dtype, y.device)
+            for k, i in enumerate(indices):
+                r0, r1, c0, c1 = self._supports[i]
+                out[:, r0:r1, c0:c1] += correlated[:, k]
         return out
 
     # ------------------------------------------------------------------ local PSFs
