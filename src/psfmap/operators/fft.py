@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import torch
-from scipy import fft as scipy_fft
+
+
+def _is_smooth(n: int) -> bool:
+    for prime in (2, 3, 5, 7):
+        while n % prime == 0:
+            n //= prime
+    return n == 1
 
 
 def fast_size(n: int) -> int:
-    """Smallest 2·3·5·7·11-smooth length ≥ ``n`` (fast for MKL and pocketfft)."""
-    return int(scipy_fft.next_fast_len(int(n), real=True))
+    """Smallest even 2·3·5·7-smooth length ≥ ``n``.
+
+    Real FFTs of odd lengths run about twice slower in torch (MKL and pocketfft alike), so the
+    length is also even.
+    """
+    size = max(2, int(n))
+    size += size % 2
+    while not _is_smooth(size):
+        size += 2
+    return size
 
 
 def same_fft_shape(image_shape: tuple[int, int], kernel_shape: tuple[int, int]) -> tuple[int, int]:
@@ -27,10 +41,20 @@ def same_fft_shape(image_shape: tuple[int, int], kernel_shape: tuple[int, int]) 
 def centred_spectra(kernels: torch.Tensor, fft_shape: tuple[int, int]) -> torch.Tensor:
     """``rfft2`` of kernels ``(I, h, w)`` zero-padded to ``fft_shape`` with centre at (0, 0)."""
     h, w = kernels.shape[-2:]
-    padded = kernels.new_zeros(kernels.shape[:-2] + tuple(fft_shape))
-    padded[..., :h, :w] = kernels
-    padded = torch.roll(padded, shifts=(-(h // 2), -(w // 2)), dims=(-2, -1))
-    return torch.fft.rfft2(padded)
+    shifts, dims = (-(h // 2), -(w // 2)), (-2, -1)
+    if kernels.requires_grad or kernels.ndim != 3:
+        padded = torch.nn.functional.pad(kernels, (0, fft_shape[1] - w, 0, fft_shape[0] - h))
+        return torch.fft.rfft2(torch.roll(padded, shifts=shifts, dims=dims))
+    spectra = torch.empty(
+        (kernels.shape[0], fft_shape[0], fft_shape[1] // 2 + 1),
+        dtype=torch.complex128 if kernels.dtype == torch.float64 else torch.complex64,
+        device=kernels.device,
+    )
+    buffer = kernels.new_zeros(tuple(fft_shape))
+    for i, kernel in enumerate(kernels):  # one padded kernel at a time bounds the peak memory
+        buffer[:h, :w] = kernel
+        spectra[i] = torch.fft.rfft2(torch.roll(buffer, shifts=shifts, dims=dims))
+    return spectra
 
 
 def corner_spectra(kernels: torch.Tensor, fft_shape: tuple[int, int]) -> torch.Tensor:

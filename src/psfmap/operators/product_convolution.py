@@ -267,8 +267,13 @@ class ProductConvolution(LinearOperator):
     def _forward_fourier(self, x: torch.Tensor) -> torch.Tensor:
         height, width = self.image_shape
         spectra = self._full_spectra(x.dtype, x.device)
-        # one zero-padded buffer reused for every term: only its H x W corner changes
-        buffer = x.new_zeros((x.shape[0],) + tuple(self.fft_shape))
+        # one zero-padded buffer reused for every term and call: only its H x W corner changes
+        shape = (x.shape[0],) + tuple(self.fft_shape)
+        buffer = self._cache.get("buffer")
+        if buffer is None or buffer.shape != shape or buffer.dtype != x.dtype or (
+            buffer.device != x.device
+        ):
+            buffer = self._cache["buffer"] = x.new_zeros(shape)
         full = (0, height, 0, width)
         total = None
         for i in range(self.n_kernels):
@@ -293,11 +298,22 @@ class ProductConvolution(LinearOperator):
         spectra = self._full_spectra(y.dtype, y.device)
         y_spectrum = torch.fft.rfft2(y, s=self.fft_shape)
         full = (0, height, 0, width)
+        differentiable = torch.is_grad_enabled() and (y.requires_grad or self._needs_grad())
+        product = None if differentiable else torch.empty_like(y_spectrum)
         out = None
         for i in range(self.n_kernels):
-            correlated = torch.fft.irfft2(y_spectrum * spectra[i].conj(), s=self.fft_shape)
-            term = correlated[:, :height, :width] * self._weight(i, full, y.dtype, y.device)
-            out = term if out is None else out + term
+            weight = self._weight(i, full, y.dtype, y.device)
+            if differentiable:
+                correlated = torch.fft.irfft2(y_spectrum * spectra[i].conj(), s=self.fft_shape)
+                term = correlated[:, :height, :width] * weight
+                out = term if out is None else out + term
+                continue
+            torch.mul(y_spectrum, spectra[i].conj(), out=product)
+            correlated = torch.fft.irfft2(product, s=self.fft_shape)[:, :height, :width]
+            if out is None:
+                out = correlated.mul(weight)
+            else:
+                out.addcmul_(correlated, weight)
         return out
 
     def _tile_groups(self) -> list[tuple[list[int], tuple[int, int], tuple[int, int]]]:
