@@ -15,16 +15,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it (``simulate`` and ``calibrate`` are sub-packages that
+# are also callable verbs, see psfmap._callable_module)
 _EXPORTS = {
     "ProductConvolution": "psfmap.operators",
     "Convolution": "psfmap.operators",
     "from_psf_grid": "psfmap.operators",
-    "simulate": "psfmap.simulate",
     "richardson_lucy": "psfmap.restore",
     "sparse_smooth": "psfmap.restore",
     "deconvolve": "psfmap.restore",
-    "calibrate": "psfmap.calibrate",
     "OperatorFamily": "psfmap.calibrate",
     "identify_from_spikes": "psfmap.identify",
     "PSFEstimator": "psfmap.identify",

@@ -4,10 +4,12 @@ from psfmap.operators.base import LinearOperator
 from psfmap.operators.compression import compress
 from psfmap.operators.grid import cell_centres, from_psf_grid, hat_profiles
 from psfmap.operators.product_convolution import Convolution, ProductConvolution, load
+from psfmap.operators.psf_map import PSFMap
 
 __all__ = [
     "Convolution",
     "LinearOperator",
+    "PSFMap",
     "ProductConvolution",
     "cell_centres",
     "compress",

@@ -1,0 +1,75 @@
+"""psfmap calibrate / psfmap identify on the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from psfmap.calibrate import OperatorFamily
+from psfmap.calibrate.synthetic import synthetic_calibration_set
+from psfmap.cli import main
+from psfmap.operators import ProductConvolution
+
+tifffile = pytest.importorskip("tifffile")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli_calibrate")
+    model, _, images, _ = synthetic_calibration_set(4, (192, 192), 36, psf_size=17, seed=1)
+    stack = np.stack(images).astype(np.float32)
+    tifffile.imwrite(folder / "beads.tif", stack, photometric="minisblack")
+    tifffile.imwrite(folder / "extra.tif", stack[0])
+    new, positions = model.bead_image((0.02, 0.0), 14, min_distance=40, seed=5)
+    tifffile.imwrite(folder / "sample.tif", new.astype(np.float32))
+    np.savetxt(folder / "beads.csv", positions, delimiter=",")
+    return folder
+
+
+def test_calibrate_then_identify(files, capsys):
+    family_path = files / "family.psfmap"
+    figure = files / "calibration.png"
+    status = main([
+        "calibrate", str(files / "beads.tif"), str(files / "extra.tif"), "--slices", "0:3",
+        "--psf-size", "21", "--psf-sigma", "1.35", "-o", str(family_path),
+        "--figure", str(figure), "--pixel-size", "0.08",
+    ])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "calibrated 4 condition(s)" in out
+    family = OperatorFamily.load(family_path)
+    assert family.n_conditions == 4  # 3 slices of the stack + 1 image
+    assert family.metadata["conditions"][-1] == "extra.tif"
+    assert family.metadata["pixel_size"] == pytest.approx(0.08)
+    assert figure.stat().st_size > 10_000
+
+    operator_path = files / "operator.psfmap"
+    status = main([
+        "identify", str(files / "sample.tif"), "--family", str(family_path),
+        "-o", str(operator_path), "--cone",
+    ])
+    assert status == 0
+    assert "identified the operator from" in capsys.readouterr().out
+    operator = ProductConvolution.load(operator_path)
+    assert operator.image_shape == (192, 192)
+    assert float(operator.psf_at(96, 96).sum()) == pytest.approx(1.0, abs=0.05)
+
+    status = main([
+        "identify", str(files / "sample.tif"), "--family", str(family_path),
+        "-o", str(files / "operator2.psfmap"), "--positions", str(files / "beads.csv"), "--quiet",
+    ])
+    assert status == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_cli_errors(files, capsys):
+    stack = str(files / "beads.tif")
+    assert main(["calibrate", stack, "-o", stack]) == 2  # would overwrite an input
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["calibrate", str(files / "missing.tif"), "-o", str(files / "f.psfmap")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["calibrate", stack, "--slices", "x", "-o", str(files / "f.psfmap")]) == 2
+    assert main(["calibrate", stack, "--slices", "5:9", "-o", str(files / "f.psfmap")]) == 1
+    assert "selects no slice" in capsys.readouterr().err
+    assert main(["identify", stack, "--family", stack, "-o", str(files / "o.psfmap")]) == 1
+    assert "psfmap file" in capsys.readouterr().err  # a TIFF is not an operator family
