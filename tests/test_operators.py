@@ -267,3 +267,20 @@ def test_load_rejects_newer_format_and_corrupted_files(tmp_path):
 def test_bad_input_raises_clear_errors(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+@pytest.mark.parametrize("strategy", ["fourier-sum", "tiles"])
+def test_extended_dense_operator_equals_explicitly_padded_weights(strategy):
+    op = _random_operator(torch.float64, seed=4)
+    wide = op.extended(4).extended(2)  # margins accumulate without copying the weights
+    assert wide.image_shape == (op.image_shape[0] + 12, op.image_shape[1] + 12)
+    padded = torch.nn.functional.pad(op.weights[None], (6,) * 4, mode="replicate")[0]
+    explicit = ProductConvolution(op.kernels, padded)
+    torch.testing.assert_close(wide.weights, padded)
+    wide.strategy = explicit.strategy = strategy
+    x = torch.rand(2, *wide.image_shape, dtype=torch.float64)
+    torch.testing.assert_close(wide.forward(x), explicit.forward(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(wide.adjoint(x), explicit.adjoint(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(wide.psf_at(0, 3), explicit.psf_at(0, 3))
+    assert _adjoint_gap(wide, wide.image_shape, torch.float64) < 1e-10
+    assert wide.to(torch.float32).image_shape == wide.image_shape

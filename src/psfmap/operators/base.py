@@ -45,7 +45,7 @@ class LinearOperator:
         x = torch.rand(shape, generator=generator, dtype=dtype)
         x /= torch.linalg.vector_norm(x)
         value = 0.0
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: forward caches tensors autograd may reuse
             for _ in range(iterations):
                 z = self.adjoint(self.forward(x))
                 value = float(torch.linalg.vector_norm(z))

@@ -119,15 +119,20 @@ class ProductConvolution(LinearOperator):
         )
         return operator
 
-    def _setup(self, kernels, weights, rows, cols, metadata) -> None:
+    def _setup(self, kernels, weights, rows, cols, metadata, margin: int = 0) -> None:
         if kernels.shape[0] == 0:
             raise ValueError("kernels must hold at least one kernel, got I = 0")
         self.kernels = kernels
         self._dense_weights = weights
         self._rows = rows
         self._cols = cols
+        # dense weights of an extended operator stay at the original size and are
+        # edge-padded by `_margin` on the fly, so extending never copies them
+        self._margin = int(margin)
+        self._padded_weights: torch.Tensor | None = None
         height = weights.shape[1] if weights is not None else rows.shape[1]
         width = weights.shape[2] if weights is not None else cols.shape[1]
+        height, width = height + 2 * self._margin, width + 2 * self._margin
         if height < 1 or width < 1:
             raise ValueError(f"weights must cover a non-empty image, got {height}x{width}")
         self.image_shape = (int(height), int(width))
@@ -156,9 +161,15 @@ class ProductConvolution(LinearOperator):
     @property
     def weights(self) -> torch.Tensor:
         """Weight maps ``(I, H, W)`` (materialised on first access for separable weights)."""
-        if self._dense_weights is None:
-            self._dense_weights = self._rows[:, :, None] * self._cols[:, None, :]
-        return self._dense_weights
+        if self._rows is not None:
+            if self._dense_weights is None:
+                self._dense_weights = self._rows[:, :, None] * self._cols[:, None, :]
+            return self._dense_weights
+        if self._margin == 0:
+            return self._dense_weights
+        if self._padded_weights is None:
+            self._padded_weights = _edge_pad(self._dense_weights, self._margin)
+        return self._padded_weights
 
     @property
     def is_separable(self) -> bool:
@@ -177,6 +188,12 @@ class ProductConvolution(LinearOperator):
         else:
             nonzero = self._dense_weights != 0
             row_any, col_any = nonzero.any(dim=2), nonzero.any(dim=1)
+            if self._margin:  # edge padding repeats the first and last rows and columns
+                m = self._margin
+                row_any = torch.cat([row_any[:, :1].expand(-1, m), row_any,
+                                     row_any[:, -1:].expand(-1, m)], dim=1)
+                col_any = torch.cat([col_any[:, :1].expand(-1, m), col_any,
+                                     col_any[:, -1:].expand(-1, m)], dim=1)
         boxes = []
         for rows, cols in zip(row_any, col_any):
             r = torch.nonzero(rows).flatten()
@@ -223,8 +240,10 @@ class ProductConvolution(LinearOperator):
             )
             return rows[i, r0:r1, None] * cols[i, None, c0:c1]
         dense = self._cached(
-            "weights", dtype, device, lambda: self.weights.to(device=device, dtype=dtype)
+            "weights", dtype, device, lambda: self._dense_weights.to(device=device, dtype=dtype)
         )
+        if self._margin:
+            return _edge_pad(dense[i], self._margin)[r0:r1, c0:c1]
         return dense[i, r0:r1, c0:c1]
 
     def _full_spectra(self, dtype, device) -> torch.Tensor:
@@ -393,7 +412,10 @@ class ProductConvolution(LinearOperator):
         if self._rows is not None:
             coefficients = self._rows[:, int(row)] * self._cols[:, int(col)]
         else:
-            coefficients = self._dense_weights[:, int(row), int(col)]
+            base_height, base_width = self._dense_weights.shape[1:]
+            r = min(max(int(row) - self._margin, 0), base_height - 1)
+            c = min(max(int(col) - self._margin, 0), base_width - 1)
+            coefficients = self._dense_weights[:, r, c]
         return torch.einsum("i,ihw->hw", coefficients, self.kernels)
 
     # ------------------------------------------------------------------ conversions
@@ -414,6 +436,8 @@ class ProductConvolution(LinearOperator):
                 self._dense_weights.to(device=device, dtype=dtype),
                 self.metadata,
             )
+            if self._margin:
+                other = other._with_margin(self._margin, self.metadata)
         other.compression_error = self.compression_error
         return other
 
@@ -433,10 +457,14 @@ class ProductConvolution(LinearOperator):
             rows = torch.nn.functional.pad(self._rows[:, None], (margin, margin), mode="replicate")
             cols = torch.nn.functional.pad(self._cols[:, None], (margin, margin), mode="replicate")
             return ProductConvolution.from_separable(self.kernels, rows[:, 0], cols[:, 0], metadata)
-        weights = torch.nn.functional.pad(
-            self._dense_weights[None], (margin,) * 4, mode="replicate"
-        )[0]
-        return ProductConvolution(self.kernels, weights, metadata)
+        return self._with_margin(self._margin + margin, metadata)
+
+    def _with_margin(self, margin: int, metadata: Mapping[str, Any]) -> ProductConvolution:
+        """The same dense weights seen through a wider edge padding (no copy)."""
+        operator = ProductConvolution.__new__(ProductConvolution)
+        operator._setup(self.kernels, self._dense_weights, None, None, metadata, margin=margin)
+        operator.compression_error = self.compression_error
+        return operator
 
     def compress(self, rank: int | None = None, energy: float | None = None) -> ProductConvolution:
         """Equivalent operator with fewer kernels (optimal low-rank PSF field).
@@ -461,7 +489,7 @@ class ProductConvolution(LinearOperator):
             arrays["col_profiles"] = self._cols.detach().cpu().numpy()
         else:
             meta["weights"] = "dense"
-            arrays["weights"] = self._dense_weights.detach().cpu().numpy()
+            arrays["weights"] = self.weights.detach().cpu().numpy()
         return save_container(path, "product_convolution", arrays, meta)
 
     @classmethod
@@ -469,6 +497,14 @@ class ProductConvolution(LinearOperator):
         """Read an operator written by :meth:`save`."""
         _, arrays, meta = load_container(path, "product_convolution")
         return _product_convolution_from_arrays(arrays, meta, path)
+
+
+def _edge_pad(weights: torch.Tensor, margin: int) -> torch.Tensor:
+    """Replicate the edge values of ``(..., H, W)`` maps ``margin`` pixels outwards."""
+    lead = weights.shape[:-2]
+    flat = weights.reshape((-1, 1) + tuple(weights.shape[-2:]))
+    padded = torch.nn.functional.pad(flat, (margin,) * 4, mode="replicate")
+    return padded.reshape(lead + tuple(padded.shape[-2:]))
 
 
 def _product_convolution_from_arrays(arrays, meta, path) -> ProductConvolution:
