@@ -1,0 +1,164 @@
+"""Figures (matplotlib, Agg backend): local PSFs drawn over the image, atomic saving.
+
+Nothing here runs when psfmap is imported; matplotlib is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from psfmap._container import atomic_write
+from psfmap._validation import describe
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() != "agg":
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: Any, path: str | os.PathLike, *, dpi: int = 150) -> Path:
+    """Save a matplotlib figure atomically (temporary file + rename); the format follows the
+    extension (``.png``, ``.pdf``, ``.svg`` ...)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FIGURE_SUFFIXES:
+        raise ValueError(
+            f"cannot save a figure as {str(path)!r}: expected one of {', '.join(FIGURE_SUFFIXES)}"
+        )
+    fmt = {".jpg": "jpeg", ".tif": "tiff"}.get(suffix, suffix.lstrip("."))
+
+    def write(tmp: Path) -> None:
+        figure.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+
+    return atomic_write(path, write)
+
+
+def _local_psfs(source: Any, grid: tuple[int, int] | None, image_shape: tuple[int, int]):
+    """Positions ``(n, 2)``, PSFs ``(n, h, w)``, validity ``(n,)`` and the cell size."""
+    from psfmap.operators.grid import cell_centres
+    from psfmap.operators.psf_map import PSFMap
+
+    if isinstance(source, PSFMap):
+        if tuple(source.image_shape) != tuple(image_shape):
+            raise ValueError(
+                f"psf_map covers an image of shape {source.image_shape}, got an image of shape "
+                f"{image_shape}"
+            )
+        gy, gx = source.grid
+        psfs = source.psfs(dtype=torch.float64)
+        psfs = psfs.reshape(gy * gx, *psfs.shape[-2:])
+        positions = source.positions.reshape(-1, 2)
+        return positions, psfs.numpy(), source.validity.reshape(-1), (gy, gx)
+    if not callable(getattr(source, "psf_at", None)):
+        raise TypeError(
+            f"psf_map must be a PSFMap or an operator with psf_at, got {describe(source)}"
+        )
+    operator_shape = getattr(source, "image_shape", None)
+    if operator_shape is not None and tuple(operator_shape) != tuple(image_shape):
+        raise ValueError(
+            f"the operator applies to images of shape {tuple(operator_shape)}, got an image of "
+            f"shape {image_shape}"
+        )
+    if grid is None:
+        grid = tuple(getattr(source, "metadata", {}).get("grid", (4, 4)))
+    gy, gx = (int(v) for v in grid)
+    rows = cell_centres(gy, image_shape[0])
+    cols = cell_centres(gx, image_shape[1])
+    positions = np.array([(r, c) for r in rows for c in cols])
+    psfs = np.stack([
+        source.psf_at(int(r), int(c)).detach().cpu().to(torch.float64).numpy()
+        for r, c in positions
+    ])
+    return positions, psfs, np.ones(len(positions)), (gy, gx)
+
+
+def plot_psf_map(
+    image: Any,
+    psf_map: Any,
+    path: str | os.PathLike | None = None,
+    *,
+    grid: tuple[int, int] | None = None,
+    fill: float = 0.7,
+    title: str | None = None,
+    cmap: str = "gray",
+    psf_cmap: str = "magma",
+    gamma: float = 0.5,
+    figsize: float = 6.0,
+):
+    """Draw the local PSFs of a PSF map or operator over the image, at their cell centres.
+
+    Each PSF is normalised to its maximum, shown with ``psf_cmap`` after a display gamma
+    (``gamma < 1`` brings out the faint rings), transparent where it is dark, and magnified to
+    ``fill`` of its grid cell; a white frame marks its window and cells of a
+    :class:`~psfmap.operators.psf_map.PSFMap` with low validity are drawn faded.
+
+    Parameters
+    ----------
+    image : array or tensor, shape (H, W)
+        Background image (shown with ``cmap``, 1–99.5 percentile contrast).
+    psf_map : PSFMap or operator with ``psf_at`` (ProductConvolution, Convolution)
+        Source of the local PSFs; an operator is sampled at the centres of ``grid`` (default:
+        its own PSF grid when it came from one, else 4 × 4).
+    path : str or path, optional
+        Save the figure there (atomically); the format follows the extension.
+    grid : (int, int), optional
+        Sampling grid for operators.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"image must be a non-empty 2-D array (H, W), got shape {image.shape}")
+    if not np.all(np.isfinite(image)):
+        raise ValueError("image contains NaN or infinite values; expected finite numbers")
+    if not 0 < fill <= 1:
+        raise ValueError(f"fill must be in (0, 1], got {fill!r}")
+    positions, psfs, validity, (gy, gx) = _local_psfs(psf_map, grid, image.shape)
+    height, width = image.shape
+    cell_h, cell_w = height / gy, width / gx
+    side = fill * min(cell_h, cell_w)
+
+    colormap = plt.get_cmap(psf_cmap)
+    aspect = height / width
+    figure, axes = plt.subplots(figsize=(figsize, figsize * aspect))
+    low, high = np.percentile(image, [1.0, 99.5])
+    axes.imshow(image, cmap=cmap, vmin=low, vmax=high if high > low else low + 1,
+                extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    for (row, col), psf, valid in zip(positions, psfs, validity):
+        peak = psf.max()
+        shown = (np.clip(psf, 0, None) / peak) ** gamma if peak > 0 else psf
+        extent = (col - side / 2, col + side / 2, row + side / 2, row - side / 2)
+        alpha = 0.35 + 0.65 * float(valid)
+        colours = colormap(shown)
+        colours[..., 3] = np.clip(2.0 * shown, 0.0, 1.0) * alpha  # dark PSF pixels see-through
+        axes.imshow(colours, extent=extent, interpolation="nearest")
+        axes.add_patch(plt.Rectangle((extent[0], extent[3]), side, side, fill=False,
+                                     edgecolor="white", linewidth=0.6, alpha=alpha))
+    axes.set_xlim(-0.5, width - 0.5)
+    axes.set_ylim(height - 0.5, -0.5)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    kernel = psfs.shape[-1]
+    axes.set_title(title or f"local PSFs ({gy}×{gx} grid, {kernel}×{kernel} px windows, "
+                   f"magnified ×{side / kernel:.1f})", fontsize=9)
+    figure.tight_layout()
+    if path is not None:
+        save_figure(figure, path)
+    return figure

@@ -1,0 +1,278 @@
+"""Reading and writing images: TIFF, OME-TIFF (physical pixel size), PNG/JPEG (to grey).
+
+``read_image(path) -> (array, metadata)`` returns the pixels as stored (colour images become
+grey luminance) and a metadata dict with ``axes``, ``pixel_size`` (µm, ``None`` when the file
+does not say) and ``format``. ``write_image`` writes TIFF or OME-TIFF atomically (temporary
+file + rename), with the pixel size, and refuses to write over an input file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from psfmap._container import atomic_write
+from psfmap._validation import describe
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+# micrometres per unit, for OME / ImageJ unit names
+_UNIT_TO_UM = {
+    "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "\\u00B5m": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6,
+}
+# ITU-R BT.709 luminance weights (as skimage.color.rgb2gray)
+_LUMINANCE = np.array([0.2125, 0.7154, 0.0721])
+
+
+class _ReadError(ValueError):
+    """A read failure already described in one sentence."""
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (".ome.tif", ".ome.tiff"):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a TIFF, OME-TIFF, PNG or JPEG image.
+
+    Parameters
+    ----------
+    path : str or path
+        ``.tif``/``.tiff`` (plain, ImageJ or OME; all pages of the first series),
+        ``.png``, ``.jpg``/``.jpeg`` (RGB(A) converted to grey luminance
+        ``0.2125 R + 0.7154 G + 0.0721 B``, alpha dropped).
+
+    Returns
+    -------
+    array : np.ndarray
+        The pixels, dtype as stored (float64 after a colour-to-grey conversion).
+    metadata : dict
+        ``axes`` (e.g. ``"YX"``, ``"ZYX"``), ``pixel_size`` in µm or ``None``, ``format``,
+        ``path``, and ``description`` (dict) when the TIFF stored JSON metadata.
+
+    Raises
+    ------
+    ValueError
+        Missing, unreadable or corrupted file, unsupported extension, or an empty image.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in (*TIFF_SUFFIXES, ".ome.tif", ".ome.tiff", *RASTER_SUFFIXES):
+        raise ValueError(
+            f"cannot read {str(path)!r}: unsupported extension {suffix or '(none)'!r}; expected "
+            ".tif, .tiff, .ome.tif, .png, .jpg or .jpeg"
+        )
+    if not path.is_file():
+        raise ValueError(f"image file {str(path)!r} does not exist")
+    try:
+        if suffix in RASTER_SUFFIXES:
+            array, metadata = _read_raster(path)
+        else:
+            array, metadata = _read_tiff(path)
+    except _ReadError:
+        raise
+    except Exception as error:  # tifffile / PIL raise many types for corrupted files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot read {str(path)!r}: corrupted or unsupported file ({reason})")\
+            from None
+    if array.size == 0:
+        raise ValueError(f"image {str(path)!r} is empty (shape {array.shape})")
+    metadata["path"] = str(path)
+    return array, metadata
+
+
+def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        mode = image.mode
+        if mode == "P":
+            image = image.convert("RGBA")
+            mode = "RGBA"
+        array = np.asarray(image)
+    if array.ndim == 3:
+        if array.shape[2] in (2, 4):  # grey+alpha or RGBA: drop alpha
+            array = array[..., :-1]
+        if array.shape[2] == 3:
+            array = array.astype(np.float64) @ _LUMINANCE
+        else:
+            array = array[..., 0]
+    elif array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    return np.ascontiguousarray(array), {
+        "axes": "YX",
+        "pixel_size": None,
+        "format": path.suffix.lower().lstrip("."),
+        "mode": mode,
+    }
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise _ReadError(f"cannot read {str(path)!r}: corrupted or empty TIFF (no image)")
+        series = tif.series[0]
+        array = series.asarray()
+        axes = series.axes
+        metadata: dict[str, Any] = {"axes": axes, "pixel_size": None, "format": "tiff"}
+        if tif.is_ome and tif.ome_metadata:
+            metadata["format"] = "ome-tiff"
+            metadata["pixel_size"] = _ome_pixel_size(tif.ome_metadata)
+        elif tif.is_imagej and tif.imagej_metadata is not None:
+            metadata["format"] = "imagej-tiff"
+            metadata["pixel_size"] = _resolution_pixel_size(
+                tif.pages[0], tif.imagej_metadata.get("unit")
+            )
+        elif tif.shaped_metadata:
+            description = dict(tif.shaped_metadata[0])
+            description.pop("shape", None)
+            if description:
+                metadata["description"] = description
+            if "pixel_size" in description:
+                metadata["pixel_size"] = float(description["pixel_size"])
+        if metadata["pixel_size"] is None and not tif.is_ome:
+            unit = tif.pages[0].tags.get("ResolutionUnit")
+            if unit is not None and int(unit.value) == 3:  # centimetre
+                metadata["pixel_size"] = _resolution_pixel_size(tif.pages[0], "cm")
+    return array, metadata
+
+
+def _ome_pixel_size(xml: str) -> float | None:
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.endswith("Pixels") and "PhysicalSizeX" in element.attrib:
+            size = float(element.attrib["PhysicalSizeX"])
+            unit = element.attrib.get("PhysicalSizeXUnit", "µm")
+            scale = _UNIT_TO_UM.get(unit)
+            return size * scale if scale is not None and size > 0 else None
+    return None
+
+
+def _resolution_pixel_size(page: Any, unit: str | None) -> float | None:
+    """Pixel size from the TIFF XResolution tag (pixels per ``unit``)."""
+    scale = _UNIT_TO_UM.get(str(unit).strip()) if unit is not None else None
+    tag = page.tags.get("XResolution")
+    if scale is None or tag is None:
+        return None
+    numerator, denominator = tag.value
+    if numerator <= 0 or denominator <= 0:
+        return None
+    return scale * denominator / numerator
+
+
+def _as_image_array(array: Any) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"array must be a NumPy array or torch tensor, got {describe(array)}")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"array must hold real numbers, got dtype {array.dtype}")
+    if array.ndim < 2 or array.size == 0:
+        raise ValueError(f"array must be a non-empty image (..., H, W), got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise ValueError("array contains NaN or infinite values; expected finite numbers")
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    return np.ascontiguousarray(array)
+
+
+def write_image(
+    path: str | os.PathLike,
+    array: Any,
+    pixel_size: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    axes: str | None = None,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> Path:
+    """Write an image to TIFF or OME-TIFF, atomically.
+
+    Parameters
+    ----------
+    path : str or path
+        ``.tif``/``.tiff`` (JSON metadata in the description, pixel size also as the standard
+        resolution tags in pixels per cm) or ``.ome.tif``/``.ome.tiff`` (OME-XML
+        ``PhysicalSizeX/Y`` in µm).
+    array : array or tensor, shape (..., H, W)
+        Finite real pixels.
+    pixel_size : float, optional
+        Pixel size in µm.
+    metadata : dict, optional
+        JSON-able values stored in the TIFF description (plain TIFF only).
+    axes : str, optional
+        Axis letters for OME-TIFF (default ``"YX"``, ``"ZYX"``, ... by dimension).
+    inputs : iterable of paths
+        Files this run read; writing over one of them is refused.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    import tifffile
+
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in (*TIFF_SUFFIXES, ".ome.tif", ".ome.tiff"):
+        raise ValueError(
+            f"cannot write {str(path)!r}: unsupported extension {suffix or '(none)'!r}; expected "
+            ".tif, .tiff or .ome.tif"
+        )
+    target = path.resolve()
+    for source in inputs:
+        if source is not None and Path(source).resolve() == target:
+            raise ValueError(f"output {str(path)!r} is also an input; refusing to overwrite it")
+    data = _as_image_array(array)
+    if pixel_size is not None:
+        pixel_size = float(pixel_size)
+        if not np.isfinite(pixel_size) or pixel_size <= 0:
+            raise ValueError(f"pixel_size must be a finite number > 0 (µm), got {pixel_size!r}")
+    ome = suffix.startswith(".ome")
+    if ome:
+        if axes is None and data.ndim <= 5:
+            axes = "TCZYX"[5 - data.ndim:]
+        if axes is None or len(axes) != data.ndim:
+            raise ValueError(f"axes must have one letter per dimension of shape {data.shape}")
+        description: dict[str, Any] = {"axes": axes}
+        if pixel_size is not None:
+            description.update(PhysicalSizeX=pixel_size, PhysicalSizeXUnit="µm",
+                               PhysicalSizeY=pixel_size, PhysicalSizeYUnit="µm")
+        options: dict[str, Any] = {"ome": True, "metadata": description}
+    else:
+        description = dict(metadata or {})
+        if pixel_size is not None:
+            description["pixel_size"] = pixel_size
+        try:
+            json.dumps(description)
+        except TypeError as error:
+            raise ValueError(f"metadata must be JSON-able ({error})") from None
+        options = {"ome": False, "metadata": description}
+        if pixel_size is not None:
+            options["resolution"] = (1e4 / pixel_size, 1e4 / pixel_size)
+            options["resolutionunit"] = "CENTIMETER"
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as stream:
+            tifffile.imwrite(stream, data, **options)
+
+    return atomic_write(path, write)

@@ -1,0 +1,122 @@
+"""`psfmap simulate` and `psfmap demo` through psfmap.cli.main."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from psfmap.cli import main
+from psfmap.io import read_image, write_image
+from psfmap.operators.psf_map import PSFMap
+from psfmap.simulate import cells
+
+
+@pytest.fixture
+def sharp_file(tmp_path):
+    image = (cells((48, 48), n_cells=4, seed=0) * 1000).astype(np.float32)
+    return write_image(tmp_path / "sharp.ome.tif", image, pixel_size=0.1)
+
+
+def test_simulate_writes_blurred_image_and_truth(tmp_path, sharp_file, capsys):
+    status = main([
+        "simulate", str(sharp_file), "--model", "gaussian2", "--field", "radial", "--grid",
+        "2x3", "--photons", "200", "--read-noise", "1", "-o", str(tmp_path / "blurred.tif"),
+        "--save-truth", str(tmp_path / "truth.psfmap"), "--seed", "3",
+    ])
+    assert status == 0
+    blurred, meta = read_image(tmp_path / "blurred.tif")
+    assert blurred.shape == (48, 48) and blurred.dtype == np.float32
+    assert meta["pixel_size"] == pytest.approx(0.1)
+    truth = PSFMap.load(tmp_path / "truth.psfmap")
+    assert truth.grid == (2, 3) and truth.family.name == "gaussian2"
+    assert "blurred.tif" in capsys.readouterr().out
+
+
+def test_simulate_is_reproducible_and_quiet(tmp_path, sharp_file, capsys):
+    for name in ("a.tif", "b.tif"):
+        assert main(["simulate", str(sharp_file), "--model", "gaussian1", "--grid", "2",
+                     "--photons", "100", "--seed", "1", "-o", str(tmp_path / name),
+                     "--quiet"]) == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif")[0],
+                                  read_image(tmp_path / "b.tif")[0])
+    assert capsys.readouterr().out == ""
+
+
+def test_help_shows_an_example(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--help"])
+    assert exit_info.value.code == 0
+    assert "example:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    assert "psfmap demo -o" in capsys.readouterr().out
+
+
+def test_refuses_to_overwrite_input(sharp_file, capsys):
+    before = sharp_file.read_bytes()
+    assert main(["simulate", str(sharp_file), "-o", str(sharp_file)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert sharp_file.read_bytes() == before
+
+
+def test_corrupted_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00this is no tiff")
+    status = main(["simulate", str(broken), "-o", str(tmp_path / "out.tif"),
+                   "--save-truth", str(tmp_path / "truth.psfmap")])
+    assert status == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "corrupted" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.tif"]
+
+
+def test_stack_input_is_refused(tmp_path, capsys):
+    stack = write_image(tmp_path / "stack.tif", np.ones((2, 16, 16), np.float32))
+    assert main(["simulate", str(stack), "-o", str(tmp_path / "out.tif")]) == 1
+    assert "2-D" in capsys.readouterr().err
+    assert not (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--grid", "4xa"], ["--model", "airy"], ["--photons", "many"]],
+)
+def test_usage_errors_exit_2(tmp_path, sharp_file, extra):
+    argv = ["simulate", str(sharp_file), "-o", str(tmp_path / "o.tif"), *extra]
+    try:
+        status = main(argv)
+    except SystemExit as exit_info:  # argparse rejects before running
+        status = exit_info.code
+    assert status == 2
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_missing_output_folder_exit_2(tmp_path, sharp_file):
+    assert main(["simulate", str(sharp_file), "-o", str(tmp_path / "no" / "o.tif")]) == 2
+
+
+def test_bad_values_exit_1(tmp_path, sharp_file, capsys):
+    assert main(["simulate", str(sharp_file), "-o", str(tmp_path / "o.tif"),
+                 "--photons", "-3"]) == 1
+    assert "photons" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, sharp_file):
+    with pytest.raises(ValueError, match="photons"):
+        main(["simulate", str(sharp_file), "-o", str(tmp_path / "o.tif"), "--photons", "-3",
+              "--debug"])
+
+
+def test_demo_writes_its_outputs(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert main(["demo", "-o", str(output)]) == 0
+    names = sorted(p.name for p in output.iterdir())
+    assert names == ["blurred.tif", "psf_map.png", "sharp.tif", "truth.psfmap"]
+    sharp, _ = read_image(output / "sharp.tif")
+    blurred, _ = read_image(output / "blurred.tif")
+    assert sharp.shape == blurred.shape == (256, 256)
+    assert PSFMap.load(output / "truth.psfmap").grid == (4, 4)
+    out = capsys.readouterr().out
+    assert "SNR" in out and "zernike3" in out

@@ -1,0 +1,116 @@
+"""PSFMap: parameters of a PSF family on a grid; operator, files, figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import psfmap
+from psfmap.operators import cell_centres, from_psf_grid
+from psfmap.operators.psf_map import PSFMap
+from psfmap.psf import model
+
+
+def _map(**kwargs) -> PSFMap:
+    params = np.linspace(0.8, 2.0, 6).reshape(2, 3, 1)
+    options = {"validity": np.full((2, 3), 0.5), "metadata": {"pixel_size": 0.1}, **kwargs}
+    return PSFMap(model("gaussian1", size=9), params, (40, 60), **options)
+
+
+def test_psfs_operator_and_geometry():
+    psf_map = _map()
+    assert psf_map.grid == (2, 3) and psf_map.names == ("width",)
+    psfs = psf_map.psfs()
+    assert psfs.shape == (2, 3, 9, 9)
+    torch.testing.assert_close(psfs[1, 2], model("gaussian1", size=9)(torch.tensor([[2.0]]))[0])
+    operator = psf_map.operator()
+    assert operator.image_shape == (40, 60)
+    x = torch.rand(40, 60)
+    torch.testing.assert_close(operator.forward(x), from_psf_grid(psfs, (40, 60)).forward(x))
+    assert operator.metadata["pixel_size"] == 0.1
+    assert operator.metadata["psf_model"]["name"] == "gaussian1"
+    rows, cols = psf_map.centres
+    np.testing.assert_allclose(rows, cell_centres(2, 40))
+    np.testing.assert_allclose(psf_map.positions[1, 2], [rows[1], cols[2]])
+    assert psf_map.operator((80, 90)).image_shape == (80, 90)
+    assert psf_map.psfs(dtype=torch.float64).dtype == torch.float64
+
+
+def test_family_by_name_or_config_and_default_validity():
+    psf_map = PSFMap("zernike1", np.zeros((1, 2, 1)), (16, 16))
+    np.testing.assert_array_equal(psf_map.validity, np.ones((1, 2)))
+    again = PSFMap(psf_map.family.config(), torch.zeros(1, 2, 1), (16, 16))
+    assert again.family.config() == psf_map.family.config()
+    assert psfmap.identify.PSFMap is PSFMap
+
+
+def test_save_load_round_trip(tmp_path):
+    psf_map = _map()
+    path = psf_map.save(tmp_path / "map.psfmap")
+    loaded = PSFMap.load(path)
+    np.testing.assert_array_equal(loaded.params, psf_map.params)
+    np.testing.assert_array_equal(loaded.validity, psf_map.validity)
+    assert loaded.image_shape == (40, 60)
+    assert loaded.family.config() == psf_map.family.config()
+    assert loaded.metadata == {"pixel_size": 0.1}
+    torch.testing.assert_close(loaded.psfs(), psf_map.psfs())
+
+
+def test_load_rejects_other_kinds(tmp_path):
+    operator = _map().operator()
+    operator.save(tmp_path / "op.psfmap")
+    with pytest.raises(ValueError, match="psf_map"):
+        PSFMap.load(tmp_path / "op.psfmap")
+    (tmp_path / "junk.psfmap").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable"):
+        PSFMap.load(tmp_path / "junk.psfmap")
+
+
+def test_repr_is_readable():
+    text = repr(_map())
+    assert "gaussian1" in text and "2x3" in text and "width" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"params": np.ones((2, 3))}, ValueError, r"\(gy, gx, 1\)"),
+        ({"params": np.ones((2, 3, 2))}, ValueError, r"\(gy, gx, 1\)"),
+        ({"params": np.full((2, 3, 1), np.nan)}, ValueError, "NaN"),
+        ({"validity": np.full((2, 3), 1.5)}, ValueError, r"\[0, 1\]"),
+        ({"validity": np.ones((3, 2))}, ValueError, "validity must have shape"),
+        ({"image_shape": (1, 60)}, ValueError, "grid needs"),
+        ({"image_shape": (40,)}, ValueError, "image_shape"),
+        ({"family": 7}, TypeError, "family"),
+        ({"family": "gaussian7"}, ValueError, "unknown PSF model"),
+    ],
+)
+def test_bad_input(kwargs, error, message):
+    options = {"family": "gaussian1", "params": np.ones((2, 3, 1)), "image_shape": (40, 60),
+               **kwargs}
+    with pytest.raises(error, match=message):
+        PSFMap(**options)
+
+
+def test_plot_psf_map_writes_a_figure(tmp_path):
+    from matplotlib import pyplot as plt
+
+    from psfmap.figures import plot_psf_map
+
+    image = np.random.default_rng(0).random((40, 60))
+    psf_map = _map()
+    figure = plot_psf_map(image, psf_map, tmp_path / "map.png")
+    assert (tmp_path / "map.png").stat().st_size > 1000
+    assert len(figure.axes[0].images) == 1 + 6  # background + one per cell
+    plt.close(figure)
+    figure = plot_psf_map(torch.from_numpy(image), psf_map.operator(), grid=(2, 2))
+    assert len(figure.axes[0].images) == 1 + 4
+    plt.close(figure)
+    with pytest.raises(ValueError, match="shape"):
+        plot_psf_map(image[:20], psf_map)
+    with pytest.raises(ValueError, match="NaN"):
+        plot_psf_map(np.full((40, 60), np.nan), psf_map)
+    with pytest.raises(ValueError, match="expected one of"):
+        plot_psf_map(image, psf_map, tmp_path / "map.xyz")
+    assert not (tmp_path / "map.xyz").exists()
