@@ -271,6 +271,9 @@ def write_image(
             options["resolution"] = (1e4 / pixel_size, 1e4 / pixel_size)
             options["resolutionunit"] = "CENTIMETER"
 
+    # microscopy stacks are grey frames: never let tifffile read a 3- or 4-frame axis as RGB(A)
+    options["photometric"] = "minisblack"
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as stream:
             tifffile.imwrite(stream, data, **options)
