@@ -33,16 +33,18 @@ class LinearOperator:
         iterations: int = 30,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
     ) -> float:
         """Power-iteration estimate of ``‖H‖² = λ_max(H* H)``.
 
-        ``shape`` is needed only for operators without a fixed image shape (convolutions).
+        ``shape`` is the input shape; it is needed only for operators without a fixed image
+        shape (convolutions) or whose input and output domains differ.
         """
         shape = tuple(shape or self.image_shape or ())
         if len(shape) != 2:
             raise ValueError("norm_squared needs shape=(H, W) for an operator of any image size")
         generator = torch.Generator().manual_seed(seed)
-        x = torch.rand(shape, generator=generator, dtype=dtype)
+        x = torch.rand(shape, generator=generator, dtype=dtype).to(device)
         x /= torch.linalg.vector_norm(x)
         value = 0.0
         with torch.no_grad():  # not inference_mode: forward caches tensors autograd may reuse

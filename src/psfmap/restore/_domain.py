@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from psfmap._validation import as_tensor, describe
+from psfmap.operators.base import LinearOperator
 
 
 def check_operator(operator: Any, name: str = "operator") -> Any:
@@ -94,7 +95,7 @@ def match_operator(operator: Any, dtype: torch.dtype, device: torch.device) -> A
     return operator.to(dtype=dtype, device=device)
 
 
-class CroppedOperator:
+class CroppedOperator(LinearOperator):
     """``A = C ∘ H_ext``: the operator on the domain extended by ``margin`` px, output cropped.
 
     Maps (..., H + 2m, W + 2m) -> (..., H, W); ``adjoint`` is exact (zero-padding then the
@@ -141,40 +142,13 @@ class CroppedOperator:
         return torch.nn.functional.pad(y, (m, m, m, m))
 
     def norm_squared(self, iterations: int = 30, seed: int = 0) -> float:
-        """Power-iteration estimate of ``||A||^2`` for the composed operator itself.
-
-        Not the wrapped operator's ``norm_squared``: that one runs under
-        ``torch.inference_mode`` and would leave inference tensors in the operator's caches.
-        """
+        """Power-iteration estimate of ``||A||^2`` for the composed operator itself."""
         dtype = getattr(self.operator, "dtype", None) or torch.get_default_dtype()
         kernels = getattr(self.operator, "kernels", None)
         device = kernels.device if isinstance(kernels, torch.Tensor) else None
-        return power_iteration(
+        return LinearOperator.norm_squared(
             self, self.domain_shape, iterations=iterations, seed=seed, dtype=dtype, device=device
         )
-
-
-def power_iteration(
-    operator: Any,
-    shape: tuple[int, ...],
-    *,
-    iterations: int = 30,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> float:
-    """Power-iteration estimate of ``||A||^2`` = largest eigenvalue of ``A* A``."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.rand(shape, generator=generator, dtype=dtype).to(device)
-    x = x / torch.linalg.vector_norm(x)
-    value = 0.0
-    for _ in range(iterations):
-        z = operator.adjoint(operator.forward(x))
-        value = float(torch.linalg.vector_norm(z))
-        if value == 0.0:
-            return 0.0
-        x = z / value
-    return value
 
 
 def needs_gradient(operator: Any, *tensors: torch.Tensor) -> bool:
