@@ -1,0 +1,231 @@
+"""Table III / Fig. 7 analogue: R² of the shipped PSF-regression CNNs.
+
+Shajkofci & Liebling, IEEE TIP 2020: R² (eq. 15) of the regressed PSF parameters per model
+and per test data type ([syn] synthetic cells, [poi] points, [nat] natural images, [micr] real
+microscopy), on held-out material (the ``test`` split: other scikit-image pictures, the bottom
+quarter of every microscopy image, other synthetic seeds). R² is computed on the patches whose
+ground-truth validity a0 is 1 and, separately, on those the network also judges valid
+(validity > 0.5). Periodic parameters (astigmatism axis) use the wrapped residual.
+
+Also: robustness (R² versus Gaussian, Poisson and mixed noise strength and illumination) and
+inference speed on 169 patches of 64² against a reference in the same process: the plain
+0.7 M-parameter ResNet of issue 5 §0 on the same batch.
+
+Usage::
+
+    python benchmarks/eval_regression.py [--samples 10000] [--models gaussian1,...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from psfmap.identify.cnn import PSFEstimator
+from psfmap.identify.training import r2_score
+from psfmap.identify.training_data import SOURCES, PatchGenerator
+
+MODELS = ("gaussian1", "gaussian2", "zernike1", "zernike3")
+
+
+def _predict_all(estimator, patches, chunk=1024):
+    params, validity = [], []
+    for start in range(0, patches.shape[0], chunk):
+        p, v = estimator.predict(patches[start:start + chunk])
+        params.append(p)
+        validity.append(v)
+    return torch.cat(params), torch.cat(validity)
+
+
+def _r2(estimator, true, predicted, mask):
+    if mask.sum() < 10:
+        return float("nan"), [float("nan")] * estimator.family.n_params
+    family = estimator.family
+    periodic = [angle for _, angle in estimator.network.periodic]
+    values = r2_score(family.normalize(true[mask].double()).numpy(),
+                      family.normalize(predicted[mask].double()).numpy(), periodic)
+    return float(np.mean(values)), [float(v) for v in values]
+
+
+def table_iii(estimator, samples: int, seed: int = 2020) -> dict:
+    """R² per data type on ``samples`` held-out patches per type (truly valid ones)."""
+    rows = {}
+    config = dict(estimator.config["data"])
+    # micr_bundled: only the package's own sample (no ../shared/data), held-out rows
+    for source in SOURCES + ("micr_bundled",):
+        mix = {source.split("_")[0]: 1.0}
+        data = PatchGenerator(estimator.family, {**config, "mix": mix, "invalid_fraction": 0.0,
+                                                 "shared_data": source != "micr_bundled"
+                                                 and config.get("shared_data", False)},
+                              seed=seed, split="test")
+        patches, params, valid = [], [], []
+        for start in range(0, samples, 1000):
+            batch = data.batch(min(1000, samples - start))
+            patches.append(batch.patches)
+            params.append(batch.params)
+            valid.append(batch.valid)
+        patches, params, valid = torch.cat(patches), torch.cat(params), torch.cat(valid)
+        predicted, validity = _predict_all(estimator, patches)
+        truly = valid.numpy() > 0.5
+        judged = validity.numpy() > 0.5
+        r2_valid, per_param = _r2(estimator, params, predicted, truly)
+        r2_both, _ = _r2(estimator, params, predicted, truly & judged)
+        rows[source] = {
+            "n": int(len(truly)), "n_valid": int(truly.sum()),
+            "r2_valid": r2_valid, "r2_per_param": per_param,
+            "r2_valid_and_judged_valid": r2_both,
+            "validity_accuracy": float((truly == judged).mean()),
+        }
+    # explicit black / flat / ramp patches: how many are (wrongly) judged valid
+    data = PatchGenerator(estimator.family, {**config, "invalid_fraction": 0.999},
+                          seed=seed, split="test")
+    batch = data.batch(1000)
+    _, validity = estimator.predict(batch.patches)
+    rows["empty"] = {"n": 1000, "judged_valid_fraction": float((validity > 0.5).float().mean())}
+    return rows
+
+
+ROBUSTNESS_CASES = {
+    "poisson": [("photons", (v, v)) for v in (10.0, 30.0, 100.0, 300.0, 1000.0, 10000.0)],
+    # at 10⁴ peak photons the Poisson noise is ~100 e⁻ at the peak: read noise must be large
+    "gaussian": [("read_noise", (v, v)) for v in (0.0, 30.0, 100.0, 300.0, 1000.0)],
+    "background": [("background", (v, v)) for v in (0.0, 0.1, 0.3, 1.0, 3.0)],
+}
+
+
+def robustness(estimator, samples: int, seed: int = 7, only: tuple | None = None) -> dict:
+    """R² (truly valid, all sources mixed as in training) against noise and illumination.
+
+    ``only`` restricts the study to some of ``poisson``, ``gaussian``, ``background``,
+    ``mixed``, ``illumination``.
+    """
+    config = {**estimator.config["data"], "invalid_fraction": 0.0}
+    out: dict = {}
+    for name, settings in ROBUSTNESS_CASES.items():
+        if only is not None and name not in only:
+            continue
+        out[name] = []
+        for key, value in settings:
+            data = PatchGenerator(estimator.family, config, seed=seed, split="test")
+            overrides = {key: value}
+            if name == "gaussian":  # Gaussian noise alone: many photons, so Poisson is small
+                overrides["photons"] = (10000.0, 10000.0)
+            if name == "poisson":
+                overrides["read_noise"] = (0.0, 0.0)
+            batch = data.batch(samples, **overrides)
+            predicted, _ = _predict_all(estimator, batch.patches)
+            truly = batch.valid.numpy() > 0.5
+            r2, _ = _r2(estimator, batch.params, predicted, truly)
+            out[name].append({"value": value[0], "r2": r2, "valid_fraction": float(truly.mean())})
+    if only is not None and "mixed" not in only:
+        return out
+    # mixed: Poisson at 100 photons plus read noise of growing strength
+    out["mixed"] = []
+    for read in (0.0, 3.0, 10.0):
+        data = PatchGenerator(estimator.family, config, seed=seed, split="test")
+        batch = data.batch(samples, photons=(100.0, 100.0), read_noise=(read, read))
+        predicted, _ = _predict_all(estimator, batch.patches)
+        truly = batch.valid.numpy() > 0.5
+        out["mixed"].append({"value": read, "r2": _r2(estimator, batch.params, predicted,
+                                                      truly)[0],
+                             "valid_fraction": float(truly.mean())})
+    # illumination: the same patches under a multiplicative gain and a linear ramp
+    data = PatchGenerator(estimator.family, config, seed=seed, split="test")
+    batch = data.batch(samples)
+    truly = batch.valid.numpy() > 0.5
+    p = batch.patches.shape[-1]
+    ramp = torch.linspace(0.5, 1.5, p)[None, None, :]
+    out["illumination"] = []
+    for label, transform in (("none", lambda x: x), ("gain x100", lambda x: 100 * x + 5),
+                             ("ramp 0.5-1.5", lambda x: (x - x.amin((-2, -1), keepdim=True))
+                              * ramp)):
+        predicted, _ = _predict_all(estimator, transform(batch.patches))
+        out["illumination"].append({"value": label, "r2": _r2(estimator, batch.params,
+                                                              predicted, truly)[0]})
+    return out
+
+
+def plain_resnet() -> torch.nn.Module:
+    """The issue's reference: a plain 0.7 M-parameter ResNet on raw 64² pixels.
+
+    Stem at full resolution, four stages of one basic block (24, 48, 96, 192 channels, the
+    last three at stride 2), global pooling, linear head.
+    """
+    from psfmap.identify.network import BasicBlock
+
+    layers = [torch.nn.Conv2d(1, 24, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(24),
+              torch.nn.ReLU()]
+    channels = 24
+    for stage, width in enumerate((24, 48, 96, 192)):
+        layers.append(BasicBlock(channels, width, 1 if stage == 0 else 2))
+        channels = width
+    layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(channels, 2)]
+    return torch.nn.Sequential(*layers).eval()
+
+
+def speed(estimator, repeats: int = 10) -> dict:
+    """Seconds to predict 169 patches, and the same for the plain-ResNet reference."""
+    torch.manual_seed(0)
+    p = estimator.patch_size
+    patches = torch.randn(169, p, p)
+    reference_network = plain_resnet()
+
+    def timed(fn):
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats
+
+    with torch.inference_mode():
+        reference = timed(lambda: reference_network(patches[:, None]))
+    seconds = timed(lambda: estimator.predict(patches))
+    return {"seconds_169": seconds, "reference_seconds": reference,
+            "ratio_to_reference": seconds / reference,
+            "parameters": sum(t.numel() for t in estimator.network.parameters()),
+            "reference_parameters": sum(t.numel() for t in reference_network.parameters())}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=10000,
+                        help="held-out patches per data type (Table III)")
+    parser.add_argument("--robust-samples", type=int, default=1000)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--weights", default=None,
+                        help="folder of <model>.pt files to evaluate instead of the shipped ones")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = {"machine": f"{platform.machine()}, {args.threads} torch thread(s), "
+                          f"torch {torch.__version__}"}
+    for name in args.models.split(","):
+        estimator = (PSFEstimator.pretrained(name) if args.weights is None
+                     else PSFEstimator.load(f"{args.weights}/{name}.pt", model=name))
+        started = time.perf_counter()
+        entry = {"table_iii": table_iii(estimator, args.samples),
+                 "robustness": robustness(estimator, args.robust_samples),
+                 "speed": speed(estimator)}
+        entry["eval_seconds"] = round(time.perf_counter() - started, 1)
+        results[name] = entry
+        rows = entry["table_iii"]
+        print(f"{name}: " + "  ".join(
+            f"[{s}] R²={rows[s]['r2_valid']:.3f} (valid {rows[s]['n_valid']}/{rows[s]['n']}, "
+            f"acc {rows[s]['validity_accuracy']:.3f})" for s in (*SOURCES, "micr_bundled"))
+            + f"  empty judged valid {rows['empty']['judged_valid_fraction']:.3f}"
+            + f"  169 patches {entry['speed']['seconds_169'] * 1000:.1f} ms "
+              f"(x{entry['speed']['ratio_to_reference']:.3f} reference)", flush=True)
+    if args.json:
+        with open(args.json, "w") as stream:
+            json.dump(results, stream, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

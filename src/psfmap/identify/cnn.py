@@ -1,0 +1,169 @@
+"""PSFEstimator: regress PSF-model parameters and a validity score from image patches.
+
+Shajkofci & Liebling, "Spatially-variant CNN-based point spread function estimation for
+blind deconvolution and depth estimation in optical microscopy", IEEE TIP 2020: a CNN maps a
+``p × p`` patch to the N parameters of a PSF family plus ``a0``, the probability that the patch
+carries enough texture for the estimate to be trusted. The network here is the CPU-sized,
+spectrum-aware ResNet of :mod:`psfmap.identify.network`.
+
+Examples
+--------
+>>> import numpy as np
+>>> import psfmap
+>>> estimator = psfmap.PSFEstimator.pretrained("gaussian1")
+>>> estimator.family.names, estimator.patch_size
+(('width',), 64)
+>>> patches = np.random.default_rng(0).poisson(50.0, size=(3, 64, 64)).astype(np.float32)
+>>> params, validity = estimator.predict(patches)        # (B, 64, 64) -> (B, 1), (B,)
+>>> params.shape, validity.shape
+((3, 1), (3,))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from psfmap._validation import ArrayKind, as_tensor, check_finite, describe
+from psfmap.identify.network import PSFRegressor
+from psfmap.identify.training import load_checkpoint
+from psfmap.psf import PSFFamily, model_from_config
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
+
+
+def pretrained_names() -> list[str]:
+    """Names of the shipped models (``src/psfmap/pretrained/<name>.pt``)."""
+    return sorted(path.stem for path in PRETRAINED.glob("*.pt"))
+
+
+class PSFEstimator:
+    """A trained PSF-parameter regressor bound to its PSF family.
+
+    Parameters
+    ----------
+    network : PSFRegressor
+        The trained network (put in eval mode).
+    config : dict
+        The training config stored with the weights (``family``, ``data``, ``network``...).
+
+    Attributes
+    ----------
+    family : PSFFamily
+        The ``psfmap.psf.model`` whose parameters are regressed, with its ranges.
+    patch_size : int
+        Side ``p`` of the square patches ``predict`` expects.
+    config : dict
+        Full training configuration; ``metrics`` holds the validation figures when loaded
+        from a file.
+    """
+
+    def __init__(self, network: PSFRegressor, config: Mapping[str, Any]):
+        if not isinstance(network, PSFRegressor):
+            raise TypeError(f"network must be a PSFRegressor, got {describe(network)}")
+        if not isinstance(config, Mapping) or "family" not in config:
+            raise ValueError("config must be a training config with a 'family' entry")
+        self.network = network.eval()
+        self.config = dict(config)
+        self.family: PSFFamily = model_from_config(config["family"])
+        self.patch_size = int(network.patch_size)
+        self.metrics: dict[str, Any] = {}
+        if network.n_params != self.family.n_params:
+            raise ValueError(
+                f"network regresses {network.n_params} parameters but the family "
+                f"{self.family.name!r} has {self.family.n_params}"
+            )
+
+    def __repr__(self) -> str:
+        return f"PSFEstimator({self.family!r}, patch_size={self.patch_size})"
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path, model: str | None = None) -> PSFEstimator:
+        """Load a weights file written by :func:`psfmap.identify.training.train`.
+
+        ``model``, when given, must match the family the weights regress; a file for another
+        model or from a newer format raises ``ValueError``.
+        """
+        network, config, metrics = load_checkpoint(path)
+        found = config.get("family", {}).get("name")
+        if model is not None and found != model:
+            raise ValueError(
+                f"weights file {str(path)!r} is for the model {found!r}, expected {model!r}"
+            )
+        estimator = cls(network, config)
+        estimator.metrics = metrics
+        return estimator
+
+    @classmethod
+    def pretrained(cls, name: str) -> PSFEstimator:
+        """A shipped model: ``gaussian1``, ``gaussian2``, ``zernike1`` or ``zernike3``."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a model name string, got {describe(name)}")
+        path = PRETRAINED / f"{name}.pt"
+        if not path.is_file():
+            available = ", ".join(pretrained_names()) or "none"
+            raise ValueError(f"no pretrained model {name!r}; available: {available}")
+        return cls.load(path, model=name)
+
+    # ------------------------------------------------------------ inference
+    def predict(self, patches: Any, batch_size: int = 512) -> tuple[Any, Any]:
+        """Estimate PSF parameters and validity for a batch of patches.
+
+        Parameters
+        ----------
+        patches : array or tensor (B, p, p) or (p, p)
+            Raw image patches of side ``patch_size`` (any intensity scale: each patch is
+            normalised to zero mean and unit variance).
+        batch_size : int
+            Patches per forward pass.
+
+        Returns
+        -------
+        params : (B, N)
+            Parameters in the family's units, clipped to ``[family.low, family.high]``.
+        validity : (B,)
+            In ``[0, 1]``; 1 means the patch has enough texture to trust ``params``
+            (exactly 0 for constant patches).
+            Same kind (NumPy or torch) and floating dtype as ``patches``.
+        """
+        kind = ArrayKind(patches)
+        tensor = check_finite(as_tensor(patches, "patches"), "patches")
+        single = tensor.ndim == 2
+        if single:
+            tensor = tensor[None]
+        p = self.patch_size
+        if tensor.ndim != 3 or tuple(tensor.shape[-2:]) != (p, p):
+            raise ValueError(
+                f"patches must have shape (B, {p}, {p}) for this model, got "
+                f"{tuple(tensor.shape if not single else tensor.shape[1:])}"
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        device = tensor.device
+        inputs = tensor.to(dtype=torch.float32, device="cpu")
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, inputs.shape[0], batch_size):
+                outputs.append(self.network(inputs[start:start + batch_size]))
+            out = torch.cat(outputs) if outputs else torch.zeros(0, self.family.n_params + 1)
+            unit = out[:, :-1].double().clamp(0.0, 1.0)
+            params = self.family.denormalize(unit)
+            validity = torch.sigmoid(out[:, -1].double())
+            # a constant patch carries no information whatever the network says
+            spread = inputs.flatten(1).std(1, unbiased=False) if len(inputs) else inputs[:, 0, 0]
+            scale = inputs.flatten(1).abs().amax(1) if len(inputs) else spread
+            validity = torch.where(spread <= 1e-6 * (scale + 1e-30), 0.0, validity)
+        params = params.to(tensor.dtype).to(device)
+        validity = validity.to(tensor.dtype).to(device)
+        if single:
+            params, validity = params[0], validity[0]
+        return kind.restore(params), kind.restore(validity)
+

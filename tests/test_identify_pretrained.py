@@ -1,0 +1,80 @@
+"""Shipped CNN models: each loads, regresses its own family, and flags empty patches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from psfmap.identify.cnn import PRETRAINED, PSFEstimator
+from psfmap.identify.training import r2_score
+from psfmap.identify.training_data import PatchGenerator
+
+SHIPPED = ("gaussian1", "gaussian2", "zernike1", "zernike3")
+# lowest R² (mean over parameters, truly valid patches of the held-out split) accepted here.
+# Measured on this exact draw (seed 11, bundled data only): gaussian1 0.79, gaussian2 0.67,
+# zernike1 0.83, zernike3 0.51 (0.74-0.79, 0.67-0.71, 0.73-0.83, 0.51-0.55 over seeds 11-13);
+# the margin absorbs platform differences. Model cards give the full held-out figures.
+MIN_R2 = {"gaussian1": 0.60, "gaussian2": 0.55, "zernike1": 0.60, "zernike3": 0.40}
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def estimator(request):
+    return PSFEstimator.pretrained(request.param)
+
+
+def test_shipped_files_are_small_and_documented():
+    for name in SHIPPED:
+        weights = PRETRAINED / f"{name}.pt"
+        assert weights.stat().st_size <= 5 * 1024 * 1024
+        card = json.loads((PRETRAINED / f"{name}.json").read_text())
+        assert card["config"]["model"] == name
+        text = (PRETRAINED / f"{name}.md").read_text()
+        assert f"psfmap train --model {name}" in text
+
+
+def test_pretrained_family_and_patch_size(estimator):
+    family = estimator.family
+    assert family.name in SHIPPED
+    assert len(family.names) == family.n_params == len(family.low) == len(family.high)
+    assert estimator.patch_size == estimator.config["data"]["patch_size"]
+
+
+def test_pretrained_regresses_its_family(estimator):
+    family = estimator.family
+    periodic = [angle for _, angle in estimator.network.periodic]
+    data = PatchGenerator(family, {**estimator.config["data"], "shared_data": False,
+                                   "invalid_fraction": 0.0}, seed=11, split="test")
+    batch = data.batch(320)
+    params, validity = estimator.predict(batch.patches)
+    valid = batch.valid.numpy() > 0.5
+    assert valid.sum() > 60
+    unit_true = family.normalize(batch.params.double()).numpy()
+    unit_pred = family.normalize(params.double()).numpy()
+    r2 = r2_score(unit_true[valid], unit_pred[valid], periodic)
+    assert float(np.mean(r2)) > MIN_R2[family.name], r2
+    # the validity output separates the truly valid from the invalid patches
+    agreement = float(((validity.numpy() > 0.5) == valid).mean())
+    assert agreement > 0.8
+
+
+def test_pretrained_flags_black_and_flat_patches(estimator):
+    p = estimator.patch_size
+    generator = torch.Generator().manual_seed(0)
+    black = torch.poisson(torch.full((8, p, p), 2.0), generator=generator)
+    flat = 1000 + 3 * torch.randn(8, p, p, generator=generator)
+    constant = torch.full((2, p, p), 7.0)
+    _, validity = estimator.predict(torch.cat([black, flat, constant]))
+    assert float(validity.max()) < 0.5, validity
+
+
+def test_predict_accepts_numpy_and_single_patches(estimator):
+    p = estimator.patch_size
+    patch = np.random.default_rng(0).uniform(size=(p, p)).astype(np.float32)
+    params, validity = estimator.predict(patch)
+    assert params.shape == (estimator.family.n_params,)
+    assert np.ndim(validity) == 0 and params.dtype == np.float32
+    low, high = estimator.family.low, estimator.family.high
+    assert np.all((params >= low - 1e-6) & (params <= high + 1e-6))

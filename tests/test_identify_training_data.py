@@ -1,0 +1,115 @@
+"""On-the-fly CNN training data: reproducibility, shapes, ranges, validity flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from psfmap.identify.training_data import (
+    DataConfig,
+    PatchGenerator,
+    normalize_patches,
+    synthetic_cells,
+    synthetic_points,
+    valid_convolve,
+)
+from psfmap.psf import model
+
+SMALL = {"patch_size": 32, "mix": {"syn": 1, "poi": 1, "nat": 1, "micr": 1},
+         "synthetic_images": 2}
+
+
+@pytest.fixture(scope="module")
+def gaussian1():
+    return model("gaussian1", size=15)
+
+
+def test_same_seed_same_batches(gaussian1):
+    first = PatchGenerator(gaussian1, SMALL, seed=3).batch(12)
+    second = PatchGenerator(gaussian1, SMALL, seed=3).batch(12)
+    other = PatchGenerator(gaussian1, SMALL, seed=4).batch(12)
+    assert torch.equal(first.patches, second.patches)
+    assert torch.equal(first.params, second.params)
+    assert torch.equal(first.valid, second.valid)
+    assert first.source == second.source
+    assert not torch.equal(first.patches, other.patches)
+
+
+def test_shapes_ranges_and_normalisation():
+    family = model("zernike3", size=15)
+    batch = PatchGenerator(family, SMALL, seed=0).batch(40)
+    assert batch.patches.shape == (40, 32, 32)
+    assert batch.params.shape == (40, 3)
+    assert batch.valid.shape == (40,)
+    assert batch.patches.dtype == torch.float32
+    low = torch.tensor(family.low, dtype=torch.float32)
+    high = torch.tensor(family.high, dtype=torch.float32)
+    assert bool(((batch.params >= low - 1e-6) & (batch.params <= high + 1e-6)).all())
+    assert set(batch.valid.unique().tolist()) <= {0.0, 1.0}
+    means = batch.patches.mean((-2, -1))
+    stds = batch.patches.std((-2, -1), unbiased=False)
+    assert torch.allclose(means, torch.zeros(40), atol=1e-4)
+    assert bool(((stds - 1).abs() < 1e-3).all())
+
+
+def test_explicit_black_and_flat_samples_are_invalid(gaussian1):
+    config = {**SMALL, "invalid_fraction": 0.5}
+    batch = PatchGenerator(gaussian1, config, seed=1).batch(60)
+    explicit = np.isin(batch.source, ["black", "flat", "ramp"])
+    assert explicit.sum() > 10
+    assert bool((batch.valid[torch.from_numpy(explicit)] == 0).all())
+    # textured sources under bright light are mostly valid
+    bright = PatchGenerator(gaussian1, {**SMALL, "invalid_fraction": 0.0,
+                                        "mix": {"syn": 1, "nat": 1}}, seed=2)
+    textured = bright.batch(40, photons=(3000.0, 3000.0), background=(0.0, 0.0))
+    assert float(textured.valid.mean()) > 0.6
+
+
+def test_validity_drops_in_the_dark(gaussian1):
+    data = PatchGenerator(gaussian1, {**SMALL, "invalid_fraction": 0.0}, seed=5)
+    dark = data.batch(40, photons=(0.5, 0.5))
+    bright = data.batch(40, photons=(5000.0, 5000.0))
+    assert float(dark.valid.mean()) < float(bright.valid.mean())
+
+
+def test_valid_convolution_matches_direct_sum():
+    generator = torch.Generator().manual_seed(0)
+    crops = torch.rand(2, 12, 12, generator=generator)
+    kernels = torch.rand(2, 5, 5, generator=generator)
+    out = valid_convolve(crops, kernels)
+    assert out.shape == (2, 8, 8)
+    flipped = torch.flip(kernels, dims=(-2, -1))
+    for i in range(2):
+        direct = torch.nn.functional.conv2d(crops[i][None, None], flipped[i][None, None])
+        assert torch.allclose(out[i], direct[0, 0], atol=1e-5)
+
+
+def test_normalisation_keeps_flat_patches_at_zero():
+    patches = torch.stack([torch.full((8, 8), 5.0), torch.arange(64.0).reshape(8, 8)])
+    out = normalize_patches(patches)
+    assert torch.equal(out[0], torch.zeros(8, 8))
+    assert abs(float(out[1].std(unbiased=False)) - 1) < 1e-5
+
+
+def test_synthetic_sources_are_seeded_and_in_unit_range():
+    cells = synthetic_cells((64, 64), torch.Generator().manual_seed(0))
+    again = synthetic_cells((64, 64), torch.Generator().manual_seed(0))
+    points = synthetic_points((64, 64), torch.Generator().manual_seed(0))
+    assert np.array_equal(cells, again)
+    for image in (cells, points):
+        assert image.shape == (64, 64)
+        assert image.min() >= 0 and image.max() <= 1 and image.max() > 0
+
+
+def test_bad_arguments(gaussian1):
+    with pytest.raises(ValueError, match="split"):
+        PatchGenerator(gaussian1, SMALL, split="validation")
+    with pytest.raises(ValueError, match="mix"):
+        PatchGenerator(gaussian1, {"mix": {"moon": 1.0}})
+    with pytest.raises(TypeError, match="family"):
+        PatchGenerator("gaussian1")
+    with pytest.raises(ValueError, match="n must"):
+        PatchGenerator(gaussian1, SMALL).batch(0)
+    with pytest.raises(ValueError, match="unknown data config"):
+        DataConfig.from_dict({"patchsize": 32})
