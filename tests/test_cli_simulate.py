@@ -113,10 +113,13 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     output = tmp_path / "demo"
     assert main(["demo", "-o", str(output)]) == 0
     names = sorted(p.name for p in output.iterdir())
-    assert names == ["blurred.tif", "psf_map.png", "sharp.tif", "truth.psfmap"]
+    assert names == ["blurred.tif", "estimated.psfmap", "psf_map.png", "psf_map_comparison.png",
+                     "restored.tif", "sharp.tif", "truth.psfmap"]
     sharp, _ = read_image(output / "sharp.tif")
     blurred, _ = read_image(output / "blurred.tif")
-    assert sharp.shape == blurred.shape == (256, 256)
+    restored, _ = read_image(output / "restored.tif")
+    assert sharp.shape == blurred.shape == restored.shape == (256, 256)
     assert PSFMap.load(output / "truth.psfmap").grid == (4, 4)
+    assert PSFMap.load(output / "estimated.psfmap").family.name == "zernike3"
     out = capsys.readouterr().out
     assert "SNR" in out and "zernike3" in out

@@ -167,3 +167,8 @@ class PSFEstimator:
             params, validity = params[0], validity[0]
         return kind.restore(params), kind.restore(validity)
 
+    def psf_map(self, image, window=None, stride=None, **kw):
+        """Sliding-window PSF map of ``image`` (:func:`psfmap.identify.estimate_psf_map`)."""
+        from psfmap.identify.psf_map_estimation import estimate_psf_map
+
+        return estimate_psf_map(self, image, window, stride, **kw)

@@ -1,0 +1,424 @@
+"""Depth from astigmatism: the axial position of a source from its local Z-3 PSF parameters.
+
+Shajkofci & Liebling, "Spatially-variant CNN-based point spread function estimation for
+blind deconvolution and depth estimation in optical microscopy", IEEE TIP 2020, Sec. V-D:
+with a cylindrical lens in the detection path, a source above focus is blurred by a PSF
+stretched along one diagonal and a source below focus along the other. The ``zernike3``
+parameters of the local PSF — focus ``a1`` (RMS waves, >= 0) and astigmatism axis ``a3``
+(radians, period π) — give a signed depth
+
+    z = a1 (2 a3 / π − 1),
+
+which an affine map ``z_µm = slope · z + intercept`` fitted on images at known depths turns
+into micrometres (:func:`calibrate_depth`). The formula assumes the instrument's astigmatism
+lies on the diagonals (axes π/4 and 3π/4); for another orientation the axis is first rotated
+by ``axis_offset`` (``a3 ← (a3 − axis_offset) mod π``), which :func:`calibrate_depth` finds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from psfmap._container import load_container, save_container
+from psfmap._validation import ArrayKind, as_tensor, check_finite, describe
+
+CALIBRATION_KIND = "depth_calibration"
+VALIDITY_THRESHOLD = 0.5
+
+
+def astigmatic_depth(params: Any, axis_offset: float = 0.0) -> Any:
+    """Raw depth ``z = a1 (2 ((a3 − axis_offset) mod π) / π − 1)`` from Z-3 parameters.
+
+    Parameters
+    ----------
+    params : array or tensor (..., 3)
+        ``(focus, cylinder, axis)`` as ordered by ``psfmap.psf.model("zernike3")``.
+    axis_offset : float
+        Rotation of the astigmatism axis (radians) applied before the formula; 0 gives the
+        formula of Shajkofci & Liebling (2020) as published.
+
+    Returns
+    -------
+    Same kind as ``params``, shape (...): depth in the model's units (not micrometres).
+    """
+    kind = ArrayKind(params)
+    tensor = check_finite(as_tensor(params, "params"), "params")
+    if tensor.ndim < 1 or tensor.shape[-1] != 3:
+        raise ValueError(
+            f"params must have shape (..., 3) (focus, cylinder, axis), got {tuple(tensor.shape)}"
+        )
+    focus, axis = tensor[..., 0], tensor[..., 2]
+    axis = torch.remainder(axis - float(axis_offset), math.pi)
+    return kind.restore(focus * (2 * axis / math.pi - 1))
+
+
+@dataclass
+class DepthCalibration:
+    """Affine map from raw astigmatic depth to micrometres, ``z_µm = slope · z + intercept``.
+
+    Attributes
+    ----------
+    slope, intercept : float
+        Affine coefficients.
+    axis_offset : float
+        Axis rotation (radians) applied in :func:`astigmatic_depth` before the formula.
+    model : str
+        The PSF model whose parameters are used.
+    z_range : (float, float)
+        Range of the calibration depths (µm).
+    rms_error : float
+        Root-mean-square residual of the fit on the calibration data (µm).
+    metadata : dict
+        Anything else (window, number of images, source file...).
+    """
+
+    slope: float
+    intercept: float
+    axis_offset: float = 0.0
+    model: str = "zernike3"
+    z_range: tuple[float, float] = (0.0, 0.0)
+    rms_error: float = float("nan")
+    metadata: dict = field(default_factory=dict)
+
+    def apply(self, raw_depth: Any) -> Any:
+        """Convert raw depths (from :func:`astigmatic_depth`) to micrometres."""
+        if isinstance(raw_depth, torch.Tensor):
+            return raw_depth * self.slope + self.intercept
+        return np.asarray(raw_depth, dtype=np.float64) * self.slope + self.intercept
+
+    def depth(self, params: Any) -> Any:
+        """Depth in micrometres from Z-3 parameters ``(..., 3)``."""
+        return self.apply(astigmatic_depth(params, self.axis_offset))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the calibration to one self-describing psfmap file (atomic)."""
+        metadata = {
+            "slope": float(self.slope),
+            "intercept": float(self.intercept),
+            "axis_offset": float(self.axis_offset),
+            "model": self.model,
+            "z_range": [float(v) for v in self.z_range],
+            "rms_error": None if not np.isfinite(self.rms_error) else float(self.rms_error),
+            "extra": dict(self.metadata),
+        }
+        return save_container(path, CALIBRATION_KIND, {}, metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DepthCalibration:
+        """Read a file written by :meth:`save` (clear ``ValueError`` for any other file)."""
+        _, _, metadata = load_container(path, CALIBRATION_KIND)
+        try:
+            rms = metadata.get("rms_error")
+            return cls(
+                slope=float(metadata["slope"]),
+                intercept=float(metadata["intercept"]),
+                axis_offset=float(metadata.get("axis_offset", 0.0)),
+                model=str(metadata.get("model", "zernike3")),
+                z_range=tuple(float(v) for v in metadata.get("z_range", (0.0, 0.0))),
+                rms_error=float("nan") if rms is None else float(rms),
+                metadata=dict(metadata.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{str(path)!r} holds a corrupted depth calibration") from None
+
+
+def fit_depth_calibration(
+    raw_depths: Any, z_um: Any, *, axis_offset: float = 0.0, model: str = "zernike3"
+) -> DepthCalibration:
+    """Least-squares affine fit ``z_um ≈ slope · raw + intercept``.
+
+    Parameters
+    ----------
+    raw_depths, z_um : 1-D arrays of equal length (>= 2, raw depths not all equal)
+
+    Returns
+    -------
+    DepthCalibration
+    """
+    raw = np.asarray(raw_depths, dtype=np.float64).reshape(-1)
+    z = np.asarray(z_um, dtype=np.float64).reshape(-1)
+    if raw.shape != z.shape:
+        raise ValueError(
+            f"z_um must have one depth per raw depth ({raw.size}), got {z.size} values"
+        )
+    if raw.size < 2:
+        raise ValueError(f"an affine calibration needs at least 2 depths, got {raw.size}")
+    if not (np.all(np.isfinite(raw)) and np.all(np.isfinite(z))):
+        raise ValueError("raw depths and z_um must be finite numbers")
+    if np.ptp(raw) == 0:
+        raise ValueError(
+            "every raw depth is the same; the images do not resolve depth, so no affine "
+            "calibration can be fitted"
+        )
+    design = np.stack([raw, np.ones_like(raw)], axis=1)
+    (slope, intercept), *_ = np.linalg.lstsq(design, z, rcond=None)
+    residual = design @ np.array([slope, intercept]) - z
+    return DepthCalibration(
+        slope=float(slope),
+        intercept=float(intercept),
+        axis_offset=float(axis_offset),
+        model=model,
+        z_range=(float(z.min()), float(z.max())),
+        rms_error=float(np.sqrt(np.mean(residual**2))),
+        metadata={"n_points": int(raw.size)},
+    )
+
+
+def best_axis_offset(params: np.ndarray, z_um: np.ndarray, steps: int = 36) -> float:
+    """Axis rotation in ``[0, π)`` for which the affine fit of depth has the smallest error."""
+    best, best_error = 0.0, math.inf
+    for offset in np.arange(steps) * math.pi / steps:
+        raw = astigmatic_depth(params, offset)
+        if np.ptp(raw) == 0:
+            continue
+        error = fit_depth_calibration(raw, z_um).rms_error
+        if error < best_error - 1e-12:
+            best, best_error = float(offset), error
+    return best
+
+
+def _image_params(psf_map) -> np.ndarray:
+    """Validity-weighted median of the parameters of a map's valid cells -> (3,)."""
+    params = np.asarray(psf_map.params, dtype=np.float64).reshape(-1, 3)
+    validity = psf_map.validity
+    if validity is None:
+        return np.median(params, axis=0)
+    validity = np.asarray(validity, dtype=np.float64).reshape(-1)
+    valid = validity >= VALIDITY_THRESHOLD
+    return np.median(params[valid], axis=0) if valid.any() else np.full(3, np.nan)
+
+
+def calibrate_depth(
+    images: Any,
+    z_um: Any,
+    *,
+    model: Any = "zernike3",
+    window: int | None = None,
+    stride: int | None = None,
+    axis_offset: float | None = None,
+    median: int = 0,
+) -> DepthCalibration:
+    """Fit the affine map from raw astigmatic depth to micrometres on images at known depths.
+
+    Each image (e.g. a slice of a bead z-stack) gets a PSF map (:func:`psfmap.estimate`);
+    the median parameters of its valid cells give one raw depth
+    ``z = a1 (2 a3 / π − 1)`` (Shajkofci & Liebling, IEEE TIP 2020), and a least-squares
+    fit ``z_µm ≈ slope · z + intercept`` over the images gives the calibration. Images with
+    no valid cell (far out of focus, empty) are skipped.
+
+    Parameters
+    ----------
+    images : sequence of 2-D arrays, or array (Z, H, W)
+    z_um : 1-D array (Z,)
+        Known depth of each image in micrometres.
+    model : str or PSFEstimator
+        Z-3 estimator (shipped ``zernike3`` by default).
+    window, stride : int, optional
+        Sliding-window settings of the PSF map.
+    axis_offset : float, optional
+        Axis rotation (radians); ``None`` searches ``[0, π)`` for the best affine fit.
+    median : int
+        Median filter of each map's parameter grid.
+
+    Returns
+    -------
+    DepthCalibration
+    """
+    from psfmap.identify.blind import estimate, get_estimator
+
+    estimator = get_estimator(model)
+    if tuple(estimator.family.names) != ("focus", "cylinder", "axis"):
+        raise ValueError(
+            f"depth needs a zernike3 model (focus, cylinder, axis), got the "
+            f"{estimator.family.name!r} model with parameters {estimator.family.names}"
+        )
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim != 3:
+            raise ValueError(f"images must be a stack (Z, H, W), got shape {tuple(images.shape)}")
+        stack: Sequence[Any] = list(images)
+    elif isinstance(images, Sequence):
+        stack = list(images)
+    else:
+        raise TypeError(f"images must be a stack or a list of 2-D images, got {describe(images)}")
+    z = np.asarray(z_um, dtype=np.float64).reshape(-1)
+    if z.size != len(stack):
+        raise ValueError(f"z_um must give one depth per image ({len(stack)}), got {z.size}")
+    params = []
+    for image in stack:
+        try:
+            psf_map = estimate(image, estimator, window, stride, median=median)
+        except ValueError as error:
+            if "no texture" in str(error):
+                params.append(np.full(3, np.nan))
+                continue
+            raise
+        params.append(_image_params(psf_map))
+    params_array = np.asarray(params)
+    usable = np.all(np.isfinite(params_array), axis=1)
+    if usable.sum() < 2:
+        raise ValueError(
+            f"only {int(usable.sum())} of {len(stack)} images hold texture to estimate a PSF "
+            "from; a depth calibration needs at least 2"
+        )
+    params_array, z = params_array[usable], z[usable]
+    if axis_offset is None:
+        axis_offset = best_axis_offset(params_array, z)
+    name = str(getattr(estimator.family, "name", "zernike3"))
+    calibration = fit_depth_calibration(
+        astigmatic_depth(params_array, axis_offset), z, axis_offset=axis_offset, model=name
+    )
+    calibration.metadata.update({"n_images": len(stack), "n_used": int(usable.sum())})
+    return calibration
+
+
+def depth_map(
+    image: Any,
+    model: Any = "zernike3",
+    window: int | None = None,
+    stride: int | None = None,
+    *,
+    grid: tuple[int, int] | None = None,
+    median: int = 3,
+    calibration: DepthCalibration | None = None,
+    full_size: bool = False,
+) -> Any:
+    """Depth of every cell of the blind PSF map of ``image``.
+
+    ``z = a1 (2 a3 / π − 1)`` per cell from the Z-3 parameters (focus ``a1``, axis ``a3``)
+    estimated by the CNN on sliding windows (Shajkofci & Liebling, IEEE TIP 2020), in
+    micrometres when a :class:`DepthCalibration` is given (which also sets the axis offset).
+
+    Parameters
+    ----------
+    image : ndarray or Tensor (H, W)
+    model : str or PSFEstimator
+        A ``zernike3`` estimator.
+    window, stride, grid, median
+        Sliding-window settings (see :func:`psfmap.estimate`).
+    calibration : DepthCalibration, optional
+        Converts raw depth to micrometres.
+    full_size : bool
+        Interpolate the cell grid to the image size (bilinear, same weights as the blur
+        operator) instead of returning ``(gy, gx)``.
+
+    Returns
+    -------
+    Same kind as ``image``: depth per cell ``(gy, gx)`` or per pixel ``(H, W)``.
+    """
+    from psfmap.identify.blind import estimate, get_estimator
+    from psfmap.operators.grid import hat_profiles
+
+    kind = ArrayKind(image)
+    estimator = get_estimator(model)
+    if tuple(estimator.family.names) != ("focus", "cylinder", "axis"):
+        raise ValueError(
+            f"depth needs a zernike3 model (focus, cylinder, axis), got the "
+            f"{estimator.family.name!r} model"
+        )
+    tensor = as_tensor(image, "image")
+    psf_map = estimate(tensor, estimator, window, stride, grid=grid, median=median)
+    params = np.asarray(psf_map.params, dtype=np.float64)
+    offset = calibration.axis_offset if calibration is not None else 0.0
+    depth = astigmatic_depth(params, offset)
+    if calibration is not None:
+        depth = calibration.apply(depth)
+    if full_size:
+        height, width = tensor.shape[-2:]
+        rows = hat_profiles(depth.shape[0], int(height))
+        cols = hat_profiles(depth.shape[1], int(width))
+        depth = rows.T @ depth @ cols
+    return kind.restore(torch.from_numpy(np.ascontiguousarray(depth)).to(tensor.dtype))
+
+
+def fit_psf_params(
+    patches: Any,
+    family: Any,
+    *,
+    steps: Sequence[int] = (9, 7, 12),
+    refine: int = 2,
+    refine_points: int = 3,
+) -> np.ndarray:
+    """Model-based alternative to the CNN: least-squares PSF parameters of bead patches.
+
+    For each patch ``y`` (a single bead, centred) and each parameter vector ``θ`` of a grid
+    over ``[family.low, family.high]``, the model ``a · k_θ + b`` (amplitude, background) is
+    fitted in closed form and ``θ`` minimising ``‖y − a k_θ − b‖²`` is kept; ``refine``
+    rounds of a finer grid around the best point follow.
+
+    Parameters
+    ----------
+    patches : array (B, s, s)
+        Bead patches of the family's kernel size ``s``.
+    family : PSFFamily
+        E.g. ``psfmap.psf.model("zernike3", na=..., wavelength=..., pixel_size=...)``.
+    steps : ints
+        Grid points per parameter.
+    refine : int
+        Refinement rounds (each halves the grid span around the current best).
+    refine_points : int
+        Grid points per parameter in a refinement round.
+
+    Returns
+    -------
+    ndarray (B, N) of parameters.
+    """
+    data = np.asarray(patches, dtype=np.float64)
+    if data.ndim != 3 or data.shape[1:] != (family.size, family.size):
+        raise ValueError(
+            f"patches must have shape (B, {family.size}, {family.size}), got {data.shape}"
+        )
+    if len(steps) != family.n_params:
+        raise ValueError(f"steps must give one count per parameter {family.names}, got {steps}")
+    low = np.asarray(family.low, dtype=np.float64)
+    high = np.asarray(family.high, dtype=np.float64)
+    y = data.reshape(data.shape[0], -1)
+    y_centred = y - y.mean(1, keepdims=True)
+    grids = [np.linspace(lo, hi, n) for lo, hi, n in zip(low, high, steps)]
+    best = _grid_search(family, y_centred, grids)
+    span = (high - low) / (np.asarray(steps) - 1).clip(1)
+    for _ in range(refine):
+        best = np.concatenate([
+            _grid_search(
+                family,
+                y_centred[i:i + 1],
+                [np.unique(np.clip(np.linspace(c - s, c + s, refine_points), lo, hi))
+                 for c, s, lo, hi in zip(row, span, low, high)],
+            )
+            for i, row in enumerate(best)
+        ])
+        span = span / 2
+    return best
+
+
+def _grid_search(
+    family: Any, y_centred: np.ndarray, grids: list[np.ndarray], chunk: int = 128
+) -> np.ndarray:
+    """Best grid point per row of ``y_centred`` (B, s²) for the model ``a k_θ + b``, a >= 0.
+
+    The residual of the best ``a, b`` is ``|y_c|² − max(<y_c, k_c>, 0)² / |k_c|²`` (``_c``:
+    mean removed), so minimising it maximises the explained energy.
+    """
+    mesh = np.stack(np.meshgrid(*grids, indexing="ij"), axis=-1).reshape(-1, len(grids))
+    best_value = np.full(y_centred.shape[0], -np.inf)
+    best_index = np.zeros(y_centred.shape[0], dtype=np.int64)
+    for start in range(0, len(mesh), chunk):  # bounded memory for large grids
+        with torch.no_grad():
+            kernels = family(torch.from_numpy(mesh[start:start + chunk])).double()
+        kernels = kernels.reshape(kernels.shape[0], -1).numpy()
+        k_centred = kernels - kernels.mean(1, keepdims=True)
+        k_energy = np.maximum((k_centred**2).sum(1), 1e-30)
+        cross = y_centred @ k_centred.T
+        explained = np.where(cross > 0, cross**2 / k_energy[None, :], 0.0)
+        index = explained.argmax(1)
+        value = explained[np.arange(len(index)), index]
+        better = value > best_value
+        best_value[better] = value[better]
+        best_index[better] = index[better] + start
+    return mesh[best_index]

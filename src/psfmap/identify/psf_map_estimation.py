@@ -1,0 +1,327 @@
+"""Sliding-window PSF map: a CNN parameter estimate per overlapping window of one image.
+
+Shajkofci & Liebling, "Spatially-variant CNN-based point spread function estimation for
+blind deconvolution and depth estimation in optical microscopy", IEEE TIP 2020, Sec. III-D:
+the image is cut into overlapping windows, the network regresses the PSF parameters and the
+validity ``a0`` of each window in batches, windows judged textureless (``a0 < ½``) are filled
+from their valid neighbours by inverse-distance weighting, and the parameter grid is
+optionally median filtered. The result is a :class:`~psfmap.operators.psf_map.PSFMap` whose
+cell ``(r, c)`` is centred at ``((r + ½) H / gy, (c + ½) W / gx)``, the grid convention of
+:func:`psfmap.operators.from_psf_grid`, so ``psf_map.operator()`` is the overlap-add blur.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from psfmap._validation import as_tensor, check_finite, describe
+
+# a window whose standard deviation is below this fraction of the image's dynamic range is
+# flat: no texture, hence no blur information, whatever the network says
+FLAT_TOLERANCE = 1e-6
+VALIDITY_THRESHOLD = 0.5
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def window_starts(length: int, window: int, n_cells: int) -> np.ndarray:
+    """Top-left offsets of ``n_cells`` windows of side ``window`` along an axis of ``length``.
+
+    Window ``k`` is centred on the grid cell centre ``(k + ½) length / n_cells`` and shifted
+    inwards where it would cross the border, so the windows follow the cell convention of
+    :func:`psfmap.operators.from_psf_grid`.
+    """
+    centres = (np.arange(n_cells) + 0.5) * length / n_cells
+    return np.clip(np.round(centres - window / 2), 0, length - window).astype(np.int64)
+
+
+def grid_size(length: int, window: int, stride: int) -> int:
+    """Number of cells a window sliding by ``stride`` needs to cover ``length`` pixels."""
+    return max(1, math.ceil((length - window) / stride) + 1)
+
+
+def fill_invalid(params: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill invalid cells of a parameter grid by inverse-distance-weighted averaging.
+
+    Each pass looks, from every unknown cell, along its row and column (the four
+    directions) for the nearest known cell and sets the cell to
+
+        p(r, c) = Σ_k p_k / d_k  /  Σ_k 1 / d_k,     k over the (at most 4) cells found,
+
+    ``d_k`` their distances in cells. Cells filled in one pass count as known in the next;
+    passes repeat until every cell is known (at most two passes on a connected grid).
+
+    Parameters
+    ----------
+    params : ndarray (gy, gx, N)
+    valid : bool ndarray (gy, gx)
+
+    Returns
+    -------
+    ndarray (gy, gx, N), a filled copy.
+
+    Raises
+    ------
+    ValueError
+        If no cell is valid.
+    """
+    params = np.array(params, dtype=np.float64, copy=True)
+    known = np.array(valid, dtype=bool, copy=True)
+    if params.shape[:2] != known.shape:
+        raise ValueError(f"valid must have shape {params.shape[:2]}, got {known.shape}")
+    if not known.any():
+        raise ValueError("no valid cell to fill the PSF map from")
+    gy, gx = known.shape
+    while not known.all():
+        total = np.zeros_like(params)
+        weight = np.zeros((gy, gx))
+        for axis in (0, 1):
+            for step in (-1, 1):
+                # distance to the nearest known cell walking in direction (axis, step)
+                nearest = _nearest_known(known, axis, step)
+                found = nearest >= 0
+                if axis == 0:
+                    rows = np.where(found, nearest, 0)
+                    cols = np.broadcast_to(np.arange(gx), (gy, gx))
+                    distance = np.abs(rows - np.arange(gy)[:, None])
+                else:
+                    cols = np.where(found, nearest, 0)
+                    rows = np.broadcast_to(np.arange(gy)[:, None], (gy, gx))
+                    distance = np.abs(cols - np.arange(gx)[None, :])
+                inverse = np.where(found & ~known, 1.0 / np.maximum(distance, 1), 0.0)
+                total += inverse[..., None] * params[rows, cols]
+                weight += inverse
+        newly = (weight > 0) & ~known
+        params[newly] = total[newly] / weight[newly][:, None]
+        known |= newly
+    return params
+
+
+def _nearest_known(known: np.ndarray, axis: int, step: int) -> np.ndarray:
+    """Index (along ``axis``) of the nearest known cell in direction ``step``; -1 if none."""
+    moved = np.moveaxis(known, axis, 0)
+    n = moved.shape[0]
+    nearest = np.full(moved.shape, -1, dtype=np.int64)
+    last = np.full(moved.shape[1:], -1, dtype=np.int64)
+    order = range(n - 1, -1, -1) if step > 0 else range(n)
+    for index in order:
+        # nearest known strictly beyond ``index`` in direction ``step``
+        nearest[index] = last
+        last = np.where(moved[index], index, last)
+    return np.moveaxis(nearest, 0, axis)
+
+
+def median_filter_grid(params: np.ndarray, size: int) -> np.ndarray:
+    """Median filter each parameter plane of a ``(gy, gx, N)`` grid (edges reflected)."""
+    if size <= 1:
+        return params
+    return ndimage.median_filter(params, size=(size, size, 1), mode="nearest")
+
+
+def estimate_psf_map(
+    estimator: Any,
+    image: Any,
+    window: int | None = None,
+    stride: int | None = None,
+    *,
+    grid: tuple[int, int] | None = None,
+    median: int = 0,
+    batch_size: int = 256,
+    threshold: float = VALIDITY_THRESHOLD,
+):
+    r"""Estimate a PSF map of ``image`` with a PSF-parameter estimator on sliding windows.
+
+    The image is covered by a ``gy × gx`` grid of overlapping windows; cell ``(r, c)`` is
+    centred at ``((r + ½) H / gy, (c + ½) W / gx)`` (the :func:`~psfmap.operators.from_psf_grid`
+    convention). Each window is cut into ``k × k`` patches of the estimator's ``patch_size``
+    (``k = ⌈window / p⌉``, one patch when ``window = p``), all patches of the image go
+    through ``estimator.predict`` in batches, and per window
+
+        θ = Σ_j v_j θ_j / Σ_j v_j,    v = mean_j v_j
+
+    (validity-weighted parameters ``θ_j``, mean validity ``v_j``). Cells with ``v < threshold``,
+    and flat windows, are invalid and filled by :func:`fill_invalid` (inverse-distance
+    weighted four-neighbour averaging, Shajkofci & Liebling, IEEE TIP 2020); a ``median``
+    filter of the parameter grid follows when asked.
+
+    Parameters
+    ----------
+    estimator : PSFEstimator or compatible
+        Needs ``.family`` (a ``psfmap.psf.model`` family), ``.patch_size`` and
+        ``.predict(patches (B, p, p)) -> (params (B, N), validity (B,))``.
+    image : ndarray or Tensor (H, W)
+        Image to analyse (any intensity scale).
+    window : int, optional
+        Window side in pixels, ``>= estimator.patch_size``; default ``patch_size``.
+    stride : int, optional
+        Step between windows in pixels (``<= window`` so the windows cover the image);
+        default ``window // 2``. The grid has ``⌈(H - window) / stride⌉ + 1`` rows.
+    grid : (int, int), optional
+        Number of windows ``(gy, gx)`` instead of a stride, e.g. ``(13, 13)``.
+    median : int
+        Side of the median filter applied to each parameter plane (0 or 1: none).
+    batch_size : int
+        Patches per network call.
+    threshold : float
+        Validity below which a window is replaced by its neighbours.
+
+    Returns
+    -------
+    PSFMap
+        Parameter grid ``(gy, gx, N)``, validity ``(gy, gx)`` (the network's score; flat
+        windows get 0) and ``metadata`` with ``window``, ``stride``, ``grid``, ``model``,
+        ``window_rows``/``window_cols`` (top-left offsets), ``centres_y``/``centres_x``,
+        ``n_valid``.
+
+    Raises
+    ------
+    ValueError
+        If the image is smaller than a window, or no window holds texture (e.g. a constant
+        image).
+    """
+    from psfmap.operators.psf_map import PSFMap
+
+    for attribute in ("family", "patch_size", "predict"):
+        if not hasattr(estimator, attribute):
+            raise TypeError(
+                f"estimator must be a PSFEstimator (with .family, .patch_size, .predict), "
+                f"got {describe(estimator)}"
+            )
+    tensor = check_finite(as_tensor(image, "image"), "image")
+    if tensor.ndim != 2:
+        raise ValueError(f"image must be a 2-D array (H, W), got shape {tuple(tensor.shape)}")
+    height, width = (int(s) for s in tensor.shape)
+    patch = int(estimator.patch_size)
+    window = patch if window is None else _positive_int(window, "window")
+    if window < patch:
+        raise ValueError(
+            f"window must be at least the estimator's patch size {patch} px, got {window}"
+        )
+    if height < window or width < window:
+        raise ValueError(
+            f"image of shape {(height, width)} is smaller than one {window}x{window} window; "
+            f"expected an image of at least {window}x{window} pixels"
+        )
+    if grid is not None:
+        if stride is not None:
+            raise ValueError("give either stride or grid, not both")
+        try:
+            gy, gx = (_positive_int(v, "grid") for v in grid)
+        except TypeError:
+            raise ValueError(f"grid must be a pair of positive integers, got {grid!r}") from None
+        if gy > height or gx > width:
+            raise ValueError(f"grid {grid!r} has more cells than the image {height}x{width}")
+    else:
+        stride = max(1, window // 2) if stride is None else _positive_int(stride, "stride")
+        if stride > window:
+            raise ValueError(
+                f"stride must be at most the window ({window} px) so the windows cover the "
+                f"image, got {stride}"
+            )
+        gy, gx = grid_size(height, window, stride), grid_size(width, window, stride)
+    median = int(median)
+    if median < 0:
+        raise ValueError(f"median must be >= 0, got {median}")
+    batch_size = _positive_int(batch_size, "batch_size")
+
+    rows = window_starts(height, window, gy)
+    cols = window_starts(width, window, gx)
+    # sub-patches of side p inside each window (k x k of them, evenly spread)
+    k = math.ceil(window / patch)
+    offsets = np.round(np.linspace(0, window - patch, k)).astype(np.int64) if k > 1 else [0]
+    work = tensor.detach().to(dtype=torch.float32, device="cpu")
+    starts_y = (rows[:, None] + np.asarray(offsets)[None, :]).reshape(-1)  # (gy k)
+    starts_x = (cols[:, None] + np.asarray(offsets)[None, :]).reshape(-1)  # (gx k)
+    index_y = torch.from_numpy(starts_y[:, None] + np.arange(patch)[None, :])  # (gy k, p)
+    index_x = torch.from_numpy(starts_x[:, None] + np.arange(patch)[None, :])  # (gx k, p)
+    patches = work[index_y[:, None, :, None], index_x[None, :, None, :]]  # (gy k, gx k, p, p)
+    patches = patches.reshape(gy, k, gx, k, patch, patch).permute(0, 2, 1, 3, 4, 5)
+    patches = patches.reshape(gy * gx * k * k, patch, patch)
+
+    n_params = int(estimator.family.n_params)
+    params_list, validity_list = [], []
+    with torch.inference_mode():
+        for start in range(0, patches.shape[0], batch_size):
+            p_batch, v_batch = estimator.predict(patches[start:start + batch_size])
+            params_list.append(torch.as_tensor(p_batch, dtype=torch.float64).reshape(-1, n_params))
+            validity_list.append(torch.as_tensor(v_batch, dtype=torch.float64).reshape(-1))
+    params = torch.cat(params_list).numpy().reshape(gy, gx, k * k, n_params)
+    validity = torch.cat(validity_list).numpy().reshape(gy, gx, k * k)
+    if not (np.all(np.isfinite(params)) and np.all(np.isfinite(validity))):
+        raise ValueError("the estimator returned NaN or infinite values")
+
+    # flat patches carry no blur information: invalid whatever the network says
+    spread = float(work.max() - work.min())
+    deviation = patches.to(torch.float64).flatten(1).std(dim=1).numpy().reshape(gy, gx, k * k)
+    validity = np.where(deviation <= FLAT_TOLERANCE * max(spread, 1e-30), 0.0, validity)
+    weights = validity + 1e-12
+    cell_params = (weights[..., None] * params).sum(2) / weights.sum(2)[..., None]
+    cell_validity = validity.mean(2)
+    valid = cell_validity >= threshold
+    if not valid.any():
+        raise ValueError(
+            "the image has no texture to estimate a PSF from: every window was judged invalid "
+            f"(largest validity {cell_validity.max():.2f} < {threshold}); a constant or "
+            "empty image cannot be analysed"
+        )
+    filled = fill_invalid(cell_params, valid)
+    filled = median_filter_grid(filled, median)
+    low = np.asarray(estimator.family.low, dtype=np.float64)
+    high = np.asarray(estimator.family.high, dtype=np.float64)
+    filled = np.clip(filled, low, high)
+
+    spacing_y, spacing_x = height / gy, width / gx
+    metadata = {
+        "model": str(getattr(estimator.family, "name", "unknown")),
+        "window": int(window),
+        "stride": [float(spacing_y), float(spacing_x)],
+        "grid": [int(gy), int(gx)],
+        "patch_size": int(patch),
+        "median": int(median),
+        "threshold": float(threshold),
+        "window_rows": rows.tolist(),
+        "window_cols": cols.tolist(),
+        "centres_y": ((np.arange(gy) + 0.5) * spacing_y).tolist(),
+        "centres_x": ((np.arange(gx) + 0.5) * spacing_x).tolist(),
+        "n_valid": int(valid.sum()),
+    }
+    return PSFMap(
+        estimator.family,
+        filled,
+        (height, width),
+        validity=cell_validity,
+        metadata=metadata,
+    )
+
+
+def resample_params(psf_map, grid: tuple[int, int]) -> np.ndarray:
+    """Parameters of ``psf_map`` at the cell centres of a ``grid`` over the same image.
+
+    Bilinear between the map's cell centres and constant beyond the outer ones (the weights
+    of :func:`psfmap.operators.from_psf_grid`), so a true map can be compared cell by cell
+    with an estimated one on another grid. Returns ``(gy, gx, N)``.
+    """
+    height, width = psf_map.image_shape
+    gy, gx = (int(v) for v in grid)
+    rows, cols = psf_map.centres
+    new_rows = (np.arange(gy) + 0.5) * height / gy
+    new_cols = (np.arange(gx) + 0.5) * width / gx
+    params = np.asarray(psf_map.params, dtype=np.float64)
+    along_rows = np.stack(
+        [[np.interp(new_rows, rows, params[:, c, k]) for c in range(params.shape[1])]
+         for k in range(params.shape[2])]
+    )  # (N, gx_old, gy)
+    out = np.stack(
+        [[np.interp(new_cols, cols, along_rows[k, :, r]) for r in range(gy)]
+         for k in range(params.shape[2])]
+    )  # (N, gy, gx)
+    return np.moveaxis(out, 0, -1)

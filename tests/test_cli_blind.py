@@ -1,0 +1,122 @@
+"""psfmap estimate / deblur / depth command lines (tiny untrained CNN weights file)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import psfmap
+from psfmap.cli import main
+from psfmap.depth import DepthCalibration
+from psfmap.identify.network import PSFRegressor
+from psfmap.identify.training import save_checkpoint
+from psfmap.operators.psf_map import PSFMap
+
+
+def _weights(path, model: str):
+    """A tiny untrained network whose validity logit is biased to 'valid' (+6), so the
+    pipeline runs end to end; its parameters are meaningless, its shapes are real."""
+    family = psfmap.psf.model(model, size=9)
+    network_config = {"patch_size": 16, "n_params": family.n_params, "width": 4,
+                      "blocks": [1], "hidden": 8}
+    network = PSFRegressor.from_config(network_config)
+    with torch.no_grad():
+        network.head[-1].bias[-1] = 6.0
+    config = {"model": model, "family": family.config(), "network": network_config,
+              "data": {"patch_size": 16}}
+    return save_checkpoint(path, network, config)
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    sharp = psfmap.simulate.samples.bundled_sample("neuron")[96:160, 96:160]
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, (sharp * 1000).astype(np.uint16))
+    return path
+
+
+def test_estimate_writes_map_and_figure(tmp_path, image_file, capsys):
+    weights = _weights(tmp_path / "g1.pt", "gaussian1")
+    status = main(["estimate", str(image_file), "--weights", str(weights), "--stride", "16",
+                   "--save-map", str(tmp_path / "map.psfmap"),
+                   "--figure", str(tmp_path / "map.png")])
+    assert status == 0
+    psf_map = PSFMap.load(tmp_path / "map.psfmap")
+    assert psf_map.grid == (4, 4) and psf_map.image_shape == (64, 64)
+    assert (tmp_path / "map.png").stat().st_size > 0
+    assert "4x4 gaussian1 map" in capsys.readouterr().out
+
+
+def test_deblur_writes_restored_image(tmp_path, image_file):
+    weights = _weights(tmp_path / "g1.pt", "gaussian1")
+    out = tmp_path / "restored.tif"
+    status = main(["deblur", str(image_file), "--weights", str(weights), "--iterations", "2",
+                   "--grid", "2x2", "-o", str(out), "--save-map", str(tmp_path / "m.psfmap"),
+                   "--quiet"])
+    assert status == 0
+    restored = tifffile.imread(out)
+    assert restored.shape == (64, 64) and np.all(np.isfinite(restored))
+    # re-use the saved map instead of estimating
+    again = tmp_path / "again.tif"
+    assert main(["deblur", str(image_file), "--psf-map", str(tmp_path / "m.psfmap"),
+                 "--iterations", "2", "-o", str(again), "--quiet"]) == 0
+    np.testing.assert_allclose(tifffile.imread(again), restored, rtol=1e-5, atol=1e-5)
+
+
+def test_depth_map_and_calibrate(tmp_path, image_file, capsys):
+    weights = _weights(tmp_path / "z3.pt", "zernike3")
+    stack = np.stack([tifffile.imread(image_file) for _ in range(3)])
+    stack[1] = np.roll(stack[1], 5, axis=1)
+    stack[2] = stack[2][:, ::-1]
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    raw = tmp_path / "depth_raw.tif"
+    assert main(["depth", str(image_file), "--weights", str(weights), "-o", str(raw),
+                 "--quiet"]) == 0
+    assert tifffile.imread(raw).shape == (64, 64)
+    calibration_file = tmp_path / "cal.psfmap"
+    status = main(["depth", "calibrate", str(tmp_path / "stack.tif"), "--weights",
+                   str(weights), "--z-step", "0.1", "-o", str(calibration_file), "--quiet"])
+    # an untrained network may give the same raw depth for all slices: then a clear error
+    if status == 0:
+        calibration = DepthCalibration.load(calibration_file)
+        assert calibration.z_range == (0.0, pytest.approx(0.2))
+        cells = tmp_path / "depth_um.tif"
+        assert main(["depth", str(image_file), "--weights", str(weights), "--calibration",
+                     str(calibration_file), "--cells", "-o", str(cells), "--quiet"]) == 0
+        assert tifffile.imread(cells).ndim == 2
+    else:
+        assert status == 1
+        assert "do not resolve depth" in capsys.readouterr().err
+
+
+def test_bad_command_lines(tmp_path, image_file, capsys):
+    weights = _weights(tmp_path / "g1.pt", "gaussian1")
+    # nothing to write
+    assert main(["estimate", str(image_file), "--weights", str(weights)]) == 2
+    # overwriting the input
+    assert main(["deblur", str(image_file), "--weights", str(weights), "-o",
+                 str(image_file)]) == 2
+    # calibrate without z-step
+    assert main(["depth", "calibrate", str(image_file), "--weights", str(weights),
+                 "-o", str(tmp_path / "c.psfmap")]) == 2
+    # a gaussian model cannot give depth
+    assert main(["depth", str(image_file), "--weights", str(weights), "-o",
+                 str(tmp_path / "d.tif")]) == 1
+    assert "zernike3" in capsys.readouterr().err
+    # constant image: clear one-line error
+    flat = tmp_path / "flat.tif"
+    tifffile.imwrite(flat, np.full((40, 40), 7, dtype=np.uint16))
+    assert main(["estimate", str(flat), "--weights", str(weights), "--save-map",
+                 str(tmp_path / "x.psfmap")]) == 1
+    assert "no texture" in capsys.readouterr().err
+    # a weights file for another model
+    assert main(["estimate", str(image_file), "--weights", str(weights), "--model", "zernike3",
+                 "--save-map", str(tmp_path / "z.psfmap")]) == 1
+    assert "is for the model 'gaussian1'" in capsys.readouterr().err
+    # a stack needs --plane
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((2, 40, 40), dtype=np.uint16))
+    assert main(["estimate", str(stack), "--weights", str(weights), "--save-map",
+                 str(tmp_path / "y.psfmap")]) == 2
