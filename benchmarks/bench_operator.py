@@ -30,10 +30,10 @@ import platform
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
+from _timing import best_time  # noqa: E402 - benchmarks/ is on sys.path when run
 from scipy.signal import fftconvolve
 
 from psfmap.operators import ProductConvolution, from_psf_grid
@@ -59,15 +59,6 @@ def make_operator(kind: str, n_kernels: int, size: int, kernel_size: int) -> Pro
                                              align_corners=True)[:, 0]
     weights = torch.softmax(4 * smooth, dim=0)  # positive, global support, sum to 1
     return ProductConvolution(kernels, weights)
-
-
-def best_time(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def operator_run(operator: ProductConvolution, x: torch.Tensor):

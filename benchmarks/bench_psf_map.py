@@ -13,10 +13,10 @@ Run: .venv/bin/python benchmarks/bench_psf_map.py
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from _timing import best_time  # noqa: E402 - benchmarks/ is on sys.path when run
 
 import psfmap
 from psfmap.identify.cnn import PSFEstimator, pretrained_names
@@ -40,15 +40,6 @@ def estimator_for_timing(weights: str | None = None) -> tuple[PSFEstimator, str]
     return PSFEstimator(network, config.to_dict()), "UNTRAINED zernike3 stand-in"
 
 
-def best_of(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="PSF map time vs RL-TV time")
     parser.add_argument("--weights", default=None, help="zernike3 weights file")
@@ -66,12 +57,12 @@ def main() -> None:
     image = truth(torch.from_numpy(sharp)).float().clamp_min(0)
 
     psf_map = estimate_psf_map(estimator, image, grid=GRID, median=3)  # warm-up
-    map_time = best_of(lambda: estimate_psf_map(estimator, image, grid=GRID, median=3), 3)
+    map_time = best_time(lambda: estimate_psf_map(estimator, image, grid=GRID, median=3), 3)
     operator = psf_map.operator()
-    operator_time = best_of(lambda: psf_map.operator(), 1)
+    operator_time = best_time(lambda: psf_map.operator(), 1)
     work = image / image.max()
     richardson_lucy(work, operator, iterations=1, tv=0.1)  # warm-up
-    rl_time = best_of(lambda: richardson_lucy(work, operator, iterations=20, tv=0.1), 1)
+    rl_time = best_time(lambda: richardson_lucy(work, operator, iterations=20, tv=0.1), 1)
     print(f"estimator: {label}, patch {estimator.patch_size} px, "
           f"{torch.get_num_threads()} threads")
     print(f"PSF map {GRID[0]}x{GRID[1]} windows on {SIZE}x{SIZE}: {map_time:.3f} s "

@@ -60,6 +60,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def check_version(found: Any, supported: int, path: str | os.PathLike, what: str) -> int:
+    """Refuse a file written by a newer psfmap (format ``found`` > ``supported``)."""
+    version = int(found or 0)
+    if version > supported:
+        raise ValueError(
+            f"{str(path)!r} uses {what} version {version}, newer than the version "
+            f"{supported} this psfmap reads; upgrade psfmap to load it"
+        )
+    return version
+
+
 def save_container(
     path: str | os.PathLike,
     kind: str,
@@ -110,12 +121,7 @@ def load_container(
         raise ValueError(f"{str(path)!r} has a corrupted psfmap header") from None
     if header.get("format") != FORMAT_NAME:
         raise ValueError(f"{str(path)!r} is not a psfmap file")
-    version = int(header.get("version", 0))
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{str(path)!r} uses psfmap format version {version}, newer than the version "
-            f"{FORMAT_VERSION} this psfmap reads; upgrade psfmap to load it"
-        )
+    check_version(header.get("version", 0), FORMAT_VERSION, path, "psfmap format")
     found = header.get("kind")
     allowed = (kind,) if isinstance(kind, str) else kind
     if allowed is not None and found not in allowed:

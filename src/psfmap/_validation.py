@@ -69,6 +69,17 @@ def check_ndim(tensor: torch.Tensor, name: str, ndim: int | tuple[int, ...], wha
         raise ValueError(f"{name} must have shape {what}, got shape {tuple(tensor.shape)}")
 
 
+def check_pair(value: Any, name: str, axes: str = "(H, W)") -> tuple[int, int]:
+    """Parse a pair of positive integers: an image shape ``(H, W)``, a grid ``(gy, gx)``..."""
+    try:
+        first, second = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair {axes}, got {value!r}") from None
+    if first < 1 or second < 1:
+        raise ValueError(f"{name} must be two positive integers {axes}, got {value!r}")
+    return first, second
+
+
 def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
     """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or >= 0)."""
     try:

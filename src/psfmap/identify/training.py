@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap._container import atomic_write
+from psfmap._container import atomic_write, check_version
 from psfmap.identify.network import DEFAULT_NETWORK, PSFRegressor, periodic_pairs
 from psfmap.identify.training_data import DataConfig, PatchGenerator
 from psfmap.psf import PSFFamily, model, model_from_config
@@ -217,12 +217,7 @@ def load_checkpoint(path: str | Path) -> tuple[PSFRegressor, dict[str, Any], dic
         raise ValueError(f"{str(path)!r} is not a readable psfmap weights file ({error})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r} is not a psfmap CNN weights file")
-    version = int(payload.get("version", 0))
-    if version > CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{str(path)!r} uses weights format version {version}, newer than the version "
-            f"{CHECKPOINT_VERSION} this psfmap reads; upgrade psfmap to load it"
-        )
+    check_version(payload.get("version", 0), CHECKPOINT_VERSION, path, "weights format")
     config = payload["config"]
     network = PSFRegressor.from_config(config["network"])
     try:

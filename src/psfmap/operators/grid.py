@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap._validation import as_tensor, check_ndim, check_psf
+from psfmap._validation import as_tensor, check_ndim, check_pair, check_psf
 from psfmap.operators.product_convolution import ProductConvolution
 
 
@@ -38,13 +38,10 @@ def hat_profiles(n_cells: int, length: int) -> np.ndarray:
 
 
 def _image_shape(image_shape: Any) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in tuple(image_shape)[-2:])
-    except (TypeError, ValueError):
-        raise ValueError(f"image_shape must be (H, W), got {image_shape!r}") from None
-    if len(tuple(image_shape)) < 2 or height < 1 or width < 1:
-        raise ValueError(f"image_shape must be two positive sizes (H, W), got {image_shape!r}")
-    return height, width
+    # the last two entries, so that ``image.shape`` of a stack works
+    if not hasattr(image_shape, "__len__") or len(image_shape) < 2:
+        raise ValueError(f"image_shape must be (H, W), got {image_shape!r}")
+    return check_pair(tuple(image_shape)[-2:], "image_shape")
 
 
 def from_psf_grid(psfs: Any, image_shape: Any) -> ProductConvolution:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from psfmap._container import load_container, save_container
-from psfmap._validation import as_tensor, check_finite, describe
+from psfmap._validation import as_tensor, check_finite, check_pair, describe
 from psfmap.operators.grid import cell_centres, from_psf_grid
 from psfmap.operators.product_convolution import ProductConvolution
 
@@ -40,13 +40,7 @@ def _family(family: Any):
 
 
 def _image_shape(image_shape: Any) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in image_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_shape must be a pair (H, W), got {image_shape!r}") from None
-    if height < 1 or width < 1:
-        raise ValueError(f"image_shape must be two positive sizes (H, W), got {image_shape!r}")
-    return height, width
+    return check_pair(image_shape, "image_shape")
 
 
 class PSFMap:

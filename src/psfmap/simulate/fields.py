@@ -23,19 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from psfmap._validation import check_positive
+from psfmap._validation import check_pair, check_positive
 
 FIELDS = ("constant", "tilt", "radial", "smooth_random")
 
 
 def _grid_shape(shape: Any) -> tuple[int, int]:
-    try:
-        rows, cols = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"grid must be a pair (gy, gx), got {shape!r}") from None
-    if rows < 1 or cols < 1:
-        raise ValueError(f"grid must be two positive integers (gy, gx), got {shape!r}")
-    return rows, cols
+    return check_pair(shape, "grid", "(gy, gx)")
 
 
 def field_coordinates(shape: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from psfmap._validation import check_pair
+
 BUNDLED = {
     "neuron": "confocal_neuron_mip.tif",
     "beads": "psfextractor_beads_crop.ome.tif",
@@ -22,13 +24,7 @@ TEXTURES = ("camera", "astronaut", "coffee", "brick", "grass", "gravel", "moon",
 
 
 def _shape(shape: Any, name: str = "shape") -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (H, W), got {shape!r}") from None
-    if height < 1 or width < 1:
-        raise ValueError(f"{name} must be two positive sizes (H, W), got {shape!r}")
-    return height, width
+    return check_pair(shape, name)
 
 
 def _count(value: Any, name: str) -> int:
