@@ -284,3 +284,23 @@ def test_extended_dense_operator_equals_explicitly_padded_weights(strategy):
     torch.testing.assert_close(wide.psf_at(0, 3), explicit.psf_at(0, 3))
     assert _adjoint_gap(wide, wide.image_shape, torch.float64) < 1e-10
     assert wide.to(torch.float32).image_shape == wide.image_shape
+
+
+def test_compressing_a_psf_grid_keeps_factored_weights(tmp_path):
+    _, op = _grid_operator(torch.float64)
+    compressed = op.compress(rank=3)
+    assert compressed.is_factored  # no (I, H, W) weight array is ever built
+    dense = ProductConvolution(compressed.kernels, compressed.weights)  # materialised copy
+    x = torch.rand(2, 128, 128, dtype=torch.float64)
+    torch.testing.assert_close(compressed.forward(x), dense.forward(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(compressed.adjoint(x), dense.adjoint(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(compressed.psf_at(5, 77), dense.psf_at(5, 77))
+    wide = compressed.extended(7)
+    assert wide.is_factored and _adjoint_gap(wide, wide.image_shape, torch.float64) < 1e-10
+    loaded = ProductConvolution.load(compressed.save(tmp_path / "c.psfmap"))
+    assert loaded.is_factored
+    torch.testing.assert_close(loaded.forward(x), compressed.forward(x))
+    # the same optimum as compressing the dense version of the grid
+    reference = ProductConvolution(op.kernels, op.weights).compress(rank=3)
+    assert compressed.compression_error == pytest.approx(reference.compression_error, rel=1e-9)
+    torch.testing.assert_close(compressed.forward(x), reference.forward(x), rtol=0, atol=1e-9)

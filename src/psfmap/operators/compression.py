@@ -33,10 +33,11 @@ def _gram_factors(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _weights_gram(operator: ProductConvolution) -> torch.Tensor:
-    if operator.is_separable:
-        rows = operator._rows.double()
-        cols = operator._cols.double()
-        return (rows @ rows.T) * (cols @ cols.T)
+    if operator.is_factored:
+        # <Rᵀ C_i S, Rᵀ C_j S> = Σ_pq C_i[p, q] (G_r C_j G_s)[p, q], G_r = R Rᵀ, G_s = S Sᵀ
+        rows, core, cols = (t.double() for t in operator._factors)
+        mixed = torch.einsum("ab,jbc,cd->jad", rows @ rows.T, core, cols @ cols.T)
+        return torch.einsum("ipq,jpq->ij", core, mixed)
     flat = operator.weights.reshape(operator.n_kernels, -1)
     gram = torch.zeros(operator.n_kernels, operator.n_kernels, dtype=torch.float64)
     for start in range(0, flat.shape[1], _PIXEL_CHUNK):
@@ -46,18 +47,14 @@ def _weights_gram(operator: ProductConvolution) -> torch.Tensor:
 
 
 def _combine_weights(operator: ProductConvolution, mixing: torch.Tensor) -> torch.Tensor:
-    """``mixing (r, I) @ W`` without materialising float64 copies of all weights."""
+    """``mixing (r, I) @ W`` for dense weights, in row chunks (no float64 copy of W)."""
     height, width = operator.image_shape
     mixing = mixing.to(operator.dtype)
     out = torch.empty(mixing.shape[0], height, width, dtype=operator.dtype)
     rows_per_chunk = max(1, _PIXEL_CHUNK // width)
     for start in range(0, height, rows_per_chunk):
         stop = min(height, start + rows_per_chunk)
-        if operator.is_separable:
-            block = operator._rows[:, start:stop, None] * operator._cols[:, None, :]
-        else:
-            block = operator.weights[:, start:stop]
-        out[:, start:stop] = torch.einsum("ri,ihw->rhw", mixing, block)
+        out[:, start:stop] = torch.einsum("ri,ihw->rhw", mixing, operator.weights[:, start:stop])
     return out
 
 
@@ -109,12 +106,18 @@ def compress(
         signs = torch.where(new_kernels.sum(dim=(1, 2)) < 0, -1.0, 1.0).to(torch.float64)
         new_kernels = new_kernels * signs[:, None, None]
         weight_mixing = weight_mixing * signs[:, None]
-        new_weights = _combine_weights(operator, weight_mixing)
-    compressed = ProductConvolution(
-        new_kernels.to(operator.dtype).to(operator.device),
-        new_weights.to(operator.device),
-        {**operator.metadata, "compressed_from": operator.n_kernels},
-    )
+        metadata = {**operator.metadata, "compressed_from": operator.n_kernels}
+        new_kernels = new_kernels.to(operator.dtype).to(operator.device)
+        if operator.is_factored:  # only the cores mix: w'_k = Rᵀ (Σ_i m_ki C_i) S
+            rows, core, cols = operator._factors
+            new_core = torch.einsum("ki,ipq->kpq", weight_mixing.to(core), core)
+            compressed = ProductConvolution.from_factors(new_kernels, rows, new_core, cols,
+                                                         metadata)
+        else:
+            compressed = ProductConvolution(
+                new_kernels, _combine_weights(operator, weight_mixing).to(operator.device),
+                metadata,
+            )
     compressed.metadata.pop("grid", None)
     compressed.compression_error = error
     return compressed

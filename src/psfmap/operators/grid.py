@@ -58,8 +58,9 @@ def from_psf_grid(psfs: Any, image_shape: Any) -> ProductConvolution:
     Returns
     -------
     ProductConvolution
-        ``I = gy · gx`` kernels with separable, compactly supported weights (each pixel is
-        touched by at most four cells, which the tiled evaluation exploits).
+        ``I = gy · gx`` kernels with factored (outer products of hat profiles), compactly
+        supported weights: each pixel is touched by at most four cells, which the tiled
+        evaluation exploits, and compression keeps the weights factored.
     """
     psfs = as_tensor(psfs, "psfs")
     check_ndim(psfs, "psfs", 4, "(gy, gx, h, w)")
@@ -73,11 +74,15 @@ def from_psf_grid(psfs: Any, image_shape: Any) -> ProductConvolution:
         )
     rows = torch.from_numpy(hat_profiles(gy, height)).to(psfs.dtype)
     cols = torch.from_numpy(hat_profiles(gx, width)).to(psfs.dtype)
-    row_index = torch.arange(gy).repeat_interleave(gx)
-    col_index = torch.arange(gx).repeat(gy)
-    return ProductConvolution.from_separable(
+    # term (r, c) has weight a_r(y) b_c(x): core_rc = e_r e_cᵀ on the shared hat profiles
+    core = torch.zeros(gy * gx, gy, gx, dtype=psfs.dtype)
+    core[
+        torch.arange(gy * gx), torch.arange(gy).repeat_interleave(gx), torch.arange(gx).repeat(gy)
+    ] = 1
+    return ProductConvolution.from_factors(
         psfs.reshape(gy * gx, h, w),
-        rows[row_index].to(psfs.device),
-        cols[col_index].to(psfs.device),
+        rows.to(psfs.device),
+        core.to(psfs.device),
+        cols.to(psfs.device),
         metadata={"grid": [int(gy), int(gx)]},
     )

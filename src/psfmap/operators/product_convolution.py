@@ -37,6 +37,10 @@ from psfmap.operators.fft import centred_spectra, corner_spectra, fast_size, sam
 
 Box = tuple[int, int, int, int]  # row start, row stop, column start, column stop
 
+# edge-padded weights of an extended operator are kept when they fit in this many bytes;
+# larger fields (e.g. 4096² with 8 terms) are padded term by term at each use instead
+_PADDED_CACHE_BYTES = 256 * 2**20
+
 
 def _as_image(x: Any, name: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
     tensor = x if isinstance(x, torch.Tensor) else as_tensor(x, name)
@@ -86,7 +90,7 @@ class ProductConvolution(LinearOperator):
                 f"kernels and weights must have the same number I of terms, got "
                 f"{kernels.shape[0]} kernels and {weights.shape[0]} weight maps"
             )
-        self._setup(kernels, weights, None, None, metadata)
+        self._setup(kernels, weights, None, metadata)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -99,33 +103,56 @@ class ProductConvolution(LinearOperator):
     ) -> ProductConvolution:
         """Operator whose weights are outer products ``w_i(y, x) = a_i(y) b_i(x)``.
 
-        Stores ``I (H + W)`` numbers instead of ``I H W`` (a PSF grid's bilinear weights).
+        Stores ``I (H + W)`` numbers instead of ``I H W``.
+        """
+        rows = as_tensor(row_profiles, "row_profiles")
+        count = rows.shape[0] if rows.ndim == 2 else 0
+        core = torch.diag_embed(torch.eye(count, dtype=rows.dtype))  # core_i = e_i e_iᵀ
+        return cls.from_factors(kernels, rows, core, col_profiles, metadata)
+
+    @classmethod
+    def from_factors(
+        cls,
+        kernels: Any,
+        rows: Any,
+        core: Any,
+        cols: Any,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ProductConvolution:
+        """Operator with factored weights ``w_i = Rᵀ C_i S``.
+
+        ``rows`` R ``(P, H)`` and ``cols`` S ``(Q, W)`` are profiles shared by all terms and
+        ``core`` C ``(I, P, Q)`` mixes them. A PSF grid is the case ``C_i = e_r e_cᵀ`` on the
+        grid's hat profiles; compressing such an operator only mixes the cores, so its
+        weights never need ``I H W`` numbers.
         """
         kernels = check_finite(as_tensor(kernels, "kernels"), "kernels")
         check_ndim(kernels, "kernels", 3, "(I, h, w)")
-        rows = as_tensor(row_profiles, "row_profiles", dtype=kernels.dtype, device=kernels.device)
-        cols = as_tensor(col_profiles, "col_profiles", dtype=kernels.dtype, device=kernels.device)
-        check_ndim(rows, "row_profiles", 2, "(I, H)")
-        check_ndim(cols, "col_profiles", 2, "(I, W)")
-        if not rows.shape[0] == cols.shape[0] == kernels.shape[0]:
-            raise ValueError("kernels, row_profiles and col_profiles need the same number of terms")
+        tensors = []
+        for value, name, axes in ((rows, "rows", 2), (core, "core", 3), (cols, "cols", 2)):
+            tensor = as_tensor(value, name, dtype=kernels.dtype, device=kernels.device)
+            check_ndim(tensor, name, axes, {2: "(P, H)" if name == "rows" else "(Q, W)",
+                                            3: "(I, P, Q)"}[axes])
+            tensors.append(check_finite(tensor, name))
+        rows, core, cols = tensors
+        if core.shape != (kernels.shape[0], rows.shape[0], cols.shape[0]):
+            raise ValueError(
+                f"core must have shape (I, P, Q) = ({kernels.shape[0]}, {rows.shape[0]}, "
+                f"{cols.shape[0]}), got {tuple(core.shape)}"
+            )
         operator = cls.__new__(cls)
-        operator._setup(
-            kernels,
-            None,
-            check_finite(rows, "row_profiles"),
-            check_finite(cols, "col_profiles"),
-            metadata,
-        )
+        operator._setup(kernels, None, (rows, core, cols), metadata)
         return operator
 
-    def _setup(self, kernels, weights, rows, cols, metadata, margin: int = 0) -> None:
+    def _setup(self, kernels, weights, factors, metadata, margin: int = 0) -> None:
         if kernels.shape[0] == 0:
             raise ValueError("kernels must hold at least one kernel, got I = 0")
         self.kernels = kernels
         self._dense_weights = weights
-        self._rows = rows
-        self._cols = cols
+        self._factors = factors
+        rows, core, cols = factors if factors is not None else (None, None, None)
+        # terms whose core has one non-zero entry are plain outer products of two profiles
+        self._single_terms = _single_entries(core) if core is not None else None
         # dense weights of an extended operator stay at the original size and are
         # edge-padded by `_margin` on the fly, so extending never copies them
         self._margin = int(margin)
@@ -161,9 +188,10 @@ class ProductConvolution(LinearOperator):
     @property
     def weights(self) -> torch.Tensor:
         """Weight maps ``(I, H, W)`` (materialised on first access for separable weights)."""
-        if self._rows is not None:
+        if self._factors is not None:
             if self._dense_weights is None:
-                self._dense_weights = self._rows[:, :, None] * self._cols[:, None, :]
+                rows, core, cols = self._factors
+                self._dense_weights = torch.einsum("ph,ipq,qw->ihw", rows, core, cols)
             return self._dense_weights
         if self._margin == 0:
             return self._dense_weights
@@ -172,8 +200,9 @@ class ProductConvolution(LinearOperator):
         return self._padded_weights
 
     @property
-    def is_separable(self) -> bool:
-        return self._rows is not None
+    def is_factored(self) -> bool:
+        """Whether the weights are stored as ``Rᵀ C_i S`` (PSF grids and their compressions)."""
+        return self._factors is not None
 
     def __repr__(self) -> str:
         return (
@@ -183,8 +212,12 @@ class ProductConvolution(LinearOperator):
 
     # ------------------------------------------------------------------ supports and costs
     def _weight_supports(self) -> list[Box]:
-        if self._rows is not None:
-            row_any, col_any = self._rows != 0, self._cols != 0
+        if self._factors is not None:
+            rows, core, cols = self._factors
+            used_rows = core.abs().sum(dim=2) > 0  # (I, P)
+            used_cols = core.abs().sum(dim=1) > 0  # (I, Q)
+            row_any = (used_rows.to(rows.dtype) @ (rows != 0).to(rows.dtype)) > 0
+            col_any = (used_cols.to(cols.dtype) @ (cols != 0).to(cols.dtype)) > 0
         else:
             nonzero = self._dense_weights != 0
             row_any, col_any = nonzero.any(dim=2), nonzero.any(dim=1)
@@ -231,19 +264,28 @@ class ProductConvolution(LinearOperator):
 
     def _weight(self, i: int, box: Box, dtype, device) -> torch.Tensor:
         r0, r1, c0, c1 = box
-        if self._rows is not None:
-            rows = self._cached(
-                "rows", dtype, device, lambda: self._rows.to(device=device, dtype=dtype)
+        if self._factors is not None:
+            rows, core, cols = self._cached(
+                "factors", dtype, device,
+                lambda: tuple(t.to(device=device, dtype=dtype) for t in self._factors),
             )
-            cols = self._cached(
-                "cols", dtype, device, lambda: self._cols.to(device=device, dtype=dtype)
-            )
-            return rows[i, r0:r1, None] * cols[i, None, c0:c1]
+            single = self._single_terms[i]
+            if single is not None:
+                p, q, value = single
+                return (value * rows[p, r0:r1])[:, None] * cols[q, None, c0:c1]
+            return rows[:, r0:r1].T @ (core[i] @ cols[:, c0:c1])
         dense = self._cached(
             "weights", dtype, device, lambda: self._dense_weights.to(device=device, dtype=dtype)
         )
         if self._margin:
-            return _edge_pad(dense[i], self._margin)[r0:r1, c0:c1]
+            height, width = self.image_shape
+            size = self.n_kernels * height * width * dense.element_size()
+            if size <= _PADDED_CACHE_BYTES:  # small: pad once and keep
+                padded = self._cached(
+                    "padded", dtype, device, lambda: _edge_pad(dense, self._margin)
+                )
+                return padded[i, r0:r1, c0:c1]
+            return _edge_pad(dense[i], self._margin)[r0:r1, c0:c1]  # large: pad per use
         return dense[i, r0:r1, c0:c1]
 
     def _full_spectra(self, dtype, device) -> torch.Tensor:
@@ -280,7 +322,7 @@ class ProductConvolution(LinearOperator):
         return out.reshape(y.shape)
 
     def _needs_grad(self) -> bool:
-        tensors = [self.kernels, self._dense_weights, self._rows, self._cols]
+        tensors = [self.kernels, self._dense_weights, *(self._factors or ())]
         return any(t is not None and t.requires_grad for t in tensors)
 
     def _forward_fourier(self, x: torch.Tensor) -> torch.Tensor:
@@ -409,8 +451,9 @@ class ProductConvolution(LinearOperator):
         height, width = self.image_shape
         if not (0 <= int(row) < height and 0 <= int(col) < width):
             raise ValueError(f"(row, col) = ({row}, {col}) is outside the image {height}x{width}")
-        if self._rows is not None:
-            coefficients = self._rows[:, int(row)] * self._cols[:, int(col)]
+        if self._factors is not None:
+            rows, core, cols = self._factors
+            coefficients = torch.einsum("p,ipq,q->i", rows[:, int(row)], core, cols[:, int(col)])
         else:
             base_height, base_width = self._dense_weights.shape[1:]
             r = min(max(int(row) - self._margin, 0), base_height - 1)
@@ -423,12 +466,10 @@ class ProductConvolution(LinearOperator):
         """A copy with tensors in ``dtype`` on ``device``."""
         dtype = dtype or self.dtype
         device = device or self.device
-        if self._rows is not None:
-            other = ProductConvolution.from_separable(
-                self.kernels.to(device=device, dtype=dtype),
-                self._rows.to(device=device, dtype=dtype),
-                self._cols.to(device=device, dtype=dtype),
-                self.metadata,
+        if self._factors is not None:
+            rows, core, cols = (t.to(device=device, dtype=dtype) for t in self._factors)
+            other = ProductConvolution.from_factors(
+                self.kernels.to(device=device, dtype=dtype), rows, core, cols, self.metadata
             )
         else:
             other = ProductConvolution(
@@ -453,16 +494,21 @@ class ProductConvolution(LinearOperator):
         if margin == 0:
             return self
         metadata = {**self.metadata, "extended_margin": margin}
-        if self._rows is not None:
-            rows = torch.nn.functional.pad(self._rows[:, None], (margin, margin), mode="replicate")
-            cols = torch.nn.functional.pad(self._cols[:, None], (margin, margin), mode="replicate")
-            return ProductConvolution.from_separable(self.kernels, rows[:, 0], cols[:, 0], metadata)
+        if self._factors is not None:
+            rows, core, cols = self._factors
+            rows = torch.nn.functional.pad(rows[:, None], (margin, margin), mode="replicate")
+            cols = torch.nn.functional.pad(cols[:, None], (margin, margin), mode="replicate")
+            extended = ProductConvolution.from_factors(
+                self.kernels, rows[:, 0], core, cols[:, 0], metadata
+            )
+            extended.compression_error = self.compression_error
+            return extended
         return self._with_margin(self._margin + margin, metadata)
 
     def _with_margin(self, margin: int, metadata: Mapping[str, Any]) -> ProductConvolution:
         """The same dense weights seen through a wider edge padding (no copy)."""
         operator = ProductConvolution.__new__(ProductConvolution)
-        operator._setup(self.kernels, self._dense_weights, None, None, metadata, margin=margin)
+        operator._setup(self.kernels, self._dense_weights, None, metadata, margin=margin)
         operator.compression_error = self.compression_error
         return operator
 
@@ -483,10 +529,10 @@ class ProductConvolution(LinearOperator):
         meta["image_shape"] = list(self.image_shape)
         meta["compression_error"] = self.compression_error
         arrays = {"kernels": self.kernels.detach().cpu().numpy()}
-        if self._rows is not None:
-            meta["weights"] = "separable"
-            arrays["row_profiles"] = self._rows.detach().cpu().numpy()
-            arrays["col_profiles"] = self._cols.detach().cpu().numpy()
+        if self._factors is not None:
+            meta["weights"] = "factored"
+            for name, tensor in zip(("rows", "core", "cols"), self._factors):
+                arrays[name] = tensor.detach().cpu().numpy()
         else:
             meta["weights"] = "dense"
             arrays["weights"] = self.weights.detach().cpu().numpy()
@@ -497,6 +543,19 @@ class ProductConvolution(LinearOperator):
         """Read an operator written by :meth:`save`."""
         _, arrays, meta = load_container(path, "product_convolution")
         return _product_convolution_from_arrays(arrays, meta, path)
+
+
+def _single_entries(core: torch.Tensor) -> list[tuple[int, int, float] | None]:
+    """For each term, ``(p, q, value)`` if its core has exactly one non-zero entry, else None."""
+    entries: list[tuple[int, int, float] | None] = []
+    for matrix in core:
+        nonzero = torch.nonzero(matrix)
+        if nonzero.shape[0] == 1:
+            p, q = (int(v) for v in nonzero[0])
+            entries.append((p, q, float(matrix[p, q])))
+        else:
+            entries.append(None)
+    return entries
 
 
 def _edge_pad(weights: torch.Tensor, margin: int) -> torch.Tensor:
@@ -510,11 +569,9 @@ def _edge_pad(weights: torch.Tensor, margin: int) -> torch.Tensor:
 def _product_convolution_from_arrays(arrays, meta, path) -> ProductConvolution:
     try:
         kernels = torch.from_numpy(arrays["kernels"])
-        if meta.get("weights") == "separable":
-            operator = ProductConvolution.from_separable(
-                kernels,
-                torch.from_numpy(arrays["row_profiles"]),
-                torch.from_numpy(arrays["col_profiles"]),
+        if meta.get("weights") == "factored":
+            operator = ProductConvolution.from_factors(
+                kernels, *(torch.from_numpy(arrays[name]) for name in ("rows", "core", "cols")),
                 meta,
             )
         else:
