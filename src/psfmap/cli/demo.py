@@ -72,7 +72,6 @@ def load_sample(state: DemoState) -> DemoState:
 
 def simulate_blur(state: DemoState, seed: int = 0) -> DemoState:
     """Space-variant blur (tilted slide: defocus and astigmatism grow across x) and noise."""
-    from psfmap.metrics import snr, ssim
     from psfmap.simulate import simulate
 
     settings = {**DEMO_SETTINGS, "seed": seed}
@@ -88,11 +87,16 @@ def simulate_blur(state: DemoState, seed: int = 0) -> DemoState:
         f"{settings['field']} field ({ranges}), {settings['photons']:g} photons, read noise "
         f"{settings['read_noise']:g} e-"
     )
-    state.lines.append(
-        f"blurred vs sharp: SNR {snr(state.sharp, blurred):.2f} dB, "
-        f"SSIM {ssim(state.sharp, blurred, data_range=1.0):.3f}"
-    )
+    state.lines.append(_quality("blurred", state.sharp, blurred))
     return state
+
+
+def _quality(label: str, sharp: np.ndarray, image: np.ndarray) -> str:
+    """One summary line: SNR and SSIM of ``image`` against the sharp sample."""
+    from psfmap.metrics import snr, ssim
+
+    return (f"{label} vs sharp: SNR {snr(sharp, image):.2f} dB, "
+            f"SSIM {ssim(sharp, image, data_range=1.0):.3f}")
 
 
 def write_results(state: DemoState) -> DemoState:
@@ -123,7 +127,6 @@ def blind_deblur(state: DemoState, model: str = "zernike3") -> DemoState:
     from psfmap.identify.blind import DEFAULT_ITERATIONS, DEFAULT_TV, deblur
     from psfmap.identify.cnn import pretrained_names
     from psfmap.identify.psf_map_estimation import resample_params
-    from psfmap.metrics import snr, ssim
 
     if model not in pretrained_names():
         state.lines.append(f"blind step skipped: no shipped {model} weights in this install")
@@ -148,10 +151,7 @@ def blind_deblur(state: DemoState, model: str = "zernike3") -> DemoState:
         f"({int((estimated.validity >= 0.5).sum())} valid cells), mean |error| vs truth: "
         f"{errors}; RL-TV {DEFAULT_ITERATIONS} iterations λ={DEFAULT_TV:g}, {elapsed:.1f} s"
     )
-    state.lines.append(
-        f"restored vs sharp: SNR {snr(state.sharp, result.restored):.2f} dB, "
-        f"SSIM {ssim(state.sharp, result.restored, data_range=1.0):.3f}"
-    )
+    state.lines.append(_quality("restored", state.sharp, result.restored))
     return state
 
 
