@@ -129,8 +129,3 @@ def load_container(
             f"{str(path)!r} holds a {found!r}, expected {' or '.join(map(repr, allowed))}"
         )
     return found, arrays, header.get("metadata", {})
-
-
-def peek_kind(path: str | os.PathLike) -> str:
-    """Return the kind stored in a psfmap file without checking it."""
-    return load_container(path)[0]

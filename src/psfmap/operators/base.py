@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 
@@ -55,6 +53,3 @@ class LinearOperator:
                     return 0.0
                 x = z / value
         return value
-
-    def _describe(self) -> dict[str, Any]:
-        return {}

@@ -94,23 +94,6 @@ class ProductConvolution(LinearOperator):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_separable(
-        cls,
-        kernels: torch.Tensor,
-        row_profiles: torch.Tensor,
-        col_profiles: torch.Tensor,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> ProductConvolution:
-        """Operator whose weights are outer products ``w_i(y, x) = a_i(y) b_i(x)``.
-
-        Stores ``I (H + W)`` numbers instead of ``I H W``.
-        """
-        rows = as_tensor(row_profiles, "row_profiles")
-        count = rows.shape[0] if rows.ndim == 2 else 0
-        core = torch.diag_embed(torch.eye(count, dtype=rows.dtype))  # core_i = e_i e_iᵀ
-        return cls.from_factors(kernels, rows, core, col_profiles, metadata)
-
-    @classmethod
     def from_factors(
         cls,
         kernels: Any,
@@ -659,17 +642,6 @@ class Convolution(LinearOperator):
     def to(self, dtype: torch.dtype | None = None, device: Any = None) -> Convolution:
         return Convolution(
             self.psf.to(device=device or self.psf.device, dtype=dtype or self.dtype), self.metadata
-        )
-
-    def as_product_convolution(self, image_shape: tuple[int, int]) -> ProductConvolution:
-        """The same blur as a one-term product convolution with constant weights."""
-        height, width = image_shape
-        ones = torch.ones(1, height, dtype=self.dtype, device=self.psf.device)
-        return ProductConvolution.from_separable(
-            self.psf[None],
-            ones,
-            torch.ones(1, width, dtype=self.dtype, device=self.psf.device),
-            self.metadata,
         )
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
