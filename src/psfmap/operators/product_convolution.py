@@ -170,7 +170,7 @@ class ProductConvolution(LinearOperator):
 
     @property
     def weights(self) -> torch.Tensor:
-        """Weight maps ``(I, H, W)`` (materialised on first access for separable weights)."""
+        """Weight maps ``(I, H, W)`` (materialised on first access for factored weights)."""
         if self._factors is not None:
             if self._dense_weights is None:
                 rows, core, cols = self._factors
