@@ -93,6 +93,19 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     return array, metadata
 
 
+def to_grey(array: np.ndarray) -> np.ndarray:
+    """Channel-last colour ``(H, W, C)`` to grey ``(H, W)``: alpha dropped, RGB to luminance
+    ``0.2125 R + 0.7154 G + 0.0721 B`` (float64), a single channel kept as it is."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        return array
+    if array.shape[2] in (2, 4):  # grey+alpha or RGBA: drop alpha
+        array = array[..., :-1]
+    if array.shape[2] == 3:
+        return array.astype(np.float64) @ _LUMINANCE
+    return array[..., 0]
+
+
 def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     from PIL import Image
 
@@ -104,12 +117,7 @@ def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             mode = "RGBA"
         array = np.asarray(image)
     if array.ndim == 3:
-        if array.shape[2] in (2, 4):  # grey+alpha or RGBA: drop alpha
-            array = array[..., :-1]
-        if array.shape[2] == 3:
-            array = array.astype(np.float64) @ _LUMINANCE
-        else:
-            array = array[..., 0]
+        array = to_grey(array)
     elif array.dtype == np.bool_:
         array = array.astype(np.uint8)
     return np.ascontiguousarray(array), {

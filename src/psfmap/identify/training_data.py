@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from psfmap.io import to_grey
 from psfmap.psf import PSFFamily
 
 SOURCES = ("syn", "poi", "nat", "micr")
@@ -181,13 +182,6 @@ def _to_unit(image: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.8) ->
     return np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3:
-        image = image[..., :3].astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])
-    return image.astype(np.float64)
-
-
 def natural_images(split: str) -> list[np.ndarray]:
     """scikit-image's bundled pictures as grey ``[0, 1]`` images (disjoint train/test lists)."""
     import skimage.data
@@ -196,7 +190,7 @@ def natural_images(split: str) -> list[np.ndarray]:
     images = []
     for name in names:
         try:
-            images.append(_to_unit(_gray(getattr(skimage.data, name)())))
+            images.append(_to_unit(to_grey(getattr(skimage.data, name)())))
         except Exception:  # noqa: BLE001 - a picture missing from this install is skipped
             continue
     return images
