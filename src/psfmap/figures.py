@@ -18,7 +18,8 @@ from psfmap._validation import describe
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (loaded on first use)."""
     import matplotlib
 
     if matplotlib.get_backend().lower() != "agg":
@@ -120,7 +121,7 @@ def plot_psf_map(
     -------
     matplotlib.figure.Figure
     """
-    plt = _pyplot()
+    plt = pyplot()
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     image = np.asarray(image, dtype=np.float64)

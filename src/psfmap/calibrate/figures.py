@@ -9,12 +9,11 @@ condition drawn at a grid of positions across the field.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from psfmap._container import atomic_write
 from psfmap.calibrate.family import OperatorFamily
+from psfmap.figures import pyplot, save_figure
 
 
 def psf_mosaic(family: OperatorFamily, condition: int = 0, grid: int = 5) -> np.ndarray:
@@ -44,12 +43,7 @@ def plot_family(
 
     Returns the matplotlib ``Figure``.
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not 0 <= condition < family.n_conditions:
         raise ValueError(
             f"condition must be in [0, {family.n_conditions - 1}], got {condition!r}"
@@ -99,12 +93,6 @@ def plot_family(
         f"maps, K={family.n_conditions} conditions", fontsize=10,
     )
     if path is not None:
-        path = Path(path)
-        suffix = path.suffix.lstrip(".") or "png"
-
-        def write(tmp: Path) -> None:
-            figure.savefig(tmp, format=suffix, dpi=dpi)
-
-        atomic_write(path, write)
+        save_figure(figure, path, dpi=dpi)
         plt.close(figure)
     return figure

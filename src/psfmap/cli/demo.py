@@ -180,9 +180,9 @@ def write_blind_results(state: DemoState) -> DemoState:
 
 def plot_map_comparison(truth, estimated, resample_params):
     """Per parameter: true map (at the estimated cells) | estimated map | validity."""
-    from psfmap.figures import _pyplot
+    from psfmap.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     reference = resample_params(truth, estimated.grid)
     names = estimated.names
     figure, axes = plt.subplots(2, len(names) + 1, figsize=(3.2 * (len(names) + 1), 6.0),
