@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from psfmap._container import atomic_write
-from psfmap._validation import describe
+from psfmap._validation import check_positive, describe
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -252,9 +252,7 @@ def write_image(
             raise ValueError(f"output {str(path)!r} is also an input; refusing to overwrite it")
     data = _as_image_array(array)
     if pixel_size is not None:
-        pixel_size = float(pixel_size)
-        if not np.isfinite(pixel_size) or pixel_size <= 0:
-            raise ValueError(f"pixel_size must be a finite number > 0 (µm), got {pixel_size!r}")
+        pixel_size = check_positive(pixel_size, "pixel_size (µm)")
     ome = suffix.startswith(".ome")
     if ome:
         if axes is None and data.ndim <= 5:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from psfmap._validation import describe
+from psfmap._validation import check_positive, describe
 from psfmap.calibrate.detection import (
     as_image,
     default_saturation,
@@ -275,8 +275,7 @@ def calibrate(
     height, width = (int(n) for n in items[0].shape)
     if psf_sigma is None:
         psf_sigma = estimate_psf_sigma(items[0], saturation=saturation)
-    if not (np.isfinite(psf_sigma) and psf_sigma > 0):
-        raise ValueError(f"psf_sigma must be a positive number of pixels, got {psf_sigma!r}")
+    psf_sigma = check_positive(psf_sigma, "psf_sigma (px)")
     if psf_size is None:
         psf_size = default_psf_size(psf_sigma)
     if int(psf_size) != psf_size or psf_size < 5 or psf_size % 2 == 0:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from psfmap._validation import describe
+from psfmap._validation import check_positive, describe
 
 MAD_TO_SIGMA = 1.4826
 
@@ -170,10 +170,8 @@ def detect_beads(
     if saturation is None:
         saturation = default_saturation(image)
     array = as_image(image)
-    if not (np.isfinite(psf_sigma) and psf_sigma > 0):
-        raise ValueError(f"psf_sigma must be a positive number of pixels, got {psf_sigma!r}")
-    if not (np.isfinite(k) and k > 0):
-        raise ValueError(f"k must be a positive threshold factor, got {k!r}")
+    psf_sigma = check_positive(psf_sigma, "psf_sigma (px)")
+    k = check_positive(k, "k (threshold factor)")
     if margin is None:
         margin = int(np.ceil(3 * psf_sigma))
     if min_distance is None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from psfmap._validation import check_positive
 from psfmap.calibrate._threads import single_thread
 
 
@@ -126,8 +127,7 @@ def fit_thin_plate_spline(
         mu = mus[best]
         gcv = scores[best, np.arange(values.shape[1])]
     else:
-        if not (np.isfinite(smoothing) and smoothing >= 0):
-            raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
+        smoothing = check_positive(smoothing, "smoothing", allow_zero=True)
         mu = np.full(values.shape[1], n * float(smoothing))
         ratio = mu[None, :] / (eigenvalues[:, None] + mu[None, :] + 1e-300)
         gcv = n * (ratio**2 * projected**2).sum(0) / np.maximum(ratio.sum(0) ** 2, 1e-300)
