@@ -36,35 +36,35 @@ SHARP = Path(__file__).resolve().parents[2] / "shared" / "data" / "sharp"
 SIZE = 256
 
 
-def image_pool() -> list[np.ndarray]:
-    """Sharp real images (float64, [0, 1]) to crop from."""
-    pool = [psfmap.simulate.samples.bundled_sample("neuron")]
+def image_pool() -> list[tuple[str, np.ndarray]]:
+    """Sharp real images (float64, [0, 1]) to crop from, each with its source name."""
+    pool = [("neuron", psfmap.simulate.samples.bundled_sample("neuron"))]
     neuron = SHARP / "confocal_neuron_zstack.tif"
     if neuron.is_file():
         stack = psfmap.io.read_image(neuron)[0].astype(np.float64)
-        pool += [plane for plane in stack if plane.std() > 0.05 * plane.max()]
+        pool += [("neuron", plane) for plane in stack if plane.std() > 0.05 * plane.max()]
     airyscan = SHARP / "airyscan_TCYX.tif"
     if airyscan.is_file():
         data = psfmap.io.read_image(airyscan)[0].astype(np.float64)
-        pool += list(data.reshape(-1, *data.shape[-2:]))
+        pool += [("airyscan", plane) for plane in data.reshape(-1, *data.shape[-2:])]
     out = []
-    for image in pool:
+    for name, image in pool:
         image = image - np.percentile(image, 1)
-        out.append(np.clip(image / np.percentile(image, 99.9), 0, 1))
+        out.append((name, np.clip(image / np.percentile(image, 99.9), 0, 1)))
     return out
 
 
-def draw_image(pool, rng) -> np.ndarray:
+def draw_image(pool, rng) -> tuple[str, np.ndarray]:
     """A random crop with some structure (at least 5 % of its pixels above a tenth of max)."""
     while True:
-        source = pool[rng.integers(len(pool))]
+        name, source = pool[rng.integers(len(pool))]
         top = rng.integers(source.shape[0] - SIZE + 1)
         left = rng.integers(source.shape[1] - SIZE + 1)
         crop = source[top:top + SIZE, left:left + SIZE]
         if crop.max() > 0 and np.mean(crop > 0.1 * crop.max()) > 0.05:
             break
     crop = np.rot90(crop / crop.max(), rng.integers(4))
-    return np.ascontiguousarray(crop[:, ::-1] if rng.integers(2) else crop)
+    return name, np.ascontiguousarray(crop[:, ::-1] if rng.integers(2) else crop)
 
 
 def one_psf(psf_map) -> torch.Tensor:
@@ -108,9 +108,10 @@ def main() -> None:
         family = estimator.family
         results = {(m, tv): [] for m in ("ground truth", "blind map", "space-invariant blind")
                    for tv in tvs}
+        sources = []
         timings, failures = [], []
         for index in range(args.n):
-            sharp = draw_image(pool, rng)
+            source, sharp = draw_image(pool, rng)
             low, high = family.low[0], family.high[0]
             params = rng.uniform(low, high, size=(4, 1))
             psfs = family(torch.from_numpy(params)).double().reshape(2, 2, family.size, -1)
@@ -126,6 +127,7 @@ def main() -> None:
                 failures.append(str(error))
                 continue
             timings.append(time.perf_counter() - start)
+            sources.append(source)
             operators = {
                 "ground truth": truth,
                 "blind map": psf_map.operator(dtype=torch.float64),
@@ -145,6 +147,17 @@ def main() -> None:
         print(f"{label}: PSF map {np.mean(timings):.2f} s per image (median-3 filter, "
               f"{psf_map.grid[0]}x{psf_map.grid[1]} windows); {len(timings)} images, "
               f"{len(failures)} with no valid window (left out of every column)")
+        sources = np.asarray(sources)
+        for source in sorted(set(sources)):  # the same rows restricted to one image source
+            chosen = sources == source
+            parts = []
+            for tv in tvs:
+                truth = np.asarray(results["ground truth", tv])[chosen, 0].mean()
+                for method in ("blind map", "space-invariant blind"):
+                    gain = np.asarray(results[method, tv])[chosen, 0].mean()
+                    parts.append(f"{method} λ={tv:g}: {gain:+.2f} dB = {100 * gain / truth:.0f} %")
+            print(f"  {label} [{source}, {chosen.sum()} images] ground truth = 100 %; "
+                  + "; ".join(parts))
     print("| blur | PSFs used | λ_TV | ΔSNR (dB) | ΔSSIM | ΔSNR / ground truth |")
     print("|---|---|---|---|---|---|")
     reference = {(r[0], r[2]): r[3] for r in rows if r[1] == "ground truth"}

@@ -9,6 +9,7 @@ import torch
 from psfmap.identify.training_data import (
     DataConfig,
     PatchGenerator,
+    microscopy_images,
     normalize_patches,
     synthetic_cells,
     synthetic_points,
@@ -113,3 +114,16 @@ def test_bad_arguments(gaussian1):
         PatchGenerator(gaussian1, SMALL).batch(0)
     with pytest.raises(ValueError, match="unknown data config"):
         DataConfig.from_dict({"patchsize": 32})
+
+
+def test_excluded_microscopy_files_are_left_out(shared_data):
+    sharp = sorted((shared_data / "sharp").glob("*.tif"))
+    if len(sharp) < 2:
+        pytest.skip("needs two sharp files in the shared data")
+    everything = microscopy_images("train", shared_data=True, exclude=())
+    fewer = microscopy_images("train", shared_data=True, exclude=(sharp[0].name,))
+    assert 0 < len(fewer) < len(everything)
+    # the exclusion list travels with the config (checkpoints replay it)
+    config = DataConfig.from_dict(DataConfig(micr_exclude=(sharp[0].name,)).to_dict())
+    assert config.micr_exclude == (sharp[0].name,)
+    assert DataConfig().micr_exclude == ("confocal_neuron_zstack.tif",)

@@ -7,8 +7,8 @@ for blind deconvolution and depth estimation in optical microscopy", IEEE TIP 20
 1. a sharp crop of side ``p + k - 1`` (patch side ``p``, PSF side ``k``) is cut from one of four
    sources: synthetic cells ``syn``, points ``poi``, natural images ``nat`` (scikit-image's
    bundled pictures) and real sharp microscopy ``micr`` (the package's bundled sample plus,
-   for training runs, ``../shared/data/sharp``); it is turned by a multiple of 90° and maybe
-   mirrored;
+   for training runs, ``../shared/data/sharp`` less the files measured unfit as ground truth,
+   ``DataConfig.micr_exclude``); it is turned by a multiple of 90° and maybe mirrored;
 2. PSF parameters are drawn uniformly in ``[family.low, family.high]`` and the crop is
    convolved in *valid* mode (FFT of the crop size; the wrapped border is discarded), so the
    ``p × p`` patch has no border artefact;
@@ -58,6 +58,8 @@ NATURAL_TRAIN = ("camera", "astronaut", "coffee", "brick", "grass", "moon", "coi
                  "hubble_deep_field", "immunohistochemistry", "rocket")
 # sum-binning of microscopy files sampled much finer than their resolution
 MICR_BINNING = {"airyscan_TCYX.tif": 2}
+# shared "sharp" files measured unfit as ground truth (see DataConfig.micr_exclude)
+MICR_EXCLUDE = ("confocal_neuron_zstack.tif",)
 # the package's sharp sample (src/psfmap/data); the other bundled files are bead images
 PACKAGE_SHARP = ("confocal_neuron_mip.tif",)
 NATURAL_TEST = ("gravel", "cell", "cat", "clock", "text", "page")
@@ -92,6 +94,12 @@ class DataConfig:
     micr_binning : int
         Binning of the microscopy images not listed in ``MICR_BINNING`` (see
         :func:`microscopy_images`).
+    micr_exclude : tuple of str
+        File names of ``../shared/data/sharp`` not used. Default: the confocal neuron
+        z-stack, whose planes are mostly empty and hold spatially correlated noise
+        (neighbour correlation 0.64–0.80 in the empty planes: already blurred by about a
+        pixel), so small blur widths drawn on it are mislabelled; its in-focus content is
+        the bundled maximum projection, which is used.
     synthetic_images : int
         Number of synthetic cell and point images (``max(256, 2 crop)`` px square each) that
         crops are cut from.
@@ -111,6 +119,7 @@ class DataConfig:
     signal_snr: float = 25.0
     shared_data: bool = False
     micr_binning: int = 1
+    micr_exclude: tuple[str, ...] = MICR_EXCLUDE
     synthetic_images: int = 16
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +139,8 @@ class DataConfig:
         for key in ("photons", "qe", "read_noise", "background", "offset"):
             if key in kwargs:
                 kwargs[key] = tuple(float(v) for v in kwargs[key])
+        if "micr_exclude" in kwargs:
+            kwargs["micr_exclude"] = tuple(str(v) for v in kwargs["micr_exclude"])
         return cls(**kwargs)
 
     def validate(self) -> None:
@@ -205,13 +216,13 @@ def _read_planes(path: Path) -> list[np.ndarray]:
 
 
 def microscopy_images(
-    split: str, shared_data: bool = False, binning: int = 1
+    split: str, shared_data: bool = False, binning: int = 1, exclude: Sequence[str] = ()
 ) -> list[np.ndarray]:
     """Sharp real fluorescence images as ``[0, 1]`` planes, split into train and test.
 
     Reads the sharp sample bundled with the package (``PACKAGE_SHARP``; the bundled bead
     images are blurred, not sharp, and are not used) and, with ``shared_data``, the sharp
-    images of ``../shared/data/sharp``. Every plane is split by region: the bottom
+    images of ``../shared/data/sharp`` except the file names in ``exclude``. Every plane is split by region: the bottom
     ``max(25 %, 96 px)`` rows are test material, the rest training material (planes lower
     than 192 px are training only). Splitting by region, not by plane, keeps a specimen seen
     twice (a stack and its projection) out of the test material.
@@ -222,7 +233,7 @@ def microscopy_images(
     """
     paths = [PACKAGE_DATA / name for name in PACKAGE_SHARP if (PACKAGE_DATA / name).is_file()]
     if shared_data and SHARED_SHARP.is_dir():
-        paths += sorted(SHARED_SHARP.glob("*.tif"))
+        paths += sorted(p for p in SHARED_SHARP.glob("*.tif") if p.name not in exclude)
     images = []
     for path in paths:
         try:
@@ -398,7 +409,7 @@ class PatchGenerator:
             pools["nat"] = [torch.from_numpy(a) for a in natural_images(self.split)]
         if cfg.mix.get("micr", 0) > 0:
             pools["micr"] = [torch.from_numpy(a) for a in microscopy_images(
-                self.split, cfg.shared_data, cfg.micr_binning)]
+                self.split, cfg.shared_data, cfg.micr_binning, cfg.micr_exclude)]
         for name in SOURCES:  # images smaller than a crop are padded by reflection
             pools[name] = [self._fit(img) for img in pools[name]]
         return pools
