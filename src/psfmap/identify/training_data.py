@@ -222,10 +222,11 @@ def microscopy_images(
 
     Reads the sharp sample bundled with the package (``PACKAGE_SHARP``; the bundled bead
     images are blurred, not sharp, and are not used) and, with ``shared_data``, the sharp
-    images of ``../shared/data/sharp`` except the file names in ``exclude``. Every plane is split by region: the bottom
-    ``max(25 %, 96 px)`` rows are test material, the rest training material (planes lower
-    than 192 px are training only). Splitting by region, not by plane, keeps a specimen seen
-    twice (a stack and its projection) out of the test material.
+    images of ``../shared/data/sharp`` except the file names in ``exclude``. Every plane is
+    split by region: the bottom ``max(25 %, 96 px)`` rows are test material, the rest
+    training material (planes lower than 192 px are training only). Splitting by region, not
+    by plane, keeps a specimen seen twice (a stack and its projection) out of the test
+    material.
     Real "sharp" images already carry the blur of their microscope (a few px when sampled
     finer than Nyquist, as the Airyscan data at 44 nm), which would make small blur widths
     unidentifiable: those files are sum-binned (``MICR_BINNING``), others by ``binning``.
@@ -243,7 +244,7 @@ def microscopy_images(
         factor = MICR_BINNING.get(path.name, binning)
         for plane in planes:
             if factor > 1:
-                plane = _bin(plane, factor)
+                plane = sum_bin(plane, factor)
             height = plane.shape[0]
             test_rows = max(height // 4, 96)
             if height < 2 * test_rows:
@@ -255,7 +256,8 @@ def microscopy_images(
     return images
 
 
-def _bin(plane: np.ndarray, factor: int) -> np.ndarray:
+def sum_bin(plane: np.ndarray, factor: int) -> np.ndarray:
+    """Sum ``factor × factor`` blocks of a plane (float64; trailing rows/columns dropped)."""
     h, w = (plane.shape[0] // factor) * factor, (plane.shape[1] // factor) * factor
     blocks = plane[:h, :w].astype(np.float64).reshape(h // factor, factor, w // factor, factor)
     return blocks.sum((1, 3))
