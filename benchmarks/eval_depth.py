@@ -110,8 +110,9 @@ def main() -> None:
     parser.add_argument("--methods", default="cnn,model-fit,model-fit-fixed-astigmatism")
     parser.add_argument("--weights", default=None,
                         help="zernike3 weights file (default: the shipped model)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if not STACK.is_file():
         print(f"skipped: {STACK} not found")
         return

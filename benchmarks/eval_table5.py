@@ -110,8 +110,9 @@ def main() -> None:
                              "first runs)")
     parser.add_argument("--weights", default=None,
                         help="folder with <model>.pt weights (default: the shipped models)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     tvs = [float(v) for v in args.tv.split(",")]
     rng = np.random.default_rng(args.seed)
     pool = image_pool(args.airyscan_binning)
