@@ -66,7 +66,8 @@ def micr_sources(data: dict) -> str:
             "are held out)")
 
 
-def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str) -> str:
+def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
+         previous: dict | None = None) -> str:
     config, metrics = checkpoint["config"], checkpoint["metrics"]
     family, data, network = config["family"], config["data"], config["network"]
     table = evaluation["table_iii"]
@@ -135,6 +136,10 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str) -> st
         lines.append(f"| [{source}] | {row['n_valid']}/{row['n']} | {row['r2_valid']:.3f} | "
                      f"{per} | {row['r2_valid_and_judged_valid']:.3f} | "
                      f"{row['validity_accuracy']:.3f} |")
+    if previous is not None:
+        values = " / ".join(f"{previous['table_iii'][t]['r2_valid']:.3f}" for t in DATA_TYPES)
+        lines += ["", f"The previously shipped model, on the same test: {values} "
+                  f"({', '.join(f'[{t}]' for t in DATA_TYPES)}); {previous['note']}."]
     lines += [
         "",
         f"Explicit black/flat/ramp patches judged valid: "
@@ -151,9 +156,7 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str) -> st
     verdict = "met" if min(scored) >= target else "**not met**"
     where = "on [micr]" if scope == "micr" else "on every data type"
     lines.append(f"- Issue target R² ≥ {target} ({where}): {verdict} (lowest "
-                 f"{min(scored):.3f}). The validation R² "
-                 f"over the last validations ({last}) shows whether more steps of this recipe "
-                 "would still help.")
+                 f"{min(scored):.3f}). " + _trend(history))
     lines.append("- One 64² patch cannot always separate a smooth object from a blurred one; "
                  "the validity output flags missing texture and too little signal, not that "
                  "ambiguity. [nat] pictures (smooth regions, photographic blur, JPEG) are the "
@@ -166,6 +169,18 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str) -> st
     return "\n".join(lines) + "\n"
 
 
+def _trend(history: list[dict]) -> str:
+    """How the validation R² moved over the last validations of the run."""
+    if len(history) < 5:
+        return ""
+    change = history[-1]["r2_mean"] - history[-5]["r2_mean"]
+    steps = history[-1]["step"] - history[-5]["step"]
+    return (f"The validation R² moved by {change:+.3f} over the last {steps} steps, where the "
+            "cosine schedule brings the learning rate to 0, so this alone does not say "
+            "whether a longer run would help; `benchmarks/RESULTS.md` compares runs of "
+            "different lengths.")
+
+
 def evaluation_machine(evaluation: dict) -> str:
     return evaluation.get("machine", "machine not recorded")
 
@@ -175,14 +190,26 @@ def main(argv=None) -> int:
     parser.add_argument("evaluation", help="JSON written by eval_regression.py --json")
     parser.add_argument("--command", default="python benchmarks/eval_regression.py",
                         help="the evaluation command as it was run (quoted in the cards)")
+    parser.add_argument("--previous", default=None,
+                        help="eval_regression.py JSON of the previously shipped weights, in the "
+                             "folder of their <name>.json checkpoint configs")
     args = parser.parse_args(argv)
     evaluation = json.loads(Path(args.evaluation).read_text())
+    previous = json.loads(Path(args.previous).read_text()) if args.previous else {}
     for name in FAMILY_TEXT:
         if name not in evaluation:
             continue
         checkpoint = json.loads((PRETRAINED / f"{name}.json").read_text())
         entry = {**evaluation[name], "machine": evaluation.get("machine")}
-        (PRETRAINED / f"{name}.md").write_text(card(name, checkpoint, entry, args.command))
+        before = None
+        if name in previous:
+            old = json.loads((Path(args.previous).parent / f"{name}.json").read_text())
+            excluded = old["config"]["data"].get("micr_exclude")
+            before = {**previous[name], "note": (
+                f"{old['config']['steps']} steps, [micr] training material "
+                + ("without " + ", ".join(excluded) if excluded else "with every shared file"))}
+        (PRETRAINED / f"{name}.md").write_text(card(name, checkpoint, entry, args.command,
+                                                    before))
         print(f"wrote {PRETRAINED / f'{name}.md'}")
     return 0
 
