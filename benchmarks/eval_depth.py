@@ -135,6 +135,8 @@ def main() -> None:
             estimator = (PSFEstimator.pretrained("zernike3") if args.weights is None
                          else PSFEstimator.load(args.weights, "zernike3"))
             optics = estimator.family.optics
+            label = ("shipped zernike3" if args.weights is None
+                     else f"zernike3 from {Path(args.weights).name}, optics {optics}")
             # sampling of the pupil cut-off 2 NA / λ in cycles per pixel: the CNN's family vs
             # the file (NA 1.4, λ 0.6 assumed); bin the stack so the two match
             ratio = (2 * optics["na"] / optics["wavelength"] * optics["pixel_size"]) / (
@@ -155,7 +157,7 @@ def main() -> None:
                 params, validity = estimator.predict(patches.astype(np.float32))
                 params = np.asarray(params, dtype=np.float64)
                 seconds = time.perf_counter() - start
-                report(f"CNN (shipped zernike3), stack binned {factor}x{factor}",
+                report(f"CNN ({label}), stack binned {factor}x{factor}",
                        leave_one_bead_out(params, z, bead), z, seconds)
                 validity = np.asarray(validity)
                 print(f"  {inside.sum()} beads; CNN validity mean {validity.mean():.2f} "
