@@ -30,16 +30,17 @@ import torch
 
 import psfmap
 from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.training_data import sum_bin
+from psfmap.identify.training_data import MICR_BINNING, sum_bin
 from psfmap.metrics import snr, ssim
 from psfmap.operators import Convolution, from_psf_grid
 from psfmap.restore import richardson_lucy
 
 SHARP = Path(__file__).resolve().parents[2] / "shared" / "data" / "sharp"
 SIZE = 256
+AIRYSCAN = "airyscan_TCYX.tif"
 
 
-def image_pool(airyscan_binning: int = 2) -> list[tuple[str, np.ndarray]]:
+def image_pool(airyscan_binning: int = MICR_BINNING[AIRYSCAN]) -> list[tuple[str, np.ndarray]]:
     """Sharp real images (float64, [0, 1]) to crop from, each with its source name.
 
     The Airyscan planes (480², 44 nm pixels) are sum-binned ``airyscan_binning`` × as in the
@@ -52,7 +53,7 @@ def image_pool(airyscan_binning: int = 2) -> list[tuple[str, np.ndarray]]:
     if neuron.is_file():
         stack = psfmap.io.read_image(neuron)[0].astype(np.float64)
         pool += [("neuron", plane) for plane in stack if plane.std() > 0.05 * plane.max()]
-    airyscan = SHARP / "airyscan_TCYX.tif"
+    airyscan = SHARP / AIRYSCAN
     if airyscan.is_file():
         data = psfmap.io.read_image(airyscan)[0].astype(np.float64)
         label = "airyscan" if airyscan_binning == 1 else f"airyscan binned {airyscan_binning}x"
@@ -105,7 +106,7 @@ def main() -> None:
     parser.add_argument("--photons", type=float, default=1000.0)
     parser.add_argument("--tv", default="0.1,0.01")
     parser.add_argument("--families", default="gaussian1,zernike1")
-    parser.add_argument("--airyscan-binning", type=int, default=2,
+    parser.add_argument("--airyscan-binning", type=int, default=MICR_BINNING[AIRYSCAN],
                         help="sum-binning of the 44 nm Airyscan planes (1: native, as in the "
                              "first runs)")
     parser.add_argument("--weights", default=None,
@@ -171,10 +172,11 @@ def main() -> None:
             chosen = sources == source
             parts = []
             for tv in tvs:
-                truth = np.asarray(results["ground truth", tv])[chosen, 0].mean()
+                truth_gain = np.asarray(results["ground truth", tv])[chosen, 0].mean()
                 for method in ("blind map", "space-invariant blind"):
                     gain = np.asarray(results[method, tv])[chosen, 0].mean()
-                    parts.append(f"{method} λ={tv:g}: {gain:+.2f} dB = {100 * gain / truth:.0f} %")
+                    parts.append(f"{method} λ={tv:g}: {gain:+.2f} dB = "
+                                 f"{100 * gain / truth_gain:.0f} %")
             print(f"  {label} [{source}, {chosen.sum()} images] ground truth = 100 %; "
                   + "; ".join(parts))
     print("| blur | PSFs used | λ_TV | ΔSNR (dB) | ΔSSIM | ΔSNR / ground truth |")

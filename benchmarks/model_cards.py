@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from psfmap.identify.cnn import PRETRAINED
-from psfmap.identify.training_data import MICR_BINNING, PACKAGE_SHARP
+from psfmap.identify.training_data import MICR_BINNING, PACKAGE_DATA, microscopy_paths
 
 FAMILY_TEXT = {
     "gaussian1": "isotropic Gaussian PSF (G-1): `width` = σ in px",
@@ -48,22 +48,20 @@ def _fmt(values) -> str:
 
 
 def micr_sources(data: dict) -> str:
-    shared = ""
+    """The [micr] files of a training config, as :func:`microscopy_paths` selects them."""
+    excluded = tuple(data.get("micr_exclude", ()))
+    paths = microscopy_paths(bool(data.get("shared_data")), excluded)
+    bundled = ", ".join(f"`{p.name}`" for p in paths if p.parent == PACKAGE_DATA)
+    shared = [p.name for p in paths if p.parent != PACKAGE_DATA]
+    text = f"the bundled {bundled}"
     if data.get("shared_data"):
-        from psfmap.identify.training_data import SHARED_SHARP
-
-        names = sorted(p.name for p in SHARED_SHARP.glob("*.tif")
-                       if p.name not in data.get("micr_exclude", ()))
         described = [f"`{n}` binned {MICR_BINNING[n]}×{MICR_BINNING[n]}" if n in MICR_BINNING
-                     else f"`{n}`" for n in names]
-        shared = f" and `../shared/data/sharp` ({', '.join(described)})"
-        excluded = data.get("micr_exclude", ())
+                     else f"`{n}`" for n in shared]
+        text += f" and `../shared/data/sharp` ({', '.join(described)})"
         if excluded:
-            shared += (f"; not used: {', '.join(f'`{n}`' for n in excluded)} (see "
-                       "`DataConfig.micr_exclude`)")
-    bundled = ", ".join(f"`{n}`" for n in PACKAGE_SHARP)
-    return (f"the bundled {bundled}{shared}; top part of every plane (the bottom ≥ 96 rows "
-            "are held out)")
+            text += (f"; not used: {', '.join(f'`{n}`' for n in excluded)} (see "
+                     "`DataConfig.micr_exclude`)")
+    return f"{text}; top part of every plane (the bottom ≥ 96 rows are held out)"
 
 
 def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
@@ -146,7 +144,7 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
         f"{table['empty']['judged_valid_fraction']:.3f}.",
         f"Inference: 169 patches in {speed['seconds_169'] * 1000:.0f} ms "
         f"({speed['ratio_to_reference']:.3f}× the plain 0.7 M-parameter ResNet of issue 5 §0, "
-        f"same process; {evaluation_machine(evaluation)}).",
+        f"same process; {evaluation.get('machine', 'machine not recorded')}).",
         "",
         "## Limitations",
         "",
@@ -179,10 +177,6 @@ def _trend(history: list[dict]) -> str:
             "cosine schedule brings the learning rate to 0, so this alone does not say "
             "whether a longer run would help; `benchmarks/RESULTS.md` compares runs of "
             "different lengths.")
-
-
-def evaluation_machine(evaluation: dict) -> str:
-    return evaluation.get("machine", "machine not recorded")
 
 
 def main(argv=None) -> int:

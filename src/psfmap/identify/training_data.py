@@ -215,6 +215,15 @@ def _read_planes(path: Path) -> list[np.ndarray]:
     return [plane for plane in planes if plane.std() > 0]
 
 
+def microscopy_paths(shared_data: bool = False, exclude: Sequence[str] = ()) -> list[Path]:
+    """The sharp microscopy files :func:`microscopy_images` reads: the bundled sample first,
+    then, with ``shared_data``, ``../shared/data/sharp/*.tif`` less the names in ``exclude``."""
+    paths = [PACKAGE_DATA / name for name in PACKAGE_SHARP if (PACKAGE_DATA / name).is_file()]
+    if shared_data and SHARED_SHARP.is_dir():
+        paths += sorted(p for p in SHARED_SHARP.glob("*.tif") if p.name not in exclude)
+    return paths
+
+
 def microscopy_images(
     split: str, shared_data: bool = False, binning: int = 1, exclude: Sequence[str] = ()
 ) -> list[np.ndarray]:
@@ -232,11 +241,8 @@ def microscopy_images(
     unidentifiable: those files are sum-binned (``MICR_BINNING``), others by ``binning``.
     Each part is rescaled to ``[0, 1]`` (0.5–99.8 percentiles).
     """
-    paths = [PACKAGE_DATA / name for name in PACKAGE_SHARP if (PACKAGE_DATA / name).is_file()]
-    if shared_data and SHARED_SHARP.is_dir():
-        paths += sorted(p for p in SHARED_SHARP.glob("*.tif") if p.name not in exclude)
     images = []
-    for path in paths:
+    for path in microscopy_paths(shared_data, exclude):
         try:
             planes = _read_planes(path)
         except Exception:  # noqa: BLE001 - unreadable or non-image TIFFs are skipped
