@@ -72,6 +72,26 @@ def patches_at(stack, slices, rows, cols, size):
     return np.asarray(out), np.asarray(z), np.asarray(bead)
 
 
+def background_judged_valid(stack, slices, rows, cols, estimator, clearance: int = 20) -> float:
+    """Fraction of bead-free windows (no bead centre within ``clearance`` px) judged valid.
+
+    Such windows hold only the uneven background of the slice: a trustworthy validity output
+    rejects them, or whole-slice maps mix background estimates into the bead ones.
+    """
+    size = estimator.patch_size
+    starts = range(0, stack.shape[1] - size + 1, size // 4)
+    patches = []
+    for s in slices[:: max(1, len(slices) // 4)]:
+        for y0 in starts:
+            for x0 in starts:
+                gap = np.maximum(np.maximum(y0 - rows, rows - (y0 + size - 1)),
+                                 np.maximum(x0 - cols, cols - (x0 + size - 1)))
+                if gap.min() > clearance:
+                    patches.append(stack[s, y0:y0 + size, x0:x0 + size])
+    _, validity = estimator.predict(np.asarray(patches, dtype=np.float32))
+    return float(np.mean(np.asarray(validity) > 0.5))
+
+
 def calibrate(params, z):
     offset = best_axis_offset(params, z)
     return fit_depth_calibration(astigmatic_depth(params, offset), z, axis_offset=offset)
@@ -134,6 +154,10 @@ def main() -> None:
         if args.weights is not None or "zernike3" in pretrained_names():
             estimator = (PSFEstimator.pretrained("zernike3") if args.weights is None
                          else PSFEstimator.load(args.weights, "zernike3"))
+            all_rows, all_cols = find_beads(stack, margin=0)
+            judged = background_judged_valid(stack, slices, all_rows, all_cols, estimator)
+            print(f"  background: {judged:.0%} of bead-free {estimator.patch_size}² windows "
+                  "judged valid (native pixels)")
             optics = estimator.family.optics
             label = ("shipped zernike3" if args.weights is None
                      else f"zernike3 from {Path(args.weights).name}, optics {optics}")

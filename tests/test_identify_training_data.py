@@ -55,10 +55,12 @@ def test_shapes_ranges_and_normalisation():
 
 
 def test_explicit_black_and_flat_samples_are_invalid(gaussian1):
-    config = {**SMALL, "invalid_fraction": 0.5}
+    config = {**SMALL, "invalid_fraction": 0.5,
+              "invalid_kinds": ["black", "flat", "ramp", "shade"]}
     batch = PatchGenerator(gaussian1, config, seed=1).batch(60)
-    explicit = np.isin(batch.source, ["black", "flat", "ramp"])
+    explicit = np.isin(batch.source, ["black", "flat", "ramp", "shade"])
     assert explicit.sum() > 10
+    assert set(np.asarray(batch.source)[explicit]) == {"black", "flat", "ramp", "shade"}
     assert bool((batch.valid[torch.from_numpy(explicit)] == 0).all())
     # textured sources under bright light are mostly valid
     bright = PatchGenerator(gaussian1, {**SMALL, "invalid_fraction": 0.0,
@@ -114,6 +116,25 @@ def test_bad_arguments(gaussian1):
         PatchGenerator(gaussian1, SMALL).batch(0)
     with pytest.raises(ValueError, match="unknown data config"):
         DataConfig.from_dict({"patchsize": 32})
+    with pytest.raises(ValueError, match="invalid_kinds"):
+        PatchGenerator(gaussian1, {**SMALL, "invalid_kinds": ["stripes"]})
+
+
+def test_shading_samples_are_smooth_and_invalid(gaussian1):
+    config = {**SMALL, "invalid_fraction": 0.99, "invalid_kinds": ["shade"]}
+    data = PatchGenerator(gaussian1, config, seed=6)
+    crops, names, explicit = data.sharp_crops(20)
+    assert set(names) == {"shade"} and bool(explicit.all())
+    # smoother than the widest blur of the family: little energy between neighbours
+    step = (crops[:, 1:] - crops[:, :-1]).abs().mean()
+    spread = (crops - crops.mean((-2, -1), keepdim=True)).abs().mean()
+    assert float(step) < 0.2 * float(spread)
+    assert float(data.batch(20).valid.max()) == 0.0
+    # the kinds travel with the config (checkpoints replay them)
+    older = DataConfig.from_dict({"invalid_kinds": ["black", "flat", "ramp"]})
+    assert older.invalid_kinds == ("black", "flat", "ramp")
+    assert DataConfig.from_dict(older.to_dict()) == older
+    assert DataConfig().invalid_kinds == older.invalid_kinds  # the shipped models' recipe
 
 
 def test_excluded_microscopy_files_are_left_out(shared_data):
