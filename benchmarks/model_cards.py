@@ -90,8 +90,10 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
         "",
         "## Training",
         "",
-        f"- data mix (sampling weights): {data['mix']}; explicit invalid (black/flat/ramp) "
+        f"- data mix (sampling weights): {data['mix']}; explicit invalid "
+        f"({'/'.join(data.get('invalid_kinds', ('black', 'flat', 'ramp')))}) "
         f"fraction {data['invalid_fraction']}",
+        f"- training parameters: {_drawn_over(data)}",
         f"- [micr] sources: {micr_sources(data)}",
         f"- noise: peak photons {_fmt(data['photons'])} (log-uniform), QE {_fmt(data['qe'])}, "
         f"read noise {_fmt(data['read_noise'])} e⁻, background {_fmt(data['background'])} of "
@@ -104,7 +106,10 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
         f"per step, 8-fold flip/rotation augmentation, seed {config['seed']}",
         f"- wall time {minutes:.1f} min on {metrics['machine']}, torch {metrics['torch']}"
         + (f" (a `--minutes` run: schedule {schedule})" if schedule else ""),
-        f"- best validation R² (held-out seed, training material) {best['r2_mean']:.3f} at "
+        "- best validation R² (held-out seed, training material"
+        + (", widened parameter range: not comparable with the test R²"
+           if data.get("param_margin") else "")
+        + f") {best['r2_mean']:.3f} at "
         f"step {best['step']}, validity accuracy {best['validity_accuracy']:.3f}; last "
         f"validations {last}",
         "",
@@ -167,6 +172,15 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
     return "\n".join(lines) + "\n"
 
 
+def _drawn_over(data: dict) -> str:
+    margin = float(data.get("param_margin", 0.0))
+    if margin == 0:
+        return "uniform over the family range"
+    return (f"uniform over the family range widened by {margin:.0%} of its span at each end "
+            "(so that estimates near the ends are not pulled towards the middle; the test "
+            "split samples the family range)")
+
+
 def _trend(history: list[dict]) -> str:
     """How the validation R² moved over the last validations of the run."""
     if len(history) < 5:
@@ -201,7 +215,8 @@ def main(argv=None) -> int:
             excluded = old["config"]["data"].get("micr_exclude")
             before = {**previous[name], "note": (
                 f"{old['config']['steps']} steps, [micr] training material "
-                + ("without " + ", ".join(excluded) if excluded else "with every shared file"))}
+                + ("without " + ", ".join(excluded) if excluded else "with every shared file")
+                + f", parameters {_drawn_over(old['config']['data']).split(' (')[0]}")}
         (PRETRAINED / f"{name}.md").write_text(card(name, checkpoint, entry, args.command,
                                                     before))
         print(f"wrote {PRETRAINED / f'{name}.md'}")

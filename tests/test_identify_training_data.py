@@ -148,3 +148,30 @@ def test_excluded_microscopy_files_are_left_out(shared_data):
     config = DataConfig.from_dict(DataConfig(micr_exclude=(sharp[0].name,)).to_dict())
     assert config.micr_exclude == (sharp[0].name,)
     assert DataConfig().micr_exclude == ("confocal_neuron_zstack.tif",)
+
+
+def test_parameter_margin_widens_the_training_range_only():
+    family = model("zernike3", size=15)
+    config = {**SMALL, "mix": {"poi": 1}, "param_margin": 0.1}
+    train = PatchGenerator(family, config, seed=0).sample_params(4000)
+    test = PatchGenerator(family, config, seed=0, split="test").sample_params(4000)
+    span = family.high - family.low
+    # focus reaches 10 % of its span beyond both ends; cylinder and axis (periodic pair) do not
+    assert train[:, 0].min() < family.low[0] - 0.08 * span[0]
+    assert train[:, 0].max() > family.high[0] + 0.08 * span[0]
+    for column in (1, 2):
+        assert train[:, column].min() >= family.low[column]
+        assert train[:, column].max() <= family.high[column]
+    assert bool((test >= torch.from_numpy(family.low)).all())
+    assert bool((test <= torch.from_numpy(family.high)).all())
+    # without a margin the draws are the family's own (shipped checkpoints replay)
+    plain = PatchGenerator(family, {**config, "param_margin": 0.0}, seed=0)
+    reference = PatchGenerator(family, {**config, "param_margin": 0.0}, seed=0)
+    assert torch.equal(plain.sample_params(5),
+                       family.sample(5, reference.generator, dtype=torch.float64))
+    # Gaussian widths stay positive
+    gaussian = model("gaussian1", size=15)
+    widths = PatchGenerator(gaussian, {**config, "param_margin": 0.5}, seed=0).sample_params(500)
+    assert float(widths.min()) >= 0.25 * gaussian.low[0]
+    with pytest.raises(ValueError, match="param_margin"):
+        PatchGenerator(gaussian, {**config, "param_margin": 0.9})
