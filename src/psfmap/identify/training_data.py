@@ -91,7 +91,7 @@ class DataConfig:
         above a quarter of the lower bound); the ``test`` split always draws over the
         family range. A network trained only inside the range shrinks its estimates
         towards the middle near the ends (a squared loss with a bounded prior); training a
-        little beyond lets it reach them. Default 0 (the shipped models).
+        little beyond lets it reach them. Default 0; the shipped gaussian1 uses 0.1.
     invalid_kinds : tuple of str
         Kinds of explicit invalid samples, drawn with equal chances, among ``black``,
         ``flat``, ``ramp`` (a linear ramp) and ``shade`` (a smooth random field on an offset:
