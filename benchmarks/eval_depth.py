@@ -41,14 +41,18 @@ Z_STEP = 0.100
 PIXEL = 0.0635
 
 
-def find_beads(stack: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+def find_beads(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bead centres (row, col) from the maximum projection of the smoothed stack."""
     smooth = ndimage.gaussian_filter(stack, (0, 2, 2))
     mip = smooth.max(0)
     peaks = (mip == ndimage.maximum_filter(mip, 25)) & (mip > mip.mean() + 2 * mip.std())
-    rows, cols = np.nonzero(peaks)
-    keep = ((rows >= margin) & (cols >= margin) & (rows < stack.shape[1] - margin)
-            & (cols < stack.shape[2] - margin))
+    return np.nonzero(peaks)
+
+
+def away_from_border(rows, cols, shape, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """The centres at least ``margin`` px inside a ``shape = (height, width)`` plane."""
+    keep = ((rows >= margin) & (cols >= margin) & (rows < shape[0] - margin)
+            & (cols < shape[1] - margin))
     return rows[keep], cols[keep]
 
 
@@ -79,11 +83,10 @@ def background_judged_valid(stack, slices, rows, cols, estimator, clearance: int
     rejects them, or whole-slice maps mix background estimates into the bead ones.
     """
     size = estimator.patch_size
-    starts = range(0, stack.shape[1] - size + 1, size // 4)
     patches = []
     for s in slices[:: max(1, len(slices) // 4)]:
-        for y0 in starts:
-            for x0 in starts:
+        for y0 in range(0, stack.shape[1] - size + 1, size // 4):
+            for x0 in range(0, stack.shape[2] - size + 1, size // 4):
                 gap = np.maximum(np.maximum(y0 - rows, rows - (y0 + size - 1)),
                                  np.maximum(x0 - cols, cols - (x0 + size - 1)))
                 if gap.min() > clearance:
@@ -137,7 +140,8 @@ def main() -> None:
         print(f"skipped: {STACK} not found")
         return
     stack = psfmap.io.read_image(STACK)[0].astype(np.float64)
-    rows, cols = find_beads(stack, margin=40)
+    all_rows, all_cols = find_beads(stack)
+    rows, cols = away_from_border(all_rows, all_cols, stack.shape[1:], margin=40)
     slices = visible_slices(stack, rows, cols)
     slices = np.arange(slices.min(), slices.max() + 1)
     span = (slices.max() - slices.min()) * Z_STEP
@@ -154,7 +158,6 @@ def main() -> None:
         if args.weights is not None or "zernike3" in pretrained_names():
             estimator = (PSFEstimator.pretrained("zernike3") if args.weights is None
                          else PSFEstimator.load(args.weights, "zernike3"))
-            all_rows, all_cols = find_beads(stack, margin=0)
             judged = background_judged_valid(stack, slices, all_rows, all_cols, estimator)
             print(f"  background: {judged:.0%} of bead-free {estimator.patch_size}² windows "
                   "judged valid (native pixels)")
