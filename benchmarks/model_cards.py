@@ -19,7 +19,12 @@ import json
 from pathlib import Path
 
 from psfmap.identify.cnn import PRETRAINED
-from psfmap.identify.training_data import MICR_BINNING, PACKAGE_DATA, microscopy_paths
+from psfmap.identify.training_data import (
+    MICR_BINNING,
+    PACKAGE_DATA,
+    DataConfig,
+    microscopy_paths,
+)
 
 FAMILY_TEXT = {
     "gaussian1": "isotropic Gaussian PSF (G-1): `width` = σ in px",
@@ -68,6 +73,8 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
          previous: dict | None = None) -> str:
     config, metrics = checkpoint["config"], checkpoint["metrics"]
     family, data, network = config["family"], config["data"], config["network"]
+    data_config = DataConfig.from_dict(data)
+    kinds = "/".join(data_config.invalid_kinds)
     table = evaluation["table_iii"]
     speed = evaluation["speed"]
     optics = f"; optics {family['optics']}" if family.get("optics") else ""
@@ -90,10 +97,9 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
         "",
         "## Training",
         "",
-        f"- data mix (sampling weights): {data['mix']}; explicit invalid "
-        f"({'/'.join(data.get('invalid_kinds', ('black', 'flat', 'ramp')))}) "
+        f"- data mix (sampling weights): {data['mix']}; explicit invalid ({kinds}) "
         f"fraction {data['invalid_fraction']}",
-        f"- training parameters: {_drawn_over(data)}",
+        f"- training parameters: {_drawn_over(data_config)}",
         f"- [micr] sources: {micr_sources(data)}",
         f"- noise: peak photons {_fmt(data['photons'])} (log-uniform), QE {_fmt(data['qe'])}, "
         f"read noise {_fmt(data['read_noise'])} e⁻, background {_fmt(data['background'])} of "
@@ -108,7 +114,7 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
         + (f" (a `--minutes` run: schedule {schedule})" if schedule else ""),
         "- best validation R² (held-out seed, training material"
         + (", widened parameter range: not comparable with the test R²"
-           if data.get("param_margin") else "")
+           if data_config.param_margin else "")
         + f") {best['r2_mean']:.3f} at "
         f"step {best['step']}, validity accuracy {best['validity_accuracy']:.3f}; last "
         f"validations {last}",
@@ -145,7 +151,7 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
                   f"({', '.join(f'[{t}]' for t in DATA_TYPES)}); {previous['note']}."]
     lines += [
         "",
-        f"Explicit black/flat/ramp patches judged valid: "
+        f"Explicit {kinds} patches judged valid: "
         f"{table['empty']['judged_valid_fraction']:.3f}.",
         f"Inference: 169 patches in {speed['seconds_169'] * 1000:.0f} ms "
         f"({speed['ratio_to_reference']:.3f}× the plain 0.7 M-parameter ResNet of issue 5 §0, "
@@ -172,13 +178,16 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
     return "\n".join(lines) + "\n"
 
 
-def _drawn_over(data: dict) -> str:
-    margin = float(data.get("param_margin", 0.0))
+def _drawn_over(data: DataConfig, why: bool = True) -> str:
+    """How the training parameters were drawn (``why``: with the reason for a margin)."""
+    margin = data.param_margin
     if margin == 0:
         return "uniform over the family range"
-    return (f"uniform over the family range widened by {margin:.0%} of its span at each end "
-            "(so that estimates near the ends are not pulled towards the middle; the test "
-            "split samples the family range)")
+    text = f"uniform over the family range widened by {margin:.0%} of its span at each end"
+    if why:
+        text += (" (so that estimates near the ends are not pulled towards the middle; the "
+                 "test split samples the family range)")
+    return text
 
 
 def _trend(history: list[dict]) -> str:
@@ -212,11 +221,14 @@ def main(argv=None) -> int:
         before = None
         if name in previous:
             old = json.loads((Path(args.previous).parent / f"{name}.json").read_text())
-            excluded = old["config"]["data"].get("micr_exclude")
+            old_data = old["config"]["data"]
+            # read from the dict: configs older than micr_exclude used every shared file
+            excluded = old_data.get("micr_exclude")
+            drawn = _drawn_over(DataConfig.from_dict(old_data), why=False)
             before = {**previous[name], "note": (
                 f"{old['config']['steps']} steps, [micr] training material "
                 + ("without " + ", ".join(excluded) if excluded else "with every shared file")
-                + f", parameters {_drawn_over(old['config']['data']).split(' (')[0]}")}
+                + f", parameters {drawn}")}
         (PRETRAINED / f"{name}.md").write_text(card(name, checkpoint, entry, args.command,
                                                     before))
         print(f"wrote {PRETRAINED / f'{name}.md'}")
