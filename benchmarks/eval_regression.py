@@ -52,10 +52,16 @@ def _r2(estimator, true, predicted, mask):
     return float(np.mean(values)), [float(v) for v in values]
 
 
-def table_iii(estimator, samples: int, seed: int = 2020) -> dict:
-    """R² per data type on ``samples`` held-out patches per type (truly valid ones)."""
+def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None = None) -> dict:
+    """R² per data type on ``samples`` held-out patches per type (truly valid ones).
+
+    The noise is drawn as in the model's training data; ``photons`` replaces its peak photon
+    range (to compare models trained on different ranges on one test set).
+    """
     rows = {}
     config = dict(estimator.config["data"])
+    if photons is not None:
+        config["photons"] = list(photons)
     # micr_bundled: only the package's own sample (no ../shared/data), held-out rows
     for source in SOURCES + ("micr_bundled",):
         mix = {source.split("_")[0]: 1.0}
@@ -90,12 +96,43 @@ def table_iii(estimator, samples: int, seed: int = 2020) -> dict:
     return rows
 
 
+POISSON_PHOTONS = (10.0, 30.0, 100.0, 300.0, 1000.0, 10000.0, 100000.0)
+# The "same patches" R² of the Poisson sweep counts the patches valid at this level, hence at
+# every brighter one (validity grows with the photon count): noise alone, no selection.
+SAME_PATCHES_FROM = 300.0
 ROBUSTNESS_CASES = {
-    "poisson": [("photons", (v, v)) for v in (10.0, 30.0, 100.0, 300.0, 1000.0, 10000.0)],
     # at 10⁴ peak photons the Poisson noise is ~100 e⁻ at the peak: read noise must be large
     "gaussian": [("read_noise", (v, v)) for v in (0.0, 30.0, 100.0, 300.0, 1000.0)],
     "background": [("background", (v, v)) for v in (0.0, 0.1, 0.3, 1.0, 3.0)],
 }
+
+
+def poisson_sweep(estimator, config: dict, samples: int, seed: int) -> list[dict]:
+    """R² against the peak photon count, the same crops and PSFs rendered at every level.
+
+    ``r2``: on each level's truly valid patches (more patches count as valid when brighter);
+    ``r2_same_patches`` (levels ≥ ``SAME_PATCHES_FROM``): on the patches valid at
+    ``SAME_PATCHES_FROM`` photons, so only the noise changes along the row.
+    """
+    data = PatchGenerator(estimator.family, config, seed=seed, split="test")
+    sharp, names, explicit = data.sharp_crops(samples)
+    params = data.sample_params(samples)
+    psfs = estimator.family(params.float()).float()
+    rendered = {}
+    for photons in POISSON_PHOTONS:
+        batch = data.render(sharp, params, psfs, names, explicit, photons=(photons, photons),
+                            read_noise=(0.0, 0.0))
+        predicted, _ = _predict_all(estimator, batch.patches)
+        rendered[photons] = (predicted, batch.valid.numpy() > 0.5)
+    common = rendered[SAME_PATCHES_FROM][1]
+    rows = []
+    for photons, (predicted, truly) in rendered.items():
+        row = {"value": photons, "r2": _r2(estimator, params, predicted, truly)[0],
+               "valid_fraction": float(truly.mean())}
+        if photons >= SAME_PATCHES_FROM:
+            row["r2_same_patches"] = _r2(estimator, params, predicted, common)[0]
+        rows.append(row)
+    return rows
 
 
 def robustness(estimator, samples: int, seed: int = 7, only: tuple | None = None) -> dict:
@@ -106,6 +143,8 @@ def robustness(estimator, samples: int, seed: int = 7, only: tuple | None = None
     """
     config = {**estimator.config["data"], "invalid_fraction": 0.0}
     out: dict = {}
+    if only is None or "poisson" in only:
+        out["poisson"] = poisson_sweep(estimator, config, samples, seed)
     for name, settings in ROBUSTNESS_CASES.items():
         if only is not None and name not in only:
             continue
@@ -115,8 +154,6 @@ def robustness(estimator, samples: int, seed: int = 7, only: tuple | None = None
             overrides = {key: value}
             if name == "gaussian":  # Gaussian noise alone: many photons, so Poisson is small
                 overrides["photons"] = (10000.0, 10000.0)
-            if name == "poisson":
-                overrides["read_noise"] = (0.0, 0.0)
             batch = data.batch(samples, **overrides)
             predicted, _ = _predict_all(estimator, batch.patches)
             truly = batch.valid.numpy() > 0.5
@@ -201,15 +238,20 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--weights", default=None,
                         help="folder of <model>.pt files to evaluate instead of the shipped ones")
+    parser.add_argument("--test-photons", default=None, metavar="LOW,HIGH",
+                        help="peak photon range of the Table III test (default: each model's "
+                             "training range)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    photons = None if args.test_photons is None else tuple(
+        float(v) for v in args.test_photons.split(","))
     results = {"machine": f"{platform.machine()}, {args.threads} torch thread(s), "
                           f"torch {torch.__version__}"}
     for name in args.models.split(","):
         estimator = (PSFEstimator.pretrained(name) if args.weights is None
                      else PSFEstimator.load(f"{args.weights}/{name}.pt", model=name))
         started = time.perf_counter()
-        entry = {"table_iii": table_iii(estimator, args.samples),
+        entry = {"table_iii": table_iii(estimator, args.samples, photons=photons),
                  "robustness": robustness(estimator, args.robust_samples),
                  "speed": speed(estimator)}
         entry["eval_seconds"] = round(time.perf_counter() - started, 1)

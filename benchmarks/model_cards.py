@@ -149,6 +149,9 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
         values = " / ".join(f"{previous['table_iii'][t]['r2_valid']:.3f}" for t in DATA_TYPES)
         lines += ["", f"The previously shipped model, on the same test: {values} "
                   f"({', '.join(f'[{t}]' for t in DATA_TYPES)}); {previous['note']}."]
+    brightness = _brightness(evaluation, previous)
+    if brightness:
+        lines += ["", brightness]
     lines += [
         "",
         f"Explicit {kinds} patches judged valid: "
@@ -176,6 +179,26 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
     if name in MODEL_NOTES:
         lines.append(f"- {MODEL_NOTES[name]}")
     return "\n".join(lines) + "\n"
+
+
+def _brightness(evaluation: dict, previous: dict | None) -> str:
+    """R² on the same patches rendered ever brighter (``eval_regression.poisson_sweep``)."""
+    def same_patches(entry: dict) -> dict:
+        rows = entry.get("robustness", {}).get("poisson", [])
+        return {row["value"]: row["r2_same_patches"] for row in rows
+                if "r2_same_patches" in row}
+
+    now = same_patches(evaluation)
+    if not now:
+        return ""
+    levels = sorted(now)
+    text = ("Brightness (Poisson noise only, the same patches rendered at "
+            + " / ".join(f"{v:g}" for v in levels) + " peak photons, all data types): R² "
+            + " / ".join(f"{now[v]:.3f}" for v in levels))
+    before = same_patches(previous) if previous else {}
+    if all(v in before for v in levels):
+        text += "; previously shipped model " + " / ".join(f"{before[v]:.3f}" for v in levels)
+    return text + "."
 
 
 def _drawn_over(data: DataConfig, why: bool = True) -> str:
@@ -228,7 +251,7 @@ def main(argv=None) -> int:
             before = {**previous[name], "note": (
                 f"{old['config']['steps']} steps, [micr] training material "
                 + ("without " + ", ".join(excluded) if excluded else "with every shared file")
-                + f", parameters {drawn}")}
+                + f", parameters {drawn}, peak photons {_fmt(old_data['photons'])}")}
         (PRETRAINED / f"{name}.md").write_text(card(name, checkpoint, entry, args.command,
                                                     before))
         print(f"wrote {PRETRAINED / f'{name}.md'}")
