@@ -102,7 +102,7 @@ class DataConfig:
     photons : (float, float)
         Range of the peak photon count φ (drawn log-uniformly). Default 30 to 10⁵: a network
         trained up to 3,000 only got *worse* on brighter patches (zernike1, the same patches
-        at 10⁵ instead of 10³ photons: R² 0.87 → 0.63), because their log spectra fall
+        at 10⁵ instead of 10³ photons: R² 0.88 → 0.73), because their log spectra fall
         further before the noise floor than anything it had seen.
     qe : (float, float)
         Range of the quantum efficiency.
