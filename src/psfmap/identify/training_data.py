@@ -530,10 +530,9 @@ class PatchGenerator:
         """``n`` parameter vectors ``(n, N)`` (float64): uniform over the family range,
         widened by ``param_margin`` for the ``train`` split."""
         margin = float(self.config.param_margin) if self.split == "train" else 0.0
-        if margin == 0:
-            return self.family.sample(n, self.generator, dtype=torch.float64)
         family = self.family
-        unit = torch.rand(n, family.n_params, generator=self.generator, dtype=torch.float64)
+        if margin == 0:
+            return family.sample(n, self.generator, dtype=torch.float64)
         span = family.high - family.low
         low, high = family.low - margin * span, family.high + margin * span
         if family.kind == "gaussian":
@@ -541,8 +540,7 @@ class PatchGenerator:
         for column in {c for pair in periodic_pairs(family.names, family.low, family.high)
                        for c in pair}:
             low[column], high[column] = family.low[column], family.high[column]
-        low, high = torch.from_numpy(low), torch.from_numpy(high)
-        return low + unit * (high - low)
+        return family.sample(n, self.generator, dtype=torch.float64, bounds=(low, high))
 
     def batch(self, n: int, **noise_overrides: Any) -> Batch:
         """Draw ``n`` samples (see the module docstring for the recipe).

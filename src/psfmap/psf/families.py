@@ -162,12 +162,18 @@ class PSFFamily:
         generator: torch.Generator | None = None,
         *,
         dtype: torch.dtype | None = None,
+        bounds: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> torch.Tensor:
-        """Draw ``n`` parameter vectors uniformly in ``[low, high]`` -> ``(n, N)``; replayable."""
+        """Draw ``n`` parameter vectors uniformly in ``[low, high]`` -> ``(n, N)``; replayable.
+
+        ``bounds = (low, high)`` (arrays of length N) replaces the family range, e.g. to train
+        a little beyond it; the same generator state gives the same unit draws either way.
+        """
         dtype = dtype or torch.get_default_dtype()
         unit = torch.rand(n, self.n_params, generator=generator, dtype=torch.float64)
-        low = torch.from_numpy(self.low)
-        high = torch.from_numpy(self.high)
+        low, high = (self.low, self.high) if bounds is None else bounds
+        low = torch.as_tensor(np.asarray(low, dtype=np.float64))
+        high = torch.as_tensor(np.asarray(high, dtype=np.float64))
         return (low + unit * (high - low)).to(dtype)
 
     def normalize(self, params: torch.Tensor) -> torch.Tensor:
