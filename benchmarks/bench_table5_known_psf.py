@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psfmap.metrics import snr, ssim
+
 PAPER_GT = {"zernike1": 2.14, "gaussian1": 2.24}
 SIZE = 256
 ITERATIONS = 20
@@ -79,28 +81,6 @@ def quadrant_operator(psfs: torch.Tensor):
     ):
         weights[q, rows, cols] = 1.0
     return ProductConvolution(psfs, weights)
-
-
-def snr(reference: np.ndarray, estimate: np.ndarray) -> float:
-    try:
-        from psfmap.metrics import snr as metrics_snr
-
-        return float(metrics_snr(reference, estimate))
-    except ImportError:
-        error = np.sum((reference - estimate) ** 2)
-        return float(10 * np.log10(np.sum(reference**2) / error))
-
-
-def ssim(reference: np.ndarray, estimate: np.ndarray) -> float:
-    try:
-        from psfmap.metrics import ssim as metrics_ssim
-
-        return float(metrics_ssim(reference, estimate))
-    except ImportError:
-        from skimage.metrics import structural_similarity
-
-        data_range = float(reference.max() - reference.min())
-        return float(structural_similarity(reference, estimate, data_range=data_range))
 
 
 def main() -> None:

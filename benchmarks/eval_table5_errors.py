@@ -1,0 +1,98 @@
+"""Per-cell error of the blind PSF map on the Table V images (``eval_table5.py``'s protocol).
+
+For each test image (same seed, crops, quadrant parameters and noise as ``eval_table5.py``),
+the blind map's parameter in every cell is compared with the true parameter there: on the
+``bilinear`` layout the true parameters interpolated at the cell centre (``resample_params``),
+on the ``quadrants`` layout the parameter of the quadrant holding the cell, counting only the
+cells whose window lies inside one quadrant (a pure PSF of the family). Bias and RMS error of
+the median-filtered map (what ``psfmap.deblur`` uses) and of the raw per-window estimates on
+windows judged valid, per fifth of the parameter range.
+
+Run: .venv/bin/python benchmarks/eval_table5_errors.py [--family gaussian1] [--blur quadrants]
+[--n 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from eval_table5 import SIZE, draw_image, image_pool, quadrant_operator, quadrant_params
+
+import psfmap
+from psfmap.identify.cnn import PSFEstimator
+from psfmap.identify.psf_map_estimation import resample_params
+from psfmap.operators import PSFMap
+
+
+def inside_one_quadrant(psf_map) -> np.ndarray:
+    """``(gy, gx)`` mask of the cells whose window does not cross the image's midlines."""
+    window = psf_map.metadata["window"]
+    rows = np.asarray(psf_map.metadata["window_rows"])
+    cols = np.asarray(psf_map.metadata["window_cols"])
+    half = SIZE // 2
+    rows_ok = (rows + window <= half) | (rows >= half)
+    cols_ok = (cols + window <= half) | (cols >= half)
+    return rows_ok[:, None] & cols_ok[None, :]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", default="gaussian1", choices=("gaussian1", "zernike1"))
+    parser.add_argument("--blur", default="bilinear", choices=("bilinear", "quadrants"))
+    parser.add_argument("--n", type=int, default=30, help="test images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--photons", type=float, default=1000.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    pool = image_pool()
+    estimator = PSFEstimator.pretrained(args.family)
+    family = estimator.family
+    truth_cells, map_cells, raw_cells, valid_cells = [], [], [], []
+    for index in range(args.n):  # the draws of eval_table5.main, in the same order
+        _, sharp = draw_image(pool, rng)
+        params = rng.uniform(family.low[0], family.high[0], size=(4, 1))
+        true_map = PSFMap(family, params.reshape(2, 2, 1), (SIZE, SIZE))
+        if args.blur == "quadrants":
+            truth = quadrant_operator(true_map.psfs(dtype=torch.float64).flatten(0, 1))
+        else:
+            truth = true_map.operator(dtype=torch.float64)
+        clean = truth(torch.from_numpy(sharp)).numpy().clip(0, None)
+        blurred = psfmap.simulate.noise.poisson_gaussian(
+            clean, args.photons, read_noise=2.0, seed=args.seed * 100003 + index
+        ).clip(0, None)
+        filtered = psfmap.estimate(blurred, estimator, median=3)
+        raw = psfmap.estimate(blurred, estimator, median=0)
+        if args.blur == "quadrants":
+            true_cells = quadrant_params(true_map.params, filtered.grid)[..., 0]
+            keep = inside_one_quadrant(filtered)
+        else:
+            true_cells = resample_params(true_map, filtered.grid)[..., 0]
+            keep = np.ones(filtered.grid, dtype=bool)
+        truth_cells.append(true_cells[keep])
+        map_cells.append(filtered.params[..., 0][keep])
+        raw_cells.append(raw.params[..., 0][keep])
+        valid_cells.append(raw.validity[keep] > 0.5)
+    truth, estimate, raw, valid = (np.concatenate(v) for v in
+                                   (truth_cells, map_cells, raw_cells, valid_cells))
+    name = family.names[0]
+    print(f"{args.family} ({name}), {args.blur} layout, {args.n} images, {truth.size} cells, "
+          f"{100 * valid.mean():.1f} % of windows judged valid")
+    print(f"| true {name} | cells | map bias | map RMS | raw valid bias | raw valid RMS |")
+    print("|---|---|---|---|---|---|")
+    edges = np.linspace(family.low[0], family.high[0], 6)
+    for low, high in zip(edges[:-1], edges[1:]):
+        chosen = (truth >= low) & (truth <= high)
+        raw_chosen = chosen & valid
+        map_error = estimate[chosen] - truth[chosen]
+        raw_error = raw[raw_chosen] - truth[raw_chosen]
+        print(f"| {low:.2f}–{high:.2f} | {chosen.sum()} | {map_error.mean():+.3f} | "
+              f"{np.sqrt(np.mean(map_error ** 2)):.3f} | {raw_error.mean():+.3f} | "
+              f"{np.sqrt(np.mean(raw_error ** 2)):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
