@@ -18,12 +18,11 @@ import argparse
 
 import numpy as np
 import torch
-from eval_table5 import SIZE, draw_image, image_pool, quadrant_operator, quadrant_params
+from eval_table5 import SIZE, blurred_test_image, image_pool, quadrant_params
 
 import psfmap
 from psfmap.identify.cnn import PSFEstimator
 from psfmap.identify.psf_map_estimation import resample_params
-from psfmap.operators import PSFMap
 
 
 def inside_one_quadrant(psf_map) -> np.ndarray:
@@ -53,17 +52,9 @@ def main() -> None:
     family = estimator.family
     truth_cells, map_cells, raw_cells, valid_cells = [], [], [], []
     for index in range(args.n):  # the draws of eval_table5.main, in the same order
-        _, sharp = draw_image(pool, rng)
-        params = rng.uniform(family.low[0], family.high[0], size=(4, 1))
-        true_map = PSFMap(family, params.reshape(2, 2, 1), (SIZE, SIZE))
-        if args.blur == "quadrants":
-            truth = quadrant_operator(true_map.psfs(dtype=torch.float64).flatten(0, 1))
-        else:
-            truth = true_map.operator(dtype=torch.float64)
-        clean = truth(torch.from_numpy(sharp)).numpy().clip(0, None)
-        blurred = psfmap.simulate.noise.poisson_gaussian(
-            clean, args.photons, read_noise=2.0, seed=args.seed * 100003 + index
-        ).clip(0, None)
+        _, _, true_map, _, blurred = blurred_test_image(
+            pool, rng, family, args.blur, args.photons, seed=args.seed * 100003 + index
+        )
         filtered = psfmap.estimate(blurred, estimator, median=3)
         raw = psfmap.estimate(blurred, estimator, median=0)
         if args.blur == "quadrants":
