@@ -101,13 +101,15 @@ def draw_image(pool, rng) -> tuple[str, np.ndarray]:
     return name, np.ascontiguousarray(crop[:, ::-1] if rng.integers(2) else crop)
 
 
-def blurred_test_image(pool, rng, family, blur: str, photons: float, seed: int):
-    """One test image: ``(source, sharp, true_map, truth, blurred)``.
+def blurred_test_image(pool, rng, family, blur: str, photons: float, seed: int, index: int):
+    """Test image ``index`` of a family: ``(source, sharp, true_map, truth, blurred)``.
 
     A random crop, four quadrant parameters drawn uniformly over the family's range (the 2×2
     ``true_map``), the true operator of the ``blur`` layout ("bilinear": the map's overlap-add
     operator; "quadrants": each quadrant blurred by its own PSF), and the blurred image with
-    Poisson–Gaussian noise (``photons`` at the peak, read noise 2 e⁻, noise ``seed``).
+    Poisson–Gaussian noise (``photons`` at the peak, read noise 2 e⁻, noise seeded by the run's
+    ``seed`` and ``index``). One ``rng`` serves every family of a run in turn, so a run's
+    images depend on its ``--families`` and ``--n``.
     """
     source, sharp = draw_image(pool, rng)
     params = rng.uniform(family.low[0], family.high[0], size=(4, 1))
@@ -118,7 +120,7 @@ def blurred_test_image(pool, rng, family, blur: str, photons: float, seed: int):
         truth = true_map.operator(dtype=torch.float64)
     clean = truth(torch.from_numpy(sharp)).numpy().clip(0, None)
     blurred = psfmap.simulate.noise.poisson_gaussian(
-        clean, photons, read_noise=2.0, seed=seed
+        clean, photons, read_noise=2.0, seed=seed * 100003 + index
     ).clip(0, None)
     return source, sharp, true_map, truth, blurred
 
@@ -160,25 +162,31 @@ def restore(blurred, operator, tv):
     return out.numpy() * scale
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Table V analogue")
+def add_test_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that decide a run's test images (``blurred_test_image`` in ``main``'s
+    order), shared with ``eval_table5_errors.py`` so equal options give equal images."""
     parser.add_argument("--n", type=int, default=100, help="images per family")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--photons", type=float, default=1000.0)
-    parser.add_argument("--tv", default="0.1,0.01")
     parser.add_argument("--families", default="gaussian1,zernike1")
     parser.add_argument("--airyscan-binning", type=int, default=MICR_BINNING[AIRYSCAN],
                         help="sum-binning of the 44 nm Airyscan planes (1: native, as in the "
                              "first runs)")
-    parser.add_argument("--weights", default=None,
-                        help="folder with <model>.pt weights (default: the shipped models)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--stride", type=int, default=None,
-                        help="window step of the blind map (default: psfmap.estimate's)")
-    parser.add_argument("--median", type=int, default=3, help="median filter of the blind map")
     parser.add_argument("--blur", choices=("bilinear", "quadrants"), default="bilinear",
                         help="bilinear between the quadrant PSFs (default) or one PSF per "
                              "quadrant")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Table V analogue")
+    add_test_image_arguments(parser)
+    parser.add_argument("--tv", default="0.1,0.01")
+    parser.add_argument("--weights", default=None,
+                        help="folder with <model>.pt weights (default: the shipped models)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="window step of the blind map (default: psfmap.estimate's)")
+    parser.add_argument("--median", type=int, default=3, help="median filter of the blind map")
     parser.add_argument("--save", default=None,
                         help="JSON file for the per-image gains of every restoration")
     args = parser.parse_args()
@@ -205,7 +213,7 @@ def main() -> None:
         timings, failures = [], []
         for index in range(args.n):
             source, sharp, true_map, truth, blurred = blurred_test_image(
-                pool, rng, family, args.blur, args.photons, seed=args.seed * 100003 + index
+                pool, rng, family, args.blur, args.photons, args.seed, index
             )
             start = time.perf_counter()
             try:
