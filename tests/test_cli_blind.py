@@ -65,6 +65,46 @@ def test_deblur_writes_restored_image(tmp_path, image_file):
     np.testing.assert_allclose(tifffile.imread(again), restored, rtol=1e-5, atol=1e-5)
 
 
+def test_stack_gets_one_map_per_frame(tmp_path, image_file, capsys):
+    weights = _weights(tmp_path / "g1.pt", "gaussian1")
+    plane = tifffile.imread(image_file)
+    stack = np.stack([plane, plane[::-1], plane.T, plane // 2]).reshape(2, 2, 64, 64)
+    stack_file = tmp_path / "stack.tif"
+    tifffile.imwrite(stack_file, stack)
+    out, maps_file = tmp_path / "restored.tif", tmp_path / "maps.psfmap"
+    assert main(["deblur", str(stack_file), "--weights", str(weights), "--iterations", "2",
+                 "--grid", "2x2", "-o", str(out), "--save-map", str(maps_file),
+                 "--figure", str(tmp_path / "maps.png")]) == 0
+    assert "4 frames of 64x64" in capsys.readouterr().out
+    restored = tifffile.imread(out)
+    assert restored.shape == (2, 2, 64, 64)
+    maps = psfmap.load_psf_maps(maps_file)
+    assert len(maps) == 4 and [m.metadata["frame"] for m in maps] == [0, 1, 2, 3]
+    assert (tmp_path / "maps.png").stat().st_size > 1000
+    # every frame as if deblurred alone: frame 2 through --plane of its 3-D stack
+    planes = tmp_path / "planes.tif"
+    tifffile.imwrite(planes, stack.reshape(4, 64, 64), photometric="minisblack")
+    alone = tmp_path / "alone.tif"
+    assert main(["deblur", str(planes), "--plane", "2", "--weights", str(weights),
+                 "--iterations", "2", "--grid", "2x2", "-o", str(alone), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(alone), restored[1, 0])
+    # the saved maps replayed: one per frame, or one map for every frame
+    again = tmp_path / "again.tif"
+    assert main(["deblur", str(stack_file), "--psf-map", str(maps_file), "--iterations", "2",
+                 "-o", str(again), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(again), restored)
+    maps[0].save(tmp_path / "one.psfmap")
+    assert main(["deblur", str(stack_file), "--psf-map", str(tmp_path / "one.psfmap"),
+                 "--iterations", "2", "-o", str(again), "--quiet"]) == 0
+    # a map file for another frame count, or for a single image
+    assert main(["deblur", str(image_file), "--psf-map", str(maps_file), "-o",
+                 str(tmp_path / "x.tif")]) == 1
+    assert "holds 4 maps" in capsys.readouterr().err
+    assert main(["estimate", str(stack_file), "--weights", str(weights), "--grid", "2x2",
+                 "--save-map", str(maps_file)]) == 0
+    assert "4 2x2 gaussian1 maps" in capsys.readouterr().out
+
+
 def test_depth_map_and_calibrate(tmp_path, image_file, capsys):
     weights = _weights(tmp_path / "z3.pt", "zernike3")
     stack = np.stack([tifffile.imread(image_file) for _ in range(3)])
@@ -115,8 +155,16 @@ def test_bad_command_lines(tmp_path, image_file, capsys):
     assert main(["estimate", str(image_file), "--weights", str(weights), "--model", "zernike3",
                  "--save-map", str(tmp_path / "z.psfmap")]) == 1
     assert "is for the model 'gaussian1'" in capsys.readouterr().err
-    # a stack needs --plane
+    # an empty frame in a stack: the error names it, nothing is written
     stack = tmp_path / "stack.tif"
-    tifffile.imwrite(stack, np.zeros((2, 40, 40), dtype=np.uint16))
-    assert main(["estimate", str(stack), "--weights", str(weights), "--save-map",
-                 str(tmp_path / "y.psfmap")]) == 2
+    planes = np.stack([tifffile.imread(image_file), np.zeros((64, 64), dtype=np.uint16)])
+    tifffile.imwrite(stack, planes)
+    assert main(["deblur", str(stack), "--weights", str(weights), "-o",
+                 str(tmp_path / "y.tif"), "--save-map", str(tmp_path / "y.psfmap")]) == 1
+    assert "frame 1 of 2" in capsys.readouterr().err
+    assert not (tmp_path / "y.tif").exists() and not (tmp_path / "y.psfmap").exists()
+    # depth takes one plane of a stack; --plane only applies to 3-D stacks
+    assert main(["depth", str(stack), "--weights", str(weights), "-o",
+                 str(tmp_path / "d.tif")]) == 2
+    assert main(["estimate", str(image_file), "--weights", str(weights), "--plane", "0",
+                 "--save-map", str(tmp_path / "y.psfmap")]) == 2

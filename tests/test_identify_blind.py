@@ -90,3 +90,88 @@ def test_deblur_with_the_shipped_zernike3_model():
     result = deblur(blurred, "zernike3", iterations=10, return_map=True)
     assert result.psf_map.family.name == "zernike3"
     assert psfmap.metrics.snr(sharp, result.restored) > psfmap.metrics.snr(sharp, blurred)
+
+
+def test_stack_is_deblurred_frame_by_frame(blurred_pair):
+    _, blurred = blurred_pair
+    stack = np.stack([blurred, 0.5 * blurred[::-1], blurred.T, 2.0 * blurred]).reshape(
+        2, 2, *blurred.shape
+    )
+    result = deblur(stack, OracleEstimator(), iterations=3, return_map=True)
+    assert result.restored.shape == stack.shape and result.restored.dtype == np.float32
+    assert isinstance(result.psf_map, list) and len(result.psf_map) == 4
+    # each frame exactly as if deblurred alone (C order of the leading axes)
+    for index, frame in enumerate(stack.reshape(4, *blurred.shape)):
+        alone = deblur(frame, OracleEstimator(), iterations=3)
+        np.testing.assert_array_equal(result.restored.reshape(4, *blurred.shape)[index], alone)
+    # one map for every frame, or one per frame; torch in, torch out
+    tensor = torch.from_numpy(stack)
+    shared = deblur(tensor, iterations=3, psf_map=result.psf_map[0])
+    per_frame = deblur(tensor, iterations=3, psf_map=result.psf_map)
+    assert isinstance(shared, torch.Tensor) and shared.shape == stack.shape
+    torch.testing.assert_close(per_frame, torch.from_numpy(result.restored))
+    maps = estimate(stack, OracleEstimator(), window=16, stride=16, median=0)
+    assert len(maps) == 4 and all(m.grid == (4, 4) for m in maps)
+
+
+def test_stack_bad_input_names_the_frame(blurred_pair):
+    _, blurred = blurred_pair
+    stack = np.stack([blurred, np.full_like(blurred, 0.3), blurred])
+    with pytest.raises(ValueError, match="frame 1 of 3: .*no texture"):
+        deblur(stack, OracleEstimator())
+    with pytest.raises(ValueError, match="frame 1 of 3: .*no texture"):
+        estimate(stack, OracleEstimator())
+    one = estimate(blurred, OracleEstimator())
+    with pytest.raises(ValueError, match="2 maps for a stack of 3 frames"):
+        deblur(stack, psf_map=[one, one])
+    with pytest.raises(TypeError, match=r"psf_map\[1\] must be a PSFMap"):
+        deblur(stack, psf_map=[one, "map", one])
+    with pytest.raises(ValueError, match="empty"):
+        deblur(np.zeros((0, 64, 64), dtype=np.float32), OracleEstimator())
+    with pytest.raises(ValueError, match="2-D array"):
+        estimate(np.ones(64), OracleEstimator())
+
+
+def _shipped(name: str):
+    from psfmap.identify.cnn import pretrained_names
+
+    if name not in pretrained_names():
+        pytest.skip(f"shipped {name} weights not present")
+    return name
+
+
+def test_shipped_gaussian1_tracks_the_blur_of_each_frame():
+    """Recovery of known per-frame blur: three frames of one real image, blurred by
+    Gaussians of width 1, 2 and 3 px; the map of each frame reads its own width."""
+    model = _shipped("gaussian1")
+    sharp = psfmap.simulate.samples.bundled_sample("neuron")[64:192, 64:192].astype(np.float64)
+    widths = (1.0, 2.0, 3.0)
+    stack = np.stack([
+        psfmap.Convolution(psfmap.psf.gaussian(25, w, dtype=torch.float64))(
+            torch.from_numpy(sharp)).numpy().clip(0, None)
+        for w in widths
+    ])
+    maps = estimate(stack, model)
+    read = [float(np.median(m.params[..., 0][m.validity >= 0.5])) for m in maps]
+    np.testing.assert_allclose(read, widths, atol=0.5)
+    assert read[0] < read[1] < read[2]
+
+
+def test_shipped_gaussian1_finds_the_focal_plane_of_a_real_zstack(shared_data):
+    """Real widefield DAPI z-stack (40 planes, 0.3 µm apart): the blind width of each plane
+    is smallest around the focal plane and grows by more than a pixel away from it."""
+    from psfmap.io import read_image
+
+    model = _shipped("gaussian1")
+    path = shared_data / "blurred" / "widefield_dapi_zstack.tif"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not found")
+    stack, _ = read_image(path)
+    maps = estimate(np.asarray(stack, dtype=np.float32), model)
+    widths = np.array([np.median(m.params[..., 0][m.validity >= 0.5]) for m in maps])
+    sharpest = int(np.argmax([np.abs(np.diff(plane.astype(float), axis=1)).mean()
+                              for plane in stack]))
+    focus = int(np.argmin(widths))
+    assert abs(focus - sharpest) <= 3
+    assert widths[:5].min() > widths[focus] + 1.0
+    assert widths[-5:].min() > widths[focus] + 1.0

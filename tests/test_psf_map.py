@@ -114,3 +114,71 @@ def test_plot_psf_map_writes_a_figure(tmp_path):
     with pytest.raises(ValueError, match="expected one of"):
         plot_psf_map(image, psf_map, tmp_path / "map.xyz")
     assert not (tmp_path / "map.xyz").exists()
+
+
+def _frame_maps(count: int = 3) -> list[PSFMap]:
+    return [
+        PSFMap("gaussian1", np.full((2, 3, 1), 1.0 + index), (40, 60),
+               validity=np.full((2, 3), 0.2 * (index + 1)), metadata={"frame": index})
+        for index in range(count)
+    ]
+
+
+def test_psf_maps_of_a_stack_round_trip(tmp_path):
+    from psfmap.operators.psf_map import load_psf_maps, save_psf_maps
+
+    maps = _frame_maps()
+    path = save_psf_maps(tmp_path / "stack.psfmap", maps)
+    loaded = load_psf_maps(path)
+    assert len(loaded) == 3
+    for before, after in zip(maps, loaded):
+        np.testing.assert_array_equal(after.params, before.params)
+        np.testing.assert_array_equal(after.validity, before.validity)
+        assert after.metadata == before.metadata and after.image_shape == (40, 60)
+    # a one-map file reads as a list of one; a stack file is not one map
+    single = load_psf_maps(maps[1].save(tmp_path / "one.psfmap"))
+    assert len(single) == 1 and np.all(single[0].params == 2.0)
+    with pytest.raises(ValueError, match="PSF maps of 3 frames"):
+        PSFMap.load(path)
+    assert psfmap.load_psf_maps is load_psf_maps and psfmap.save_psf_maps is save_psf_maps
+
+
+def test_psf_maps_of_a_stack_bad_input(tmp_path):
+    from psfmap.operators.psf_map import load_psf_maps, save_psf_maps
+
+    maps = _frame_maps(2)
+    with pytest.raises(ValueError, match="no PSF maps"):
+        save_psf_maps(tmp_path / "a.psfmap", [])
+    with pytest.raises(TypeError, match=r"maps\[1\] must be a PSFMap"):
+        save_psf_maps(tmp_path / "a.psfmap", [maps[0], np.ones(3)])
+    other_grid = PSFMap("gaussian1", np.ones((3, 3, 1)), (40, 60))
+    with pytest.raises(ValueError, match="must match"):
+        save_psf_maps(tmp_path / "a.psfmap", [maps[0], other_grid])
+    other_family = PSFMap("zernike1", np.zeros((2, 3, 1)), (40, 60))
+    with pytest.raises(ValueError, match="one family"):
+        save_psf_maps(tmp_path / "a.psfmap", [maps[0], other_family])
+    assert not (tmp_path / "a.psfmap").exists()
+    (tmp_path / "junk.psfmap").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_psf_maps(tmp_path / "junk.psfmap")
+    _map().operator().save(tmp_path / "op.psfmap")
+    with pytest.raises(ValueError, match="psf_map"):
+        load_psf_maps(tmp_path / "op.psfmap")
+
+
+def test_plot_psf_map_stack_writes_a_figure(tmp_path):
+    from matplotlib import pyplot as plt
+
+    from psfmap.figures import plot_psf_map_stack
+
+    figure = plot_psf_map_stack(_frame_maps(), tmp_path / "stack.png")
+    assert (tmp_path / "stack.png").stat().st_size > 1000
+    median_line = figure.axes[0].lines[0]
+    np.testing.assert_allclose(median_line.get_ydata(), [1.0, 2.0, 3.0])
+    plt.close(figure)
+    with pytest.raises(ValueError, match="no PSF maps"):
+        plot_psf_map_stack([])
+    with pytest.raises(TypeError, match="PSFMap"):
+        plot_psf_map_stack([_map(), "map"])
+    with pytest.raises(ValueError, match="zernike1 map"):
+        plot_psf_map_stack([_map(), PSFMap("zernike1", np.zeros((2, 3, 1)), (40, 60))])

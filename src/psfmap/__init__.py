@@ -30,6 +30,8 @@ _EXPORTS = {
     "PSFMap": "psfmap.identify",
     "estimate": "psfmap.identify",
     "deblur": "psfmap.identify",
+    "save_psf_maps": "psfmap.identify",
+    "load_psf_maps": "psfmap.identify",
 }
 _SUBMODULES = {
     "psf", "operators", "simulate", "restore", "calibrate", "identify",

@@ -163,3 +163,72 @@ def plot_psf_map(
     if path is not None:
         save_figure(figure, path)
     return figure
+
+
+def plot_psf_map_stack(
+    maps: Any,
+    path: str | os.PathLike | None = None,
+    *,
+    title: str | None = None,
+    xlabel: str = "frame",
+    figsize: float = 6.0,
+):
+    """Draw how the PSF parameters of a stack's maps change from frame to frame.
+
+    One panel per parameter of the family: the median over each frame's valid cells
+    (validity ≥ 0.5; all cells where none is valid) with the 10–90 % range across those
+    cells, i.e. the blur of the plane and how much it varies over the field. Through a
+    z-stack the width of a Gaussian map is smallest at the focal plane.
+
+    Parameters
+    ----------
+    maps : sequence of PSFMap
+        One map per frame, all of the same family (e.g. ``psfmap.estimate(stack)``).
+    path : str or path, optional
+        Save the figure there (atomically); the format follows the extension.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from psfmap.operators.psf_map import PSFMap
+
+    maps = list(maps)
+    if not maps:
+        raise ValueError("no PSF maps to draw")
+    for index, psf_map in enumerate(maps):
+        if not isinstance(psf_map, PSFMap):
+            raise TypeError(f"maps[{index}] must be a PSFMap, got {describe(psf_map)}")
+        if psf_map.family.names != maps[0].family.names:
+            raise ValueError(f"maps[{index}] is a {psf_map.family.name} map, maps[0] a "
+                             f"{maps[0].family.name} one")
+    plt = pyplot()
+    names = maps[0].names
+    # (frames, 3 quantiles, N): 10th percentile, median, 90th percentile over valid cells
+    summary = np.stack([
+        np.percentile(
+            psf_map.params[psf_map.validity >= 0.5] if (psf_map.validity >= 0.5).any()
+            else psf_map.params.reshape(-1, len(names)),
+            [10, 50, 90], axis=0,
+        )
+        for psf_map in maps
+    ])
+    frames = np.arange(len(maps))
+    figure, axes = plt.subplots(
+        len(names), 1, figsize=(figsize, 2.2 * len(names) + 0.6), sharex=True, squeeze=False
+    )
+    for k, (axis, name) in enumerate(zip(axes[:, 0], names)):
+        axis.fill_between(frames, summary[:, 0, k], summary[:, 2, k], alpha=0.3,
+                          label="10–90 % of the cells")
+        axis.plot(frames, summary[:, 1, k], "o-", markersize=3, label="median")
+        axis.set_ylabel(name)
+        axis.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    axes[-1, 0].set_xlabel(xlabel)
+    gy, gx = maps[0].grid
+    axes[0, 0].set_title(title or f"{maps[0].family.name} PSF maps of {len(maps)} frames "
+                         f"({gy}×{gx} cells each)", fontsize=9)
+    figure.tight_layout()
+    if path is not None:
+        save_figure(figure, path)
+    return figure

@@ -1,4 +1,5 @@
-"""``psfmap deblur``: blind spatially-variant deblurring (CNN PSF map + RL-TV)."""
+"""``psfmap deblur``: blind spatially-variant deblurring (CNN PSF map + RL-TV), frame by frame
+for a stack."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, summary
+from psfmap.cli._common import check_outputs, progress_bar, summary
 from psfmap.cli.estimate import (
     add_window_arguments,
     describe_map,
+    label_maps,
     load_estimator,
     read_plane,
     window_options,
@@ -33,7 +37,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "Richardson-Lucy with total variation (Shajkofci & Liebling, IEEE TIP 2020).",
         EXAMPLE,
     )
-    parser.add_argument("image", metavar="IMAGE", help="blurred image (TIFF/PNG, 2-D)")
+    parser.add_argument(
+        "image", metavar="IMAGE",
+        help="blurred image (TIFF/PNG); a stack (..., H, W) is deblurred frame by frame, "
+        "each frame with its own map",
+    )
     add_window_arguments(parser)
     parser.add_argument(
         "--iterations", type=int, default=DEFAULT_ITERATIONS,
@@ -44,18 +52,45 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=f"TV weight λ (default {DEFAULT_TV}; 0: plain RL)",
     )
     parser.add_argument(
-        "--psf-map", default=None, help="use this PSF map file instead of estimating one"
+        "--psf-map", default=None,
+        help="use this PSF map file instead of estimating one (for a stack: one map for all "
+        "frames or one per frame)",
     )
     parser.add_argument("-o", "--output", required=True, help="restored image to write (TIFF)")
-    parser.add_argument("--save-map", default=None, help="PSF map file to write (.psfmap)")
-    parser.add_argument("--figure", default=None, help="figure of the PSF map to write (.png)")
+    parser.add_argument(
+        "--save-map", default=None,
+        help="PSF map file to write (.psfmap; a stack: the maps of all frames)",
+    )
+    parser.add_argument(
+        "--figure", default=None,
+        help="figure of the PSF map to write (.png; a stack: parameters frame by frame)",
+    )
     return parser
 
 
+def _given_maps(path: str, image: np.ndarray) -> list:
+    """The maps of --psf-map for the frames of ``image``: one for all, or one per frame."""
+    from psfmap.operators.psf_map import load_psf_maps
+
+    maps = load_psf_maps(path)
+    frames = int(np.prod(image.shape[:-2], dtype=int))
+    if len(maps) not in (1, frames):
+        raise ValueError(
+            f"--psf-map holds {len(maps)} maps; {image.ndim}-D image {image.shape} needs one "
+            f"map{'' if frames == 1 else f' or {frames} (one per frame)'}"
+        )
+    for psf_map in maps:
+        if psf_map.image_shape != image.shape[-2:]:
+            raise ValueError(
+                f"--psf-map covers an image of {psf_map.image_shape}, but frames of "
+                f"{path!r} are {image.shape[-2:]}"
+            )
+    return maps
+
+
 def run(args) -> int:
-    from psfmap.identify.blind import deblur
+    from psfmap.identify.blind import deblur, each_frame, estimate
     from psfmap.io import write_image
-    from psfmap.operators.psf_map import PSFMap
 
     outputs = [args.output, args.save_map, args.figure]
     check_outputs([args.image, args.weights, args.psf_map], outputs)
@@ -67,52 +102,54 @@ def run(args) -> int:
     if args.tv < 0:
         raise UsageError(f"--tv must be >= 0, got {args.tv}")
     options = window_options(args)
-    image, metadata = read_plane(args.image, args.plane)
+    image, metadata = read_plane(args.image, args.plane, stack=True)
     start = time.perf_counter()
+    frames = image.reshape(-1, *image.shape[-2:])
     if args.psf_map is not None:
-        psf_map = PSFMap.load(args.psf_map)
-        if psf_map.image_shape != image.shape:
-            raise ValueError(
-                f"--psf-map covers an image of {psf_map.image_shape}, but {args.image!r} has "
-                f"shape {image.shape}"
-            )
-        estimator = None
+        maps = _given_maps(args.psf_map, image)
     else:
-        psf_map = None
-        estimator = load_estimator(args)
-    result = deblur(
-        image,
-        estimator,
-        iterations=args.iterations,
-        tv=args.tv,
-        psf_map=psf_map,
-        return_map=True,
-        **options,
-    )
-    result.psf_map.metadata["source"] = Path(args.image).name
+        # every map before the first restoration: a frame that cannot be estimated fails fast
+        maps = estimate(frames, load_estimator(args), **options)
+    # one map for the whole image, or shared by every frame of a stack
+    psf_map = maps[0] if len(maps) == 1 else maps
+    label_maps(psf_map, Path(args.image).name)
+    maps = maps * len(frames) if len(maps) == 1 else maps
+    with progress_bar(args, len(frames), "deblur") as bar:
+
+        def restore(index: int, frame: np.ndarray) -> np.ndarray:
+            restored = deblur(frame, iterations=args.iterations, tv=args.tv, psf_map=maps[index])
+            bar.update(1)
+            return restored
+
+        restored = np.stack(each_frame(frames, restore))
     elapsed = time.perf_counter() - start
     description = {
         k: v for k, v in (metadata.get("description") or {}).items() if k != "pixel_size"
     }
+    axes = metadata.get("axes")
     description.update(
         psfmap_command="deblur",
         source=Path(args.image).name,
-        model=result.psf_map.family.name,
+        model=maps[0].family.name,
         iterations=args.iterations,
         tv=args.tv,
-        grid=list(result.psf_map.grid),
+        grid=list(maps[0].grid),
     )
+    if axes:
+        description["axes"] = axes
     write_image(
         args.output,
-        result.restored,
+        restored.reshape(image.shape),
         pixel_size=metadata.get("pixel_size"),
         metadata=description,
+        axes=axes if axes and len(axes) == image.ndim else None,
         inputs=[args.image],
     )
-    written = [args.output, *write_outputs(args, image, result.psf_map)]
+    written = [args.output, *write_outputs(args, image, psf_map)]
+    what = "" if image.ndim == 2 else f"{len(frames)} frames of "
     summary(
         args,
-        f"deblurred {image.shape[0]}x{image.shape[1]} with a {describe_map(result.psf_map)}, "
+        f"deblurred {what}{image.shape[-2]}x{image.shape[-1]} with {describe_map(psf_map)}, "
         f"RL-TV {args.iterations} iterations λ={args.tv:g}, in {elapsed:.1f} s -> "
         f"{', '.join(written)}",
     )

@@ -1,4 +1,5 @@
-"""``psfmap estimate``: blind PSF map of one image (CNN on sliding windows)."""
+"""``psfmap estimate``: blind PSF map of an image, or one per frame of a stack (CNN on sliding
+windows)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights", default=None, help="weights file from 'psfmap train' instead of --model"
     )
-    parser.add_argument("--plane", type=int, default=None, help="plane of a 3-D stack to use")
+    parser.add_argument(
+        "--plane", type=int, default=None,
+        help="plane of a 3-D stack to use (estimate and deblur: default every frame)",
+    )
     parser.add_argument(
         "--window", type=int, default=None, help="window side in px (default: the patch size)"
     )
@@ -60,25 +64,31 @@ def window_options(args) -> dict[str, Any]:
     }
 
 
-def read_plane(path: str, plane: int | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read a 2-D image (or one plane of a stack) as float32/float64."""
+def read_plane(
+    path: str, plane: int | None, *, stack: bool = False
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a 2-D image, or one plane of a 3-D stack, as float32/float64.
+
+    With ``stack`` and no ``plane``, a stack is returned whole, ``(..., H, W)``: its leading
+    axes are frames (planes, time points, channels).
+    """
     from psfmap.io import read_image
 
     image, metadata = read_image(path)
     image = np.asarray(image)
-    if image.ndim == 3 and plane is None and image.shape[0] == 1:
-        image = image[0]
-    elif image.ndim == 3:
-        if plane is None:
-            raise UsageError(
-                f"{path!r} is a stack of {image.shape[0]} planes; choose one with --plane"
-            )
+    if plane is None and image.ndim > 2 and all(n == 1 for n in image.shape[:-2]):
+        image = image.reshape(image.shape[-2:])
+    if plane is not None:
+        if image.ndim != 3:
+            raise UsageError(f"--plane applies to a 3-D stack; {path!r} has shape {image.shape}")
         if not 0 <= plane < image.shape[0]:
             raise UsageError(f"--plane must be in [0, {image.shape[0] - 1}], got {plane}")
         image = image[plane]
-    elif plane is not None:
-        raise UsageError(f"--plane applies to a 3-D stack; {path!r} has shape {image.shape}")
-    if image.ndim != 2:
+    elif image.ndim == 3 and not stack:
+        raise UsageError(
+            f"{path!r} is a stack of {image.shape[0]} planes; choose one with --plane"
+        )
+    if image.ndim < 2 or (image.ndim > 2 and not stack):
         raise ValueError(f"{path!r} must be a 2-D image, got shape {image.shape}")
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
@@ -93,24 +103,44 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "parameters on overlapping windows (Shajkofci & Liebling, IEEE TIP 2020).",
         EXAMPLE,
     )
-    parser.add_argument("image", metavar="IMAGE", help="blurred image (TIFF/PNG, 2-D)")
+    parser.add_argument(
+        "image", metavar="IMAGE",
+        help="blurred image (TIFF/PNG); a stack (..., H, W) gets one map per frame",
+    )
     add_window_arguments(parser)
-    parser.add_argument("--save-map", default=None, help="PSF map file to write (.psfmap)")
-    parser.add_argument("--figure", default=None, help="figure of the PSF map to write (.png)")
+    parser.add_argument(
+        "--save-map", default=None,
+        help="PSF map file to write (.psfmap; a stack: the maps of all frames)",
+    )
+    parser.add_argument(
+        "--figure", default=None,
+        help="figure of the PSF map to write (.png; a stack: parameters frame by frame)",
+    )
     return parser
 
 
 def write_outputs(args, image: np.ndarray, psf_map) -> list[str]:
-    """Write --save-map and --figure; return the written paths."""
+    """Write --save-map and --figure (a list of maps for a stack); return the written paths."""
     written = []
+    stack = isinstance(psf_map, list)
     if args.save_map is not None:
-        psf_map.save(args.save_map)
+        if stack:
+            from psfmap.operators.psf_map import save_psf_maps
+
+            save_psf_maps(args.save_map, psf_map)
+        else:
+            psf_map.save(args.save_map)
         written.append(args.save_map)
     if args.figure is not None:
-        from psfmap.figures import plot_psf_map
+        from psfmap.figures import plot_psf_map, plot_psf_map_stack
 
-        title = f"{psf_map.family.name} PSF map ({psf_map.grid[0]}x{psf_map.grid[1]})"
-        figure = plot_psf_map(image, psf_map, args.figure, title=title)
+        if stack:
+            figure = plot_psf_map_stack(psf_map, args.figure)
+        else:
+            title = f"{psf_map.family.name} PSF map ({psf_map.grid[0]}x{psf_map.grid[1]})"
+            # one map shared by the frames of a stack: drawn over their maximum projection
+            background = image.reshape(-1, *image.shape[-2:]).max(axis=0)
+            figure = plot_psf_map(background, psf_map, args.figure, title=title)
         import matplotlib.pyplot as plt
 
         plt.close(figure)
@@ -119,30 +149,46 @@ def write_outputs(args, image: np.ndarray, psf_map) -> list[str]:
 
 
 def describe_map(psf_map) -> str:
-    gy, gx = psf_map.grid
+    """One line on a map, or on the maps of a stack (ranges over all frames)."""
+    maps = psf_map if isinstance(psf_map, list) else [psf_map]
+    params = np.stack([m.params for m in maps])
+    validity = np.stack([m.validity for m in maps])
+    gy, gx = maps[0].grid
     ranges = ", ".join(
-        f"{name} {psf_map.params[..., k].min():.3g}..{psf_map.params[..., k].max():.3g}"
-        for k, name in enumerate(psf_map.names)
+        f"{name} {params[..., k].min():.3g}..{params[..., k].max():.3g}"
+        for k, name in enumerate(maps[0].names)
     )
-    valid = int((psf_map.validity >= 0.5).sum())
-    return f"{gy}x{gx} {psf_map.family.name} map ({ranges}; {valid}/{gy * gx} cells valid)"
+    cells = f"{int((validity >= 0.5).sum())}/{validity.size} cells valid"
+    what = f"{gy}x{gx} {maps[0].family.name} map"
+    if isinstance(psf_map, list):
+        what = f"{len(maps)} {gy}x{gx} {maps[0].family.name} maps (one per frame)"
+    return f"{what} ({ranges}; {cells})"
+
+
+def label_maps(psf_map, source: str) -> None:
+    """Record the source file (and the frame, for a stack) in each map's metadata."""
+    if isinstance(psf_map, list):
+        for index, one in enumerate(psf_map):
+            one.metadata.update(source=source, frame=index)
+    else:
+        psf_map.metadata["source"] = source
 
 
 def run(args) -> int:
-    from psfmap.identify.psf_map_estimation import estimate_psf_map
+    from psfmap.identify.blind import estimate
 
     outputs = [args.save_map, args.figure]
     if all(o is None for o in outputs):
         raise UsageError("nothing to write: give --save-map and/or --figure")
     check_outputs([args.image, args.weights], outputs)
     options = window_options(args)
-    image, _ = read_plane(args.image, args.plane)
+    image, _ = read_plane(args.image, args.plane, stack=True)
     estimator = load_estimator(args)
     start = time.perf_counter()
-    psf_map = estimate_psf_map(estimator, image, **options)
-    psf_map.metadata["source"] = Path(args.image).name
+    psf_map = estimate(image, estimator, **options)
+    label_maps(psf_map, Path(args.image).name)
     elapsed = time.perf_counter() - start
     written = write_outputs(args, image, psf_map)
-    summary(args, f"estimated a {describe_map(psf_map)} in {elapsed:.1f} s -> "
+    summary(args, f"estimated {describe_map(psf_map)} in {elapsed:.1f} s -> "
                   f"{', '.join(written)}")
     return 0

@@ -4,7 +4,7 @@ from psfmap.identify.blind import BlindResult, deblur, estimate
 from psfmap.identify.cnn import PSFEstimator
 from psfmap.identify.psf_map_estimation import estimate_psf_map
 from psfmap.identify.spikes import identify_from_spikes
-from psfmap.operators.psf_map import PSFMap
+from psfmap.operators.psf_map import PSFMap, load_psf_maps, save_psf_maps
 
 __all__ = [
     "BlindResult",
@@ -14,4 +14,6 @@ __all__ = [
     "estimate",
     "estimate_psf_map",
     "identify_from_spikes",
+    "load_psf_maps",
+    "save_psf_maps",
 ]

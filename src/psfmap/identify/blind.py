@@ -11,11 +11,16 @@ Examples
 >>> import psfmap
 >>> psf_map = psfmap.estimate(image, model="zernike3")          # doctest: +SKIP
 >>> restored = psfmap.deblur(image, model="zernike3")           # doctest: +SKIP
+
+A stack ``(..., H, W)`` (z-stack, time-lapse, channels) is taken frame by frame: every frame
+gets its own PSF map, since the blur changes from plane to plane and from one time point to
+the next.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +28,7 @@ import torch
 
 from psfmap._validation import ArrayKind, as_tensor, check_finite, check_positive, describe
 from psfmap.identify.psf_map_estimation import estimate_psf_map
+from psfmap.operators.psf_map import PSFMap
 from psfmap.restore import DEFAULT_TV as RESTORE_DEFAULT_TV
 
 DEFAULT_MODEL = "zernike3"
@@ -59,10 +65,11 @@ class BlindResult:
 
     Attributes
     ----------
-    restored : ndarray or Tensor (H, W)
-        The deblurred image (same kind and dtype as the input).
-    psf_map : PSFMap
-        The estimated PSF map that was used.
+    restored : ndarray or Tensor (H, W) or (..., H, W)
+        The deblurred image or stack (same kind, shape and dtype as the input).
+    psf_map : PSFMap or list of PSFMap
+        The estimated PSF map that was used; for a stack, one map per frame (frames in C order
+        of the leading axes).
     """
 
     restored: Any
@@ -70,10 +77,35 @@ class BlindResult:
 
 
 def _as_image(image: Any) -> torch.Tensor:
+    """The image as a finite tensor of shape (H, W) or (..., H, W)."""
     tensor = check_finite(as_tensor(image, "image"), "image")
-    if tensor.ndim != 2:
-        raise ValueError(f"image must be a 2-D array (H, W), got shape {tuple(tensor.shape)}")
+    if tensor.ndim < 2:
+        raise ValueError(
+            f"image must be a 2-D array (H, W) or a stack (..., H, W), got shape "
+            f"{tuple(tensor.shape)}"
+        )
+    if 0 in tuple(tensor.shape):
+        raise ValueError(f"image is empty (shape {tuple(tensor.shape)})")
     return tensor
+
+
+def _frames(tensor: torch.Tensor) -> torch.Tensor:
+    """(F, H, W): the frames of a stack in C order of its leading axes."""
+    return tensor.reshape(-1, *tensor.shape[-2:])
+
+
+def each_frame(frames: Any, action: Callable[[int, Any], Any]) -> list:
+    """``[action(index, frame) for every frame]``; a ``ValueError`` raised for one frame of
+    several names that frame (``frame 3 of 40: ...``)."""
+    results = []
+    for index, frame in enumerate(frames):
+        try:
+            results.append(action(index, frame))
+        except ValueError as error:
+            if len(frames) == 1:
+                raise
+            raise ValueError(f"frame {index} of {len(frames)}: {error}") from error
+    return results
 
 
 def estimate(
@@ -86,7 +118,7 @@ def estimate(
     median: int = 3,
     batch_size: int = 256,
 ):
-    """Estimate the spatially-variant PSF map of one image, blindly.
+    """Estimate the spatially-variant PSF map of an image (or of every frame of a stack), blindly.
 
     Runs the CNN of the shipped model ``model`` on overlapping windows
     (:func:`~psfmap.identify.psf_map_estimation.estimate_psf_map`: batched inference,
@@ -95,8 +127,8 @@ def estimate(
 
     Parameters
     ----------
-    image : ndarray or Tensor (H, W)
-        Blurred image.
+    image : ndarray or Tensor (H, W) or (..., H, W)
+        Blurred image, or a stack whose leading axes are frames (planes, time points, ...).
     model : str or PSFEstimator
         Shipped model name (``gaussian1``, ``gaussian2``, ``zernike1``, ``zernike3``) or an
         estimator.
@@ -111,14 +143,47 @@ def estimate(
 
     Returns
     -------
-    PSFMap
-        ``.params`` (gy, gx, N), ``.validity``, ``.psfs()``, ``.operator()``, ``.save()``.
+    PSFMap, or list of PSFMap for a stack
+        ``.params`` (gy, gx, N), ``.validity``, ``.psfs()``, ``.operator()``, ``.save()``; a
+        stack gives one map per frame, in C order of the leading axes (save them together
+        with :func:`psfmap.save_psf_maps`). A frame whose windows are all invalid (e.g. an
+        empty plane) raises ``ValueError`` naming the frame.
     """
     estimator = get_estimator(model)
     tensor = _as_image(image)
-    return estimate_psf_map(
-        estimator, tensor, window, stride, grid=grid, median=median, batch_size=batch_size
+    options = dict(grid=grid, median=median, batch_size=batch_size)
+    if tensor.ndim == 2:
+        return estimate_psf_map(estimator, tensor, window, stride, **options)
+    return each_frame(
+        _frames(tensor),
+        lambda _, frame: estimate_psf_map(estimator, frame, window, stride, **options),
     )
+
+
+def _restore_frame(frame: torch.Tensor, psf_map: Any, iterations: int, tv: float) -> torch.Tensor:
+    """RL-TV of one (H, W) frame with the operator of its map, at a maximum of 1 and back."""
+    from psfmap.restore import richardson_lucy
+
+    scale = float(frame.max())
+    if scale <= 0:
+        raise ValueError("image is all zero; nothing to deblur")
+    operator = psf_map.operator(tuple(frame.shape))
+    work = frame.to(operator.dtype) / scale
+    restored = richardson_lucy(work, operator, iterations=iterations, tv=tv) * scale
+    return torch.as_tensor(restored).to(frame.dtype)
+
+
+def _maps_for_frames(psf_map: Any, count: int) -> list:
+    """One map per frame from a map (used for all frames) or a sequence of ``count`` maps."""
+    if isinstance(psf_map, PSFMap):
+        return [psf_map] * count
+    maps = list(psf_map)
+    if len(maps) != count:
+        raise ValueError(f"psf_map holds {len(maps)} maps for a stack of {count} frames")
+    for index, one in enumerate(maps):
+        if not isinstance(one, PSFMap):
+            raise TypeError(f"psf_map[{index}] must be a PSFMap, got {describe(one)}")
+    return maps
 
 
 def deblur(
@@ -151,10 +216,14 @@ def deblur(
        λ = 0.01 (``psfmap.restore.DEFAULT_TV``). The image is scaled to a maximum of 1 for
        the solver and back.
 
+    A stack ``(..., H, W)`` is deblurred frame by frame, each frame with its own map; all
+    maps are estimated before the first restoration, so a frame that cannot be estimated
+    (e.g. an empty plane) fails fast, with its index in the message.
+
     Parameters
     ----------
-    image : ndarray or Tensor (H, W)
-        Blurred, non-negative image.
+    image : ndarray or Tensor (H, W) or (..., H, W)
+        Blurred, non-negative image, or a stack whose leading axes are frames.
     model : str or PSFEstimator
         Shipped model name or estimator.
     iterations : int
@@ -163,17 +232,17 @@ def deblur(
         λ_TV (0: plain Richardson–Lucy); default 0.01.
     window, stride, grid, median, batch_size
         Passed to :func:`estimate`.
-    psf_map : PSFMap, optional
-        Use this map instead of estimating one.
+    psf_map : PSFMap or sequence of PSFMap, optional
+        Use this map instead of estimating one; for a stack, one map for every frame or one
+        map per frame.
     return_map : bool
         Return a :class:`BlindResult` (``restored``, ``psf_map``) instead of the image.
 
     Returns
     -------
-    restored : same kind and dtype as ``image`` (or a :class:`BlindResult`).
+    restored : same kind, shape and dtype as ``image`` (or a :class:`BlindResult`, whose
+        ``psf_map`` is a list of maps for a stack).
     """
-    from psfmap.restore import richardson_lucy
-
     kind = ArrayKind(image)
     tensor = _as_image(image)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
@@ -181,17 +250,18 @@ def deblur(
     tv = check_positive(tv, "tv", allow_zero=True)
     if bool((tensor < 0).any()):
         raise ValueError("image has negative values; Richardson–Lucy needs a non-negative image")
+    frames = _frames(tensor)
     if psf_map is None:
-        psf_map = estimate(
+        maps = estimate(
             tensor, model, window, stride, grid=grid, median=median, batch_size=batch_size
         )
-    operator = psf_map.operator(tuple(tensor.shape))
-    scale = float(tensor.max())
-    if scale <= 0:
-        raise ValueError("image is all zero; nothing to deblur")
-    work = tensor.to(operator.dtype) / scale
-    restored = richardson_lucy(work, operator, iterations=iterations, tv=tv) * scale
-    restored = kind.restore(torch.as_tensor(restored).to(tensor.dtype))
+        maps = maps if tensor.ndim > 2 else [maps]
+    else:
+        maps = _maps_for_frames(psf_map, len(frames))
+    restored = each_frame(
+        frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv)
+    )
+    restored = kind.restore(torch.stack(restored).reshape(tensor.shape))
     if return_map:
-        return BlindResult(restored=restored, psf_map=psf_map)
+        return BlindResult(restored=restored, psf_map=maps if tensor.ndim > 2 else maps[0])
     return restored

@@ -4,7 +4,7 @@ from psfmap.operators.base import LinearOperator
 from psfmap.operators.compression import compress
 from psfmap.operators.grid import cell_centres, from_psf_grid, hat_profiles
 from psfmap.operators.product_convolution import Convolution, ProductConvolution, load
-from psfmap.operators.psf_map import PSFMap
+from psfmap.operators.psf_map import PSFMap, load_psf_maps, save_psf_maps
 
 __all__ = [
     "Convolution",
@@ -16,4 +16,6 @@ __all__ = [
     "from_psf_grid",
     "hat_profiles",
     "load",
+    "load_psf_maps",
+    "save_psf_maps",
 ]

@@ -5,12 +5,15 @@ Cell ``(r, c)`` of a ``gy × gx`` map over an ``H × W`` image is centred at
 (``psfmap.psf.model``) there, plus an optional validity in [0, 1] (e.g. the confidence of a
 blind estimate). The blur it describes is the overlap-add operator
 ``from_psf_grid(family(params), image_shape)``.
+
+The maps of the frames of a stack (one map per plane or time point) go to one file with
+:func:`save_psf_maps` and come back with :func:`load_psf_maps`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from psfmap.operators.grid import cell_centres, from_psf_grid
 from psfmap.operators.product_convolution import ProductConvolution
 
 KIND = "psf_map"
+STACK_KIND = "psf_map_stack"
 
 
 def _family(family: Any):
@@ -157,30 +161,23 @@ class PSFMap:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the map to one self-describing psfmap file (kind ``psf_map``), atomically."""
-        metadata = {
-            "family": self.family.config(),
-            "image_shape": list(self.image_shape),
-            "names": list(self.names),
-            "user": self.metadata,
-        }
         return save_container(
-            path, KIND, {"params": self.params, "validity": self.validity}, metadata
+            path, KIND, {"params": self.params, "validity": self.validity},
+            _file_metadata(self, self.metadata),
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PSFMap:
         """Read a map written by :meth:`save`."""
-        _, arrays, metadata = load_container(path, KIND)
-        try:
-            return cls(
-                metadata["family"],
-                arrays["params"],
-                metadata["image_shape"],
-                validity=arrays.get("validity"),
-                metadata=metadata.get("user") or {},
+        kind, arrays, metadata = load_container(path, (KIND, STACK_KIND))
+        if kind == STACK_KIND:
+            frames = len(arrays.get("params", ()))
+            raise ValueError(
+                f"{str(path)!r} holds the PSF maps of {frames} frames: psfmap.load_psf_maps "
+                "reads them, 'psfmap deblur --psf-map' applies them frame by frame"
             )
-        except KeyError as missing:
-            raise ValueError(f"{str(path)!r} is missing the field {missing}") from None
+        return _map_from_fields(path, metadata, arrays.get("params"), arrays.get("validity"),
+                                metadata.get("user"))
 
     # ------------------------------------------------------------------ display
     def __repr__(self) -> str:
@@ -194,3 +191,75 @@ class PSFMap:
             f"PSFMap({self.family.name!r}, grid={gy}x{gx}, image_shape={height}x{width}, "
             f"{ranges}, validity mean={self.validity.mean():.2f})"
         )
+
+
+def _file_metadata(psf_map: PSFMap, user: Any) -> dict[str, Any]:
+    """The header fields shared by map and map-stack files."""
+    return {
+        "family": psf_map.family.config(),
+        "image_shape": list(psf_map.image_shape),
+        "names": list(psf_map.names),
+        "user": user,
+    }
+
+
+def _map_from_fields(path, metadata: Mapping[str, Any], params, validity, user) -> PSFMap:
+    """Build a map from the fields of a file; a missing field is a clear error."""
+    try:
+        if params is None:
+            raise KeyError("params")
+        return PSFMap(metadata["family"], params, metadata["image_shape"], validity=validity,
+                      metadata=user or {})
+    except KeyError as missing:
+        raise ValueError(f"{str(path)!r} is missing the field {missing}") from None
+
+
+def save_psf_maps(path: str | os.PathLike, maps: Sequence[PSFMap]) -> Path:
+    """Write the PSF maps of the frames of a stack to one psfmap file (kind ``psf_map_stack``).
+
+    The maps must share their family, grid and image shape (as the maps that
+    :func:`psfmap.estimate` gives for the frames of one stack do); each keeps its own
+    parameters, validity and metadata. Read them back with :func:`load_psf_maps`.
+    """
+    maps = list(maps)
+    if not maps:
+        raise ValueError("no PSF maps to save")
+    for index, psf_map in enumerate(maps):
+        if not isinstance(psf_map, PSFMap):
+            raise TypeError(f"maps[{index}] must be a PSFMap, got {describe(psf_map)}")
+    first = maps[0]
+    for index, psf_map in enumerate(maps[1:], start=1):
+        if psf_map.family.config() != first.family.config():
+            raise ValueError(f"maps[{index}] is a {psf_map.family.name} map, maps[0] a "
+                             f"{first.family.name} one: one file holds one family")
+        if (psf_map.grid, psf_map.image_shape) != (first.grid, first.image_shape):
+            raise ValueError(
+                f"maps[{index}] has grid {psf_map.grid} over {psf_map.image_shape}, maps[0] "
+                f"grid {first.grid} over {first.image_shape}: the maps of one file must match"
+            )
+    metadata = _file_metadata(first, [psf_map.metadata for psf_map in maps])
+    arrays = {
+        "params": np.stack([psf_map.params for psf_map in maps]),
+        "validity": np.stack([psf_map.validity for psf_map in maps]),
+    }
+    return save_container(path, STACK_KIND, arrays, metadata)
+
+
+def load_psf_maps(path: str | os.PathLike) -> list[PSFMap]:
+    """Read the maps written by :func:`save_psf_maps`, one per frame; a file written by
+    :meth:`PSFMap.save` gives a list of one map."""
+    kind, arrays, metadata = load_container(path, (KIND, STACK_KIND))
+    if kind == KIND:
+        return [_map_from_fields(path, metadata, arrays.get("params"), arrays.get("validity"),
+                                 metadata.get("user"))]
+    params, validity = arrays.get("params"), arrays.get("validity")
+    if params is None or params.ndim != 4:
+        raise ValueError(f"{str(path)!r} must hold params of shape (frames, gy, gx, N)")
+    users = metadata.get("user") or [{}] * len(params)
+    if (validity is not None and len(validity) != len(params)) or len(users) != len(params):
+        raise ValueError(f"{str(path)!r} is corrupted: its fields disagree on the frame count")
+    return [
+        _map_from_fields(path, metadata, params[index],
+                         None if validity is None else validity[index], users[index])
+        for index in range(len(params))
+    ]
