@@ -175,3 +175,17 @@ def test_shipped_gaussian1_finds_the_focal_plane_of_a_real_zstack(shared_data):
     assert abs(focus - sharpest) <= 3
     assert widths[:5].min() > widths[focus] + 1.0
     assert widths[-5:].min() > widths[focus] + 1.0
+
+
+def test_compressed_operator_gives_nearly_the_same_restoration(blurred_pair):
+    _, blurred = blurred_pair
+    widths = np.linspace(1.0, 2.2, 16).reshape(4, 4, 1)        # varies over the field
+    psf_map = PSFMap(psfmap.psf.model("gaussian1", size=11), widths, blurred.shape)
+    full = deblur(blurred, iterations=5, psf_map=psf_map)
+    light = deblur(blurred, iterations=5, psf_map=psf_map, compress=0.9999)
+    assert 0 < np.linalg.norm(light - full) / np.linalg.norm(full) < 0.02
+    every = deblur(blurred, iterations=5, psf_map=psf_map, compress=1.0)
+    np.testing.assert_allclose(every, full, rtol=1e-3, atol=1e-4)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="compress must be"):
+            deblur(blurred, iterations=5, psf_map=psf_map, compress=bad)

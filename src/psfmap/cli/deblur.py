@@ -52,6 +52,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=f"TV weight λ (default {DEFAULT_TV}; 0: plain RL)",
     )
     parser.add_argument(
+        "--compress", type=float, default=None, metavar="ENERGY",
+        help="restore with the operator compressed to this energy fraction, e.g. 0.9999: "
+        "fewer kernels, faster (default: no compression)",
+    )
+    parser.add_argument(
         "--psf-map", default=None,
         help="use this PSF map file instead of estimating one (for a stack: one map for all "
         "frames or one per frame)",
@@ -101,6 +106,8 @@ def run(args) -> int:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
     if args.tv < 0:
         raise UsageError(f"--tv must be >= 0, got {args.tv}")
+    if args.compress is not None and not 0 < args.compress <= 1:
+        raise UsageError(f"--compress must be an energy fraction in (0, 1], got {args.compress}")
     options = window_options(args)
     image, metadata = read_plane(args.image, args.plane, stack=True)
     start = time.perf_counter()
@@ -117,7 +124,8 @@ def run(args) -> int:
     with progress_bar(args, len(frames), "deblur") as bar:
 
         def restore(index: int, frame: np.ndarray) -> np.ndarray:
-            restored = deblur(frame, iterations=args.iterations, tv=args.tv, psf_map=maps[index])
+            restored = deblur(frame, iterations=args.iterations, tv=args.tv,
+                              psf_map=maps[index], compress=args.compress)
             bar.update(1)
             return restored
 
@@ -134,6 +142,7 @@ def run(args) -> int:
         iterations=args.iterations,
         tv=args.tv,
         grid=list(maps[0].grid),
+        compress=args.compress,
     )
     if axes:
         description["axes"] = axes

@@ -160,14 +160,20 @@ def estimate(
     )
 
 
-def _restore_frame(frame: torch.Tensor, psf_map: Any, iterations: int, tv: float) -> torch.Tensor:
-    """RL-TV of one (H, W) frame with the operator of its map, at a maximum of 1 and back."""
+def _restore_frame(
+    frame: torch.Tensor, psf_map: Any, iterations: int, tv: float, energy: float | None
+) -> torch.Tensor:
+    """RL-TV of one (H, W) frame with the operator of its map (compressed to ``energy`` when
+    given), at a maximum of 1 and back."""
+    from psfmap.operators.compression import compress
     from psfmap.restore import richardson_lucy
 
     scale = float(frame.max())
     if scale <= 0:
         raise ValueError("image is all zero; nothing to deblur")
     operator = psf_map.operator(tuple(frame.shape))
+    if energy is not None:
+        operator = compress(operator, energy=energy)
     work = frame.to(operator.dtype) / scale
     restored = richardson_lucy(work, operator, iterations=iterations, tv=tv) * scale
     return torch.as_tensor(restored).to(frame.dtype)
@@ -197,6 +203,7 @@ def deblur(
     grid: tuple[int, int] | None = None,
     median: int = 3,
     psf_map: Any = None,
+    compress: float | None = None,
     batch_size: int = 256,
     return_map: bool = False,
 ) -> Any:
@@ -235,6 +242,13 @@ def deblur(
     psf_map : PSFMap or sequence of PSFMap, optional
         Use this map instead of estimating one; for a stack, one map for every frame or one
         map per frame.
+    compress : float, optional
+        Restore with the operator compressed to this fraction of its energy
+        (:func:`psfmap.operators.compress`, e.g. 0.9999): the fewest kernels ``u_i ⋆ (v_i ·)``
+        that keep it, hence fewer FFTs per iteration. On the real DAPI z-stack of
+        ``benchmarks/bench_stack.py`` 0.9999 keeps 2–3 of 18 kernels, deblurs 2.8× faster
+        and changes the result by 1.0 % (median over the planes; 1.25 % at most, relative
+        L2). Default: no compression.
     return_map : bool
         Return a :class:`BlindResult` (``restored``, ``psf_map``) instead of the image.
 
@@ -248,6 +262,8 @@ def deblur(
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     tv = check_positive(tv, "tv", allow_zero=True)
+    if compress is not None and not 0 < float(compress) <= 1:
+        raise ValueError(f"compress must be an energy fraction in (0, 1], got {compress!r}")
     if bool((tensor < 0).any()):
         raise ValueError("image has negative values; Richardson–Lucy needs a non-negative image")
     frames = _frames(tensor)
@@ -259,7 +275,7 @@ def deblur(
     else:
         maps = _maps_for_frames(psf_map, len(frames))
     restored = each_frame(
-        frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv)
+        frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv, compress)
     )
     restored = kind.restore(torch.stack(restored).reshape(tensor.shape))
     if return_map:
