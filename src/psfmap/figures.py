@@ -191,14 +191,10 @@ def plot_psf_map_stack(
     -------
     matplotlib.figure.Figure
     """
-    from psfmap.operators.psf_map import PSFMap
+    from psfmap.operators.psf_map import psf_map_list
 
-    maps = list(maps)
-    if not maps:
-        raise ValueError("no PSF maps to draw")
+    maps = psf_map_list(maps, "draw")
     for index, psf_map in enumerate(maps):
-        if not isinstance(psf_map, PSFMap):
-            raise TypeError(f"maps[{index}] must be a PSFMap, got {describe(psf_map)}")
         if psf_map.family.names != maps[0].family.names:
             raise ValueError(f"maps[{index}] is a {psf_map.family.name} map, maps[0] a "
                              f"{maps[0].family.name} one")

@@ -12,6 +12,7 @@ import numpy as np
 from psfmap.cli import UsageError, command_parser
 from psfmap.cli._common import check_outputs, progress_bar, summary
 from psfmap.cli.estimate import (
+    add_map_output_arguments,
     add_window_arguments,
     describe_map,
     label_maps,
@@ -62,14 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "frames or one per frame)",
     )
     parser.add_argument("-o", "--output", required=True, help="restored image to write (TIFF)")
-    parser.add_argument(
-        "--save-map", default=None,
-        help="PSF map file to write (.psfmap; a stack: the maps of all frames)",
-    )
-    parser.add_argument(
-        "--figure", default=None,
-        help="figure of the PSF map to write (.png; a stack: parameters frame by frame)",
-    )
+    add_map_output_arguments(parser)
     return parser
 
 

@@ -108,6 +108,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="blurred image (TIFF/PNG); a stack (..., H, W) gets one map per frame",
     )
     add_window_arguments(parser)
+    add_map_output_arguments(parser)
+    return parser
+
+
+def add_map_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--save-map and --figure (estimate and deblur), written by :func:`write_outputs`."""
     parser.add_argument(
         "--save-map", default=None,
         help="PSF map file to write (.psfmap; a stack: the maps of all frames)",
@@ -116,7 +122,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--figure", default=None,
         help="figure of the PSF map to write (.png; a stack: parameters frame by frame)",
     )
-    return parser
 
 
 def write_outputs(args, image: np.ndarray, psf_map) -> list[str]:

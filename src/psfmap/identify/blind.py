@@ -28,7 +28,7 @@ import torch
 
 from psfmap._validation import ArrayKind, as_tensor, check_finite, check_positive, describe
 from psfmap.identify.psf_map_estimation import estimate_psf_map
-from psfmap.operators.psf_map import PSFMap
+from psfmap.operators.psf_map import PSFMap, psf_map_list
 from psfmap.restore import DEFAULT_TV as RESTORE_DEFAULT_TV
 
 DEFAULT_MODEL = "zernike3"
@@ -186,10 +186,7 @@ def _maps_for_frames(psf_map: Any, count: int) -> list:
     maps = list(psf_map)
     if len(maps) != count:
         raise ValueError(f"psf_map holds {len(maps)} maps for a stack of {count} frames")
-    for index, one in enumerate(maps):
-        if not isinstance(one, PSFMap):
-            raise TypeError(f"psf_map[{index}] must be a PSFMap, got {describe(one)}")
-    return maps
+    return psf_map_list(maps, "deblur with", name="psf_map")
 
 
 def deblur(

@@ -214,6 +214,18 @@ def _map_from_fields(path, metadata: Mapping[str, Any], params, validity, user) 
         raise ValueError(f"{str(path)!r} is missing the field {missing}") from None
 
 
+def psf_map_list(maps: Any, action: str, name: str = "maps") -> list[PSFMap]:
+    """``maps`` as a list, refused when empty (``no PSF maps to <action>``) or when an item
+    is not a :class:`PSFMap` (``<name>[i] must be a PSFMap``)."""
+    maps = list(maps)
+    if not maps:
+        raise ValueError(f"no PSF maps to {action}")
+    for index, psf_map in enumerate(maps):
+        if not isinstance(psf_map, PSFMap):
+            raise TypeError(f"{name}[{index}] must be a PSFMap, got {describe(psf_map)}")
+    return maps
+
+
 def save_psf_maps(path: str | os.PathLike, maps: Sequence[PSFMap]) -> Path:
     """Write the PSF maps of the frames of a stack to one psfmap file (kind ``psf_map_stack``).
 
@@ -221,12 +233,7 @@ def save_psf_maps(path: str | os.PathLike, maps: Sequence[PSFMap]) -> Path:
     :func:`psfmap.estimate` gives for the frames of one stack do); each keeps its own
     parameters, validity and metadata. Read them back with :func:`load_psf_maps`.
     """
-    maps = list(maps)
-    if not maps:
-        raise ValueError("no PSF maps to save")
-    for index, psf_map in enumerate(maps):
-        if not isinstance(psf_map, PSFMap):
-            raise TypeError(f"maps[{index}] must be a PSFMap, got {describe(psf_map)}")
+    maps = psf_map_list(maps, "save")
     first = maps[0]
     for index, psf_map in enumerate(maps[1:], start=1):
         if psf_map.family.config() != first.family.config():
