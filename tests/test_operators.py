@@ -304,3 +304,50 @@ def test_compressing_a_psf_grid_keeps_factored_weights(tmp_path):
     reference = ProductConvolution(op.kernels, op.weights).compress(rank=3)
     assert compressed.compression_error == pytest.approx(reference.compression_error, rel=1e-9)
     torch.testing.assert_close(compressed.forward(x), reference.forward(x), rtol=0, atol=1e-9)
+
+
+def test_tiles_in_small_batches_and_without_cached_spectra_give_the_same_result(monkeypatch):
+    # large fields go through the tiles a few at a time; the result must not depend on it
+    import psfmap.operators.product_convolution as module
+
+    psfs, op = _grid_operator(torch.float64, grid=(5, 6), shape=(96, 110))
+    x = torch.rand(2, 96, 110, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    forward, adjoint = op.forward(x), op.adjoint(x)
+    monkeypatch.setattr(module, "_TILE_CHUNK_ELEMENTS", 1)  # one tile per FFT call
+    monkeypatch.setattr(module, "_SPECTRA_CACHE_BYTES", 0)  # spectra rebuilt per batch
+    small = from_psf_grid(psfs, (96, 110))
+    torch.testing.assert_close(small.forward(x), forward, rtol=0, atol=1e-12)
+    torch.testing.assert_close(small.adjoint(x), adjoint, rtol=0, atol=1e-12)
+    assert _adjoint_gap(small, small.image_shape, torch.float64) < 1e-10
+
+
+def test_psf_grid_equals_the_same_grid_with_a_dense_core(tmp_path):
+    # from_psf_grid keeps one (row, column, value) entry per cell instead of a (gy gx)² core
+    _, op = _grid_operator(torch.float64, grid=(3, 4), shape=(64, 80))
+    rows, core, cols = op._factors  # materialised on request only
+    dense_core = ProductConvolution.from_factors(op.kernels, rows, core.clone(), cols)
+    x = torch.rand(64, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(op.forward(x), dense_core.forward(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(op.adjoint(x), dense_core.adjoint(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(op.psf_at(40, 3), dense_core.psf_at(40, 3))
+    torch.testing.assert_close(op.compress(rank=4).forward(x),
+                               dense_core.compress(rank=4).forward(x), rtol=0, atol=1e-10)
+    loaded = ProductConvolution.load(op.save(tmp_path / "grid.psfmap"))
+    torch.testing.assert_close(loaded.forward(x), op.forward(x), rtol=0, atol=1e-12)
+    wide = op.to(torch.float32).extended(5)
+    assert _adjoint_gap(wide, wide.image_shape, torch.float32) < 1e-5
+
+
+def test_large_grid_never_builds_its_dense_core():
+    # a 2048² field at the default 32 px stride has 63 x 63 cells: its dense core would take
+    # 3969² floats; build, apply and adjoin without it
+    psfs = gaussian(9, 1.0).expand(63, 63, 9, 9)
+    op = from_psf_grid(psfs, (2048, 2048))
+    x = torch.zeros(2048, 2048)
+    x[1000, 1000] = 1.0
+    blurred = op.forward(x)
+    torch.testing.assert_close(blurred[996:1005, 996:1005], gaussian(9, 1.0), rtol=0, atol=1e-6)
+    # <Hx, Hx> = <x, H*Hx> for the point x
+    assert float(op.adjoint(blurred)[1000, 1000]) == pytest.approx(float((blurred**2).sum()),
+                                                                   rel=1e-5)
+    assert op._core is None

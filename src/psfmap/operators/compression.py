@@ -33,6 +33,12 @@ def _gram_factors(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _weights_gram(operator: ProductConvolution) -> torch.Tensor:
+    if operator._all_single:
+        # C_i = v_i e_p e_qᵀ: <w_i, w_j> = v_i v_j G_r[p_i, p_j] G_s[q_i, q_j]
+        p, q, value, _ = operator._terms
+        rows, cols, value = operator._rows.double(), operator._cols.double(), value.double()
+        gram_rows, gram_cols = rows @ rows.T, cols @ cols.T
+        return value[:, None] * value[None, :] * gram_rows[p][:, p] * gram_cols[q][:, q]
     if operator.is_factored:
         # <Rᵀ C_i S, Rᵀ C_j S> = Σ_pq C_i[p, q] (G_r C_j G_s)[p, q], G_r = R Rᵀ, G_s = S Sᵀ
         rows, core, cols = (t.double() for t in operator._factors)
@@ -108,7 +114,16 @@ def compress(
         weight_mixing = weight_mixing * signs[:, None]
         metadata = {**operator.metadata, "compressed_from": operator.n_kernels}
         new_kernels = new_kernels.to(operator.dtype).to(operator.device)
-        if operator.is_factored:  # only the cores mix: w'_k = Rᵀ (Σ_i m_ki C_i) S
+        if operator._all_single:  # C_i = v_i e_p e_qᵀ: scatter the mixing into the cores
+            p, q, value, _ = operator._terms
+            rows, cols = operator._rows, operator._cols
+            n_cols = cols.shape[0]
+            new_core = rows.new_zeros(chosen, rows.shape[0] * n_cols)
+            new_core.index_add_(1, p * n_cols + q, (weight_mixing * value.double()).to(rows))
+            new_core = new_core.reshape(chosen, rows.shape[0], n_cols)
+            compressed = ProductConvolution.from_factors(new_kernels, rows, new_core, cols,
+                                                         metadata)
+        elif operator.is_factored:  # only the cores mix: w'_k = Rᵀ (Σ_i m_ki C_i) S
             rows, core, cols = operator._factors
             new_core = torch.einsum("ki,ipq->kpq", weight_mixing.to(core), core)
             compressed = ProductConvolution.from_factors(new_kernels, rows, new_core, cols,

@@ -74,15 +74,20 @@ def from_psf_grid(psfs: Any, image_shape: Any) -> ProductConvolution:
         )
     rows = torch.from_numpy(hat_profiles(gy, height)).to(psfs.dtype)
     cols = torch.from_numpy(hat_profiles(gx, width)).to(psfs.dtype)
-    # term (r, c) has weight a_r(y) b_c(x): core_rc = e_r e_cᵀ on the shared hat profiles
-    core = torch.zeros(gy * gx, gy, gx, dtype=psfs.dtype)
-    core[
-        torch.arange(gy * gx), torch.arange(gy).repeat_interleave(gx), torch.arange(gx).repeat(gy)
-    ] = 1
-    return ProductConvolution.from_factors(
+    # term (r, c) has weight a_r(y) b_c(x): core_rc = e_r e_cᵀ on the shared hat profiles,
+    # given by its single entries (the dense core would hold (gy gx)² numbers)
+    device = psfs.device
+    terms = (
+        torch.arange(gy, device=device).repeat_interleave(gx),
+        torch.arange(gx, device=device).repeat(gy),
+        torch.ones(gy * gx, dtype=psfs.dtype, device=device),
+        torch.ones(gy * gx, dtype=torch.bool, device=device),
+    )
+    return ProductConvolution._factored(
         psfs.reshape(gy * gx, h, w),
-        rows.to(psfs.device),
-        core.to(psfs.device),
-        cols.to(psfs.device),
-        metadata={"grid": [int(gy), int(gx)]},
+        rows.to(device),
+        None,
+        cols.to(device),
+        {"grid": [int(gy), int(gx)]},
+        terms,
     )

@@ -40,6 +40,13 @@ Box = tuple[int, int, int, int]  # row start, row stop, column start, column sto
 # edge-padded weights of an extended operator are kept when they fit in this many bytes;
 # larger fields (e.g. 4096² with 8 terms) are padded term by term at each use instead
 _PADDED_CACHE_BYTES = 256 * 2**20
+# tiles are transformed in batches of about this many real samples: one batch of 2 MB
+# stays in cache (a 4096² field's 16,129 tiles in one batch ran 10x slower and took GBs)
+_TILE_CHUNK_ELEMENTS = 1 << 19
+# the tiles' kernel spectra and weights are each kept when they fit in this many bytes, else
+# rebuilt per batch (the weights take ~4 values per pixel: fields up to ~4000² in float32)
+_SPECTRA_CACHE_BYTES = 256 * 2**20
+_PLAN_CACHE_BYTES = 256 * 2**20
 
 
 def _as_image(x: Any, name: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
@@ -123,19 +130,28 @@ class ProductConvolution(LinearOperator):
                 f"core must have shape (I, P, Q) = ({kernels.shape[0]}, {rows.shape[0]}, "
                 f"{cols.shape[0]}), got {tuple(core.shape)}"
             )
+        return cls._factored(kernels, rows, core, cols, metadata)
+
+    @classmethod
+    def _factored(cls, kernels, rows, core, cols, metadata, terms=None) -> ProductConvolution:
+        """Factored operator without checks; ``core`` may be None when ``terms`` (all single
+        entries) define it: a g × g grid's core has g⁴ numbers, its terms 3 g²."""
         operator = cls.__new__(cls)
-        operator._setup(kernels, None, (rows, core, cols), metadata)
+        operator._setup(kernels, None, (rows, core, cols), metadata, terms=terms)
         return operator
 
-    def _setup(self, kernels, weights, factors, metadata, margin: int = 0) -> None:
+    def _setup(self, kernels, weights, factors, metadata, margin: int = 0, terms=None) -> None:
         if kernels.shape[0] == 0:
             raise ValueError("kernels must hold at least one kernel, got I = 0")
         self.kernels = kernels
         self._dense_weights = weights
-        self._factors = factors
         rows, core, cols = factors if factors is not None else (None, None, None)
-        # terms whose core has one non-zero entry are plain outer products of two profiles
-        self._single_terms = _single_entries(core) if core is not None else None
+        self._rows, self._core, self._cols = rows, core, cols
+        # terms whose core has one non-zero entry are plain outer products of two profiles:
+        # (p, q, value, single) per term
+        if terms is None and core is not None:
+            terms = _single_entries(core)
+        self._terms = terms
         # dense weights of an extended operator stay at the original size and are
         # edge-padded by `_margin` on the fly, so extending never copies them
         self._margin = int(margin)
@@ -169,6 +185,22 @@ class ProductConvolution(LinearOperator):
         return self.kernels.device
 
     @property
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(rows, core, cols)`` of factored weights (the core is built on first use)."""
+        if self._rows is None:
+            return None
+        if self._core is None:
+            p, q, value, _ = self._terms
+            core = value.new_zeros(len(p), self._rows.shape[0], self._cols.shape[0])
+            core[torch.arange(len(p), device=p.device), p, q] = value
+            self._core = core
+        return self._rows, self._core, self._cols
+
+    @property
+    def _all_single(self) -> bool:
+        return self._terms is not None and bool(self._terms[3].all())
+
+    @property
     def weights(self) -> torch.Tensor:
         """Weight maps ``(I, H, W)`` (materialised on first access for factored weights)."""
         if self._factors is not None:
@@ -185,7 +217,7 @@ class ProductConvolution(LinearOperator):
     @property
     def is_factored(self) -> bool:
         """Whether the weights are stored as ``Rᵀ C_i S`` (PSF grids and their compressions)."""
-        return self._factors is not None
+        return self._rows is not None
 
     def __repr__(self) -> str:
         return (
@@ -195,12 +227,9 @@ class ProductConvolution(LinearOperator):
 
     # ------------------------------------------------------------------ supports and costs
     def _weight_supports(self) -> list[Box]:
-        if self._factors is not None:
-            rows, core, cols = self._factors
-            used_rows = core.abs().sum(dim=2) > 0  # (I, P)
-            used_cols = core.abs().sum(dim=1) > 0  # (I, Q)
-            row_any = (used_rows.to(rows.dtype) @ (rows != 0).to(rows.dtype)) > 0
-            col_any = (used_cols.to(cols.dtype) @ (cols != 0).to(cols.dtype)) > 0
+        if self._rows is not None:
+            row_start, row_stop = _term_spans(self._rows, self._used_profiles(0))
+            col_start, col_stop = _term_spans(self._cols, self._used_profiles(1))
         else:
             nonzero = self._dense_weights != 0
             row_any, col_any = nonzero.any(dim=2), nonzero.any(dim=1)
@@ -210,15 +239,25 @@ class ProductConvolution(LinearOperator):
                                      row_any[:, -1:].expand(-1, m)], dim=1)
                 col_any = torch.cat([col_any[:, :1].expand(-1, m), col_any,
                                      col_any[:, -1:].expand(-1, m)], dim=1)
-        boxes = []
-        for rows, cols in zip(row_any, col_any):
-            r = torch.nonzero(rows).flatten()
-            c = torch.nonzero(cols).flatten()
-            if r.numel() == 0 or c.numel() == 0:
-                boxes.append((0, 0, 0, 0))
-            else:
-                boxes.append((int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1))
-        return boxes
+            row_start, row_stop = _spans(row_any)
+            col_start, col_stop = _spans(col_any)
+        empty = (row_stop <= row_start) | (col_stop <= col_start)
+        return [(0, 0, 0, 0) if e else (int(r0), int(r1), int(c0), int(c1))
+                for r0, r1, c0, c1, e in zip(row_start.tolist(), row_stop.tolist(),
+                                             col_start.tolist(), col_stop.tolist(),
+                                             empty.tolist())]
+
+    def _used_profiles(self, axis: int) -> torch.Tensor:
+        """``(I, P)`` (axis 0, rows) or ``(I, Q)`` (axis 1, columns): profiles each term uses."""
+        profiles = self._rows if axis == 0 else self._cols
+        if self._all_single:
+            index = self._terms[axis]
+            used = torch.zeros(len(index), profiles.shape[0], dtype=torch.bool,
+                               device=index.device)
+            used[torch.arange(len(index), device=index.device), index] = True
+            return used
+        core = self._factors[1]
+        return core.abs().sum(dim=2 - axis) > 0
 
     def _tile_fft_shape(self, box: Box) -> tuple[int, int]:
         h, w = self.kernel_shape
@@ -247,15 +286,17 @@ class ProductConvolution(LinearOperator):
 
     def _weight(self, i: int, box: Box, dtype, device) -> torch.Tensor:
         r0, r1, c0, c1 = box
-        if self._factors is not None:
+        if self._rows is not None:
             rows, core, cols = self._cached(
                 "factors", dtype, device,
-                lambda: tuple(t.to(device=device, dtype=dtype) for t in self._factors),
+                lambda: tuple(None if t is None else t.to(device=device, dtype=dtype)
+                              for t in (self._rows, None if self._all_single
+                                        else self._factors[1], self._cols)),
             )
-            single = self._single_terms[i]
-            if single is not None:
-                p, q, value = single
-                return (value * rows[p, r0:r1])[:, None] * cols[q, None, c0:c1]
+            p, q, value, single = self._terms
+            if bool(single[i]):
+                p, q = int(p[i]), int(q[i])
+                return (float(value[i]) * rows[p, r0:r1])[:, None] * cols[q, None, c0:c1]
             return rows[:, r0:r1].T @ (core[i] @ cols[:, c0:c1])
         dense = self._cached(
             "weights", dtype, device, lambda: self._dense_weights.to(device=device, dtype=dtype)
@@ -305,7 +346,7 @@ class ProductConvolution(LinearOperator):
         return out.reshape(y.shape)
 
     def _needs_grad(self) -> bool:
-        tensors = [self.kernels, self._dense_weights, *(self._factors or ())]
+        tensors = [self.kernels, self._dense_weights, self._rows, self._core, self._cols]
         return any(t is not None and t.requires_grad for t in tensors)
 
     def _forward_fourier(self, x: torch.Tensor) -> torch.Tensor:
@@ -360,29 +401,76 @@ class ProductConvolution(LinearOperator):
                 out.addcmul_(correlated, weight)
         return out
 
-    def _tile_groups(self) -> list[tuple[list[int], tuple[int, int], tuple[int, int]]]:
-        """Tiles grouped by box size: ``(indices, (bh, bw), fft_shape)``; one FFT call each."""
+    def _tile_groups(self) -> list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]]:
+        """Tiles grouped by box size: ``(indices, (bh, bw), fft_shape)``; one FFT call per
+        batch of each group."""
         if "groups" not in self._cache:
             groups: dict[tuple[int, int], list[int]] = {}
             for i, (r0, r1, c0, c1) in enumerate(self._supports):
                 if r1 > r0:
                     groups.setdefault((r1 - r0, c1 - c0), []).append(i)
             self._cache["groups"] = [
-                (indices, size, self._tile_shapes[indices[0]]) for size, indices in groups.items()
+                (torch.tensor(indices), size, self._tile_shapes[indices[0]])
+                for size, indices in groups.items()
             ]
         return self._cache["groups"]
 
-    def _group_spectra(self, dtype, device) -> list[torch.Tensor]:
-        def build():
-            kernels = self._kernels_as(dtype, device)
-            return [corner_spectra(kernels[idx], shape) for idx, _, shape in self._tile_groups()]
+    def _tile_batches(self):
+        """``(indices, (bh, bw), fft_shape, key)`` per batch of same-size tiles, about
+        ``_TILE_CHUNK_ELEMENTS`` samples per image and FFT call; ``key`` names the batch."""
+        for group, (indices, size, shape) in enumerate(self._tile_groups()):
+            per_batch = max(1, _TILE_CHUNK_ELEMENTS // (shape[0] * shape[1]))
+            for start in range(0, len(indices), per_batch):
+                yield indices[start : start + per_batch], size, shape, (group, start, per_batch)
 
+    def _batch_spectra(self, key, indices, shape, dtype, device) -> torch.Tensor:
+        """Corner spectra of the kernels of one batch (cached for the whole group when small)."""
+        group, start, per_batch = key
         if self.kernels.requires_grad:
-            return build()
-        return self._cached("group_spectra", dtype, device, build)
+            return corner_spectra(self.kernels[indices].to(device=device, dtype=dtype), shape)
+        total = sum(len(idx) * s[0] * (s[1] // 2 + 1) for idx, _, s in self._tile_groups())
+        if total * 2 * torch.finfo(dtype).bits // 8 > _SPECTRA_CACHE_BYTES:
+            return corner_spectra(self._kernels_as(dtype, device)[indices], shape)
+        spectra = self._cached(
+            "group_spectra", dtype, device,
+            lambda: [corner_spectra(self._kernels_as(dtype, device)[idx], s)
+                     for idx, _, s in self._tile_groups()],
+        )
+        return spectra[group][start : start + per_batch]
 
-    def _group_weights(self, indices: list[int], dtype, device) -> torch.Tensor:
-        return torch.stack([self._weight(i, self._supports[i], dtype, device) for i in indices])
+    def _batch_weights(self, indices: torch.Tensor, dtype, device) -> torch.Tensor:
+        """Weights ``(n, bh, bw)`` of a batch of same-size tiles on their boxes."""
+        if not self._all_single:
+            return torch.stack([self._weight(int(i), self._supports[i], dtype, device)
+                                for i in indices])
+        rows, _, cols = self._cached(
+            "factors", dtype, device,
+            lambda: (self._rows.to(device=device, dtype=dtype), None,
+                     self._cols.to(device=device, dtype=dtype)),
+        )
+        p, q, value, _ = self._terms
+        boxes = torch.tensor([self._supports[i] for i in indices.tolist()], device=device)
+        r0, r1, c0, c1 = boxes.unbind(1)
+        height, width = int(r1[0] - r0[0]), int(c1[0] - c0[0])
+        row_index = r0[:, None] + torch.arange(height, device=device)
+        col_index = c0[:, None] + torch.arange(width, device=device)
+        row_weights = rows[p[indices].to(device)[:, None], row_index]
+        col_weights = cols[q[indices].to(device)[:, None], col_index]
+        scale = value[indices].to(device=device, dtype=dtype)
+        return (scale[:, None] * row_weights)[:, :, None] * col_weights[:, None, :]
+
+    def _batch_plan(self, key, indices, dtype, device) -> tuple[torch.Tensor, list]:
+        """Weights ``(n, bh, bw)`` of a batch on its boxes and the boxes' top-left corners;
+        kept for the next calls while all the weights fit in ``_PLAN_CACHE_BYTES``."""
+        def build():
+            corners = [(self._supports[i][0], self._supports[i][2]) for i in indices.tolist()]
+            return self._batch_weights(indices, dtype, device), corners
+
+        element = torch.finfo(dtype).bits // 8
+        weight_bytes = sum(len(idx) * bh * bw * element for idx, (bh, bw), _ in self._tile_groups())
+        if self._needs_grad() or weight_bytes > _PLAN_CACHE_BYTES:
+            return build()
+        return self._cached(("plan", key), dtype, device, build)
 
     def _forward_tiles(self, x: torch.Tensor) -> torch.Tensor:
         # Each term is convolved on its weight's bounding box only ("full" linear convolution,
@@ -391,16 +479,13 @@ class ProductConvolution(LinearOperator):
         height, width = self.image_shape
         kh, kw = self.kernel_shape
         out = x.new_zeros((x.shape[0], height + 2 * kh, width + 2 * kw))
-        for (indices, (bh, bw), shape), spectra in zip(
-            self._tile_groups(), self._group_spectra(x.dtype, x.device)
-        ):
-            patches = torch.stack(
-                [x[:, r0:r1, c0:c1] for r0, r1, c0, c1 in (self._supports[i] for i in indices)],
-                dim=1,
-            ) * self._group_weights(indices, x.dtype, x.device)
-            blurred = torch.fft.irfft2(torch.fft.rfft2(patches, s=shape) * spectra, s=shape)
-            for k, i in enumerate(indices):
-                r0, _, c0, _ = self._supports[i]
+        for indices, (bh, bw), shape, key in self._tile_batches():
+            weights, corners = self._batch_plan(key, indices, x.dtype, x.device)
+            patches = torch.stack([x[:, r0 : r0 + bh, c0 : c0 + bw] for r0, c0 in corners], dim=1)
+            spectra = self._batch_spectra(key, indices, shape, x.dtype, x.device)
+            blurred = torch.fft.irfft2(torch.fft.rfft2(patches * weights, s=shape) * spectra,
+                                       s=shape)
+            for k, (r0, c0) in enumerate(corners):
                 top, left = r0 - kh // 2 + kh, c0 - kw // 2 + kw
                 out[:, top : top + bh + kh - 1, left : left + bw + kw - 1] += blurred[
                     :, k, : bh + kh - 1, : bw + kw - 1
@@ -412,20 +497,18 @@ class ProductConvolution(LinearOperator):
         kh, kw = self.kernel_shape
         padded = torch.nn.functional.pad(y, (kw, kw, kh, kh))
         out = y.new_zeros(y.shape)
-        for (indices, (bh, bw), shape), spectra in zip(
-            self._tile_groups(), self._group_spectra(y.dtype, y.device)
-        ):
+        for indices, (bh, bw), shape, key in self._tile_batches():
+            weights, corners = self._batch_plan(key, indices, y.dtype, y.device)
             regions = []
-            for i in indices:
-                r0, _, c0, _ = self._supports[i]
+            for r0, c0 in corners:
                 top, left = r0 - kh // 2 + kh, c0 - kw // 2 + kw
                 regions.append(padded[:, top : top + bh + kh - 1, left : left + bw + kw - 1])
             spectrum = torch.fft.rfft2(torch.stack(regions, dim=1), s=shape)
+            spectra = self._batch_spectra(key, indices, shape, y.dtype, y.device)
             correlated = torch.fft.irfft2(spectrum * spectra.conj(), s=shape)[..., :bh, :bw]
-            correlated = correlated * self._group_weights(indices, y.dtype, y.device)
-            for k, i in enumerate(indices):
-                r0, r1, c0, c1 = self._supports[i]
-                out[:, r0:r1, c0:c1] += correlated[:, k]
+            correlated = correlated * weights
+            for k, (r0, c0) in enumerate(corners):
+                out[:, r0 : r0 + bh, c0 : c0 + bw] += correlated[:, k]
         return out
 
     # ------------------------------------------------------------------ local PSFs
@@ -434,7 +517,10 @@ class ProductConvolution(LinearOperator):
         height, width = self.image_shape
         if not (0 <= int(row) < height and 0 <= int(col) < width):
             raise ValueError(f"(row, col) = ({row}, {col}) is outside the image {height}x{width}")
-        if self._factors is not None:
+        if self._all_single:
+            p, q, value, _ = self._terms
+            coefficients = value * self._rows[p, int(row)] * self._cols[q, int(col)]
+        elif self._rows is not None:
             rows, core, cols = self._factors
             coefficients = torch.einsum("p,ipq,q->i", rows[:, int(row)], core, cols[:, int(col)])
         else:
@@ -449,10 +535,17 @@ class ProductConvolution(LinearOperator):
         """A copy with tensors in ``dtype`` on ``device``."""
         dtype = dtype or self.dtype
         device = device or self.device
-        if self._factors is not None:
-            rows, core, cols = (t.to(device=device, dtype=dtype) for t in self._factors)
-            other = ProductConvolution.from_factors(
-                self.kernels.to(device=device, dtype=dtype), rows, core, cols, self.metadata
+        if self._rows is not None:
+            rows, core, cols = (None if t is None else t.to(device=device, dtype=dtype)
+                                for t in (self._rows, self._core, self._cols))
+            terms = self._terms
+            if terms is not None:
+                p, q, value, single = terms
+                terms = (p.to(device), q.to(device), value.to(device=device, dtype=dtype),
+                         single.to(device))
+            other = ProductConvolution._factored(
+                self.kernels.to(device=device, dtype=dtype), rows, core, cols, self.metadata,
+                terms,
             )
         else:
             other = ProductConvolution(
@@ -477,12 +570,11 @@ class ProductConvolution(LinearOperator):
         if margin == 0:
             return self
         metadata = {**self.metadata, "extended_margin": margin}
-        if self._factors is not None:
-            rows, core, cols = self._factors
-            rows = torch.nn.functional.pad(rows[:, None], (margin, margin), mode="replicate")
-            cols = torch.nn.functional.pad(cols[:, None], (margin, margin), mode="replicate")
-            extended = ProductConvolution.from_factors(
-                self.kernels, rows[:, 0], core, cols[:, 0], metadata
+        if self._rows is not None:
+            rows = torch.nn.functional.pad(self._rows[:, None], (margin, margin), mode="replicate")
+            cols = torch.nn.functional.pad(self._cols[:, None], (margin, margin), mode="replicate")
+            extended = ProductConvolution._factored(
+                self.kernels, rows[:, 0], self._core, cols[:, 0], metadata, self._terms
             )
             extended.compression_error = self.compression_error
             return extended
@@ -512,7 +604,7 @@ class ProductConvolution(LinearOperator):
         meta["image_shape"] = list(self.image_shape)
         meta["compression_error"] = self.compression_error
         arrays = {"kernels": self.kernels.detach().cpu().numpy()}
-        if self._factors is not None:
+        if self._rows is not None:
             meta["weights"] = "factored"
             for name, tensor in zip(("rows", "core", "cols"), self._factors):
                 arrays[name] = tensor.detach().cpu().numpy()
@@ -528,17 +620,33 @@ class ProductConvolution(LinearOperator):
         return _product_convolution_from_arrays(arrays, meta, path)
 
 
-def _single_entries(core: torch.Tensor) -> list[tuple[int, int, float] | None]:
-    """For each term, ``(p, q, value)`` if its core has exactly one non-zero entry, else None."""
-    entries: list[tuple[int, int, float] | None] = []
-    for matrix in core:
-        nonzero = torch.nonzero(matrix)
-        if nonzero.shape[0] == 1:
-            p, q = (int(v) for v in nonzero[0])
-            entries.append((p, q, float(matrix[p, q])))
-        else:
-            entries.append(None)
-    return entries
+def _single_entries(core: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(p, q, value, single)`` per term: whether its core ``(P, Q)`` has exactly one
+    non-zero entry, and which (the first non-zero one otherwise, unused)."""
+    flat = core.detach().reshape(core.shape[0], -1)
+    nonzero = flat != 0
+    first = nonzero.to(torch.uint8).argmax(dim=1)
+    value = flat.gather(1, first[:, None])[:, 0]
+    columns = core.shape[2]
+    return first // columns, first % columns, value, nonzero.sum(dim=1) == 1
+
+
+def _spans(nonzero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and one-past-last True of each row of ``(n, L)`` (start ≥ stop when none)."""
+    length = nonzero.shape[1]
+    as_int = nonzero.to(torch.uint8)
+    start = torch.where(nonzero.any(dim=1), as_int.argmax(dim=1), length)
+    stop = length - as_int.flip(1).argmax(dim=1)
+    return start, torch.where(nonzero.any(dim=1), stop, 0)
+
+
+def _term_spans(profiles: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Span of ``Σ_p used[i, p] · profile_p``'s support for each term (union of the spans)."""
+    start, stop = _spans(profiles != 0)
+    length = profiles.shape[1]
+    term_start = torch.where(used, start[None], length).min(dim=1).values
+    term_stop = torch.where(used, stop[None], 0).max(dim=1).values
+    return term_start, term_stop
 
 
 def _edge_pad(weights: torch.Tensor, margin: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from psfmap.psf.gaussian import gaussian_batch
 from psfmap.psf.zernike import zernike_batch
 
 DEFAULT_SIZE = 33
+_EVALUATION_BATCH = 64
 DEFAULT_OPTICS = {"na": 0.8, "wavelength": 0.55, "pixel_size": 0.2, "immersion_index": 1.0}
 
 # name -> (parameter names, default low, default high, kind)
@@ -137,7 +138,10 @@ class PSFFamily:
                 f"params must have shape (B, {self.n_params}) for {self.names}, "
                 f"got {tuple(tensor.shape)}"
             )
-        psfs = self._evaluate(batch)
+        # a few dozen PSFs at a time: each one is rendered supersampled (Gaussian) or through a
+        # padded pupil (Zernike), 0.5-2.5 MB of temporaries per PSF
+        psfs = torch.cat([self._evaluate(batch[start : start + _EVALUATION_BATCH])
+                          for start in range(0, batch.shape[0], _EVALUATION_BATCH)])
         return psfs[0] if single else psfs
 
     def _evaluate(self, batch: torch.Tensor) -> torch.Tensor:
