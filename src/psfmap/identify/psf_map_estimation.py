@@ -237,23 +237,29 @@ def estimate_psf_map(
     cols = window_starts(width, window, gx)
     # sub-patches of side p inside each window (k x k of them, evenly spread)
     k = math.ceil(window / patch)
-    offsets = np.round(np.linspace(0, window - patch, k)).astype(np.int64) if k > 1 else [0]
+    offsets = (np.round(np.linspace(0, window - patch, k)).astype(np.int64) if k > 1
+               else np.zeros(1, dtype=np.int64))
     work = tensor.detach().to(dtype=torch.float32, device="cpu")
-    starts_y = (rows[:, None] + np.asarray(offsets)[None, :]).reshape(-1)  # (gy k)
-    starts_x = (cols[:, None] + np.asarray(offsets)[None, :]).reshape(-1)  # (gx k)
-    index_y = torch.from_numpy(starts_y[:, None] + np.arange(patch)[None, :])  # (gy k, p)
-    index_x = torch.from_numpy(starts_x[:, None] + np.arange(patch)[None, :])  # (gx k, p)
-    patches = work[index_y[:, None, :, None], index_x[None, :, None, :]]  # (gy k, gx k, p, p)
-    patches = patches.reshape(gy, k, gx, k, patch, patch).permute(0, 2, 1, 3, 4, 5)
-    patches = patches.reshape(gy * gx * k * k, patch, patch)
+    # top-left corner of every sub-patch, in (gy, gx, k, k) order; the patches are cut batch
+    # by batch (all the windows of an 8192² image at once would take GBs)
+    shape = (gy, gx, k, k)
+    corner_y = np.broadcast_to(rows[:, None, None, None] + offsets[:, None], shape)
+    corner_x = np.broadcast_to(cols[None, :, None, None] + offsets, shape)
+    corner_y = torch.from_numpy(corner_y.reshape(-1).copy())
+    corner_x = torch.from_numpy(corner_x.reshape(-1).copy())
+    span = torch.arange(patch)
 
     n_params = int(estimator.family.n_params)
-    params_list, validity_list = [], []
+    params_list, validity_list, deviation_list = [], [], []
     with torch.inference_mode():
-        for start in range(0, patches.shape[0], batch_size):
-            p_batch, v_batch = estimator.predict(patches[start:start + batch_size])
+        for start in range(0, corner_y.shape[0], batch_size):
+            ys = corner_y[start:start + batch_size, None, None] + span[None, :, None]
+            xs = corner_x[start:start + batch_size, None, None] + span[None, None, :]
+            patches = work[ys, xs]
+            p_batch, v_batch = estimator.predict(patches)
             params_list.append(torch.as_tensor(p_batch, dtype=torch.float64).reshape(-1, n_params))
             validity_list.append(torch.as_tensor(v_batch, dtype=torch.float64).reshape(-1))
+            deviation_list.append(patches.to(torch.float64).flatten(1).std(dim=1))
     params = torch.cat(params_list).numpy().reshape(gy, gx, k * k, n_params)
     validity = torch.cat(validity_list).numpy().reshape(gy, gx, k * k)
     if not (np.all(np.isfinite(params)) and np.all(np.isfinite(validity))):
@@ -261,7 +267,7 @@ def estimate_psf_map(
 
     # flat patches carry no blur information: invalid whatever the network says
     spread = float(work.max() - work.min())
-    deviation = patches.to(torch.float64).flatten(1).std(dim=1).numpy().reshape(gy, gx, k * k)
+    deviation = torch.cat(deviation_list).numpy().reshape(gy, gx, k * k)
     validity = np.where(deviation <= FLAT_TOLERANCE * max(spread, 1e-30), 0.0, validity)
     weights = validity + 1e-12
     cell_params = (weights[..., None] * params).sum(2) / weights.sum(2)[..., None]
