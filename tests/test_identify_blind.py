@@ -189,3 +189,50 @@ def test_compressed_operator_gives_nearly_the_same_restoration(blurred_pair):
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="compress must be"):
             deblur(blurred, iterations=5, psf_map=psf_map, compress=bad)
+
+
+def test_tiled_deblur_equals_one_piece_for_plain_rl():
+    # plain RL with 64 px of context: what lies further away reaches a pixel only through
+    # many iterations, attenuated far below the float32 PSFs' precision
+    sharp = psfmap.simulate.samples.bundled_sample("neuron")[:192, :160].astype(np.float64)
+    widths = np.array([[[1.0], [2.0]], [[1.5], [2.5]]])
+    psf_map = PSFMap(psfmap.psf.model("gaussian1", size=11), widths, image_shape=(192, 160))
+    blurred = psf_map.operator(dtype=torch.float64)(torch.from_numpy(sharp)).numpy()
+    blurred = np.clip(blurred, 0, None)
+    whole = deblur(blurred, psf_map=psf_map, iterations=10, tv=0.0)
+    tiled = deblur(blurred, psf_map=psf_map, iterations=10, tv=0.0, tile=64, overlap=64)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5 * whole.max())
+    # without context the seams show; with RL-TV the tiles stay within the solver's own
+    # sensitivity (benchmarks/RESULTS.md: a 1e-4 change of the start moves it as much)
+    seams = deblur(blurred, psf_map=psf_map, iterations=10, tv=0.0, tile=64, overlap=0)
+    assert np.abs(seams - whole).max() > 1e-3 * whole.max()
+    whole_tv = deblur(blurred, psf_map=psf_map, iterations=10)
+    tiled_tv = deblur(blurred, psf_map=psf_map, iterations=10, tile=64)
+    assert np.linalg.norm(tiled_tv - whole_tv) < 1e-3 * np.linalg.norm(whole_tv)
+    for bad in ({"tile": 0}, {"tile": 1.5}, {"overlap": -1}):
+        with pytest.raises(ValueError, match="tile|overlap"):
+            deblur(blurred, psf_map=psf_map, **bad)
+
+
+class LazyArray:
+    """An array-like that is not a NumPy array (the protocol dask, xarray and zarr speak)."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __array__(self, dtype=None, copy=None):
+        return self.array if dtype is None else self.array.astype(dtype)
+
+
+def test_array_likes_are_read_like_numpy(blurred_pair):
+    _, blurred = blurred_pair
+    lazy = LazyArray(blurred)
+    psf_map = estimate(lazy, OracleEstimator(), window=16, stride=16, median=0)
+    np.testing.assert_array_equal(psf_map.params, estimate(blurred, OracleEstimator(), window=16,
+                                                           stride=16, median=0).params)
+    restored = deblur(lazy, psf_map=psf_map, iterations=3)
+    assert isinstance(restored, np.ndarray) and restored.dtype == np.float32
+    np.testing.assert_array_equal(restored, deblur(blurred, psf_map=psf_map, iterations=3))
+    with pytest.raises(TypeError, match="numeric"):
+        deblur(LazyArray(np.array([["a", "b"]])), psf_map=psf_map)

@@ -351,3 +351,20 @@ def test_large_grid_never_builds_its_dense_core():
     assert float(op.adjoint(blurred)[1000, 1000]) == pytest.approx(float((blurred**2).sum()),
                                                                    rel=1e-5)
     assert op._core is None
+
+
+def test_psf_grid_region_is_the_whole_field_operator_seen_through_a_window():
+    psfs, whole = _grid_operator(torch.float64, grid=(3, 4), shape=(96, 128), size=9)
+    top, bottom, left, right = 50, 90, 60, 101  # away from the first row and column of cells
+    part = from_psf_grid(psfs, (96, 128), region=(top, bottom, left, right))
+    assert part.image_shape == (40, 41) and part.n_kernels == 6 < whole.n_kernels
+    assert part.psf_at(5, 30).allclose(whole.psf_at(top + 5, left + 30))
+    x = torch.rand(96, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    inside = torch.zeros_like(x)
+    inside[top:bottom, left:right] = x[top:bottom, left:right]
+    torch.testing.assert_close(part.forward(x[top:bottom, left:right]),
+                               whole.forward(inside)[top:bottom, left:right], rtol=0, atol=1e-12)
+    assert _adjoint_gap(part, part.image_shape, torch.float64) < 1e-10
+    for bad in ((0, 0, 0, 10), (0, 97, 0, 10), (5, 3, 0, 10), (1, 2, 3)):
+        with pytest.raises(ValueError, match="region"):
+            from_psf_grid(psfs, (96, 128), region=bad)

@@ -263,6 +263,7 @@ def test_deconvolve_dispatches(rng):
         ({"background": -1.0}, "background"),
         ({"background": np.ones((3, 3))}, "background"),
         ({"tol": float("nan")}, "tol"),
+        ({"intensity_scale": -1.0}, "intensity_scale"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -322,3 +323,19 @@ def test_rl_tv_on_real_data_with_a_zernike_psf_grid(shared_data):
     advantage = snr(truth, with_true) - snr(truth, with_centre)
     assert gain >= 2.0, f"RL-TV gained only {gain:.2f} dB"
     assert advantage >= 1.0, f"true operator beats centre PSF by only {advantage:.2f} dB"
+
+
+def test_intensity_scale_defaults_to_the_frame_maximum_and_the_start_level_is_irrelevant(rng):
+    image = smooth_texture(rng, (40, 48))
+    operator = grid_operator((40, 48))
+    default = richardson_lucy(image, operator, iterations=5, tv=0.01)
+    explicit = richardson_lucy(image, operator, iterations=5, tv=0.01,
+                               intensity_scale=float(image.max()))
+    np.testing.assert_array_equal(explicit, default)
+    assert np.abs(richardson_lucy(image, operator, iterations=5, tv=0.01,
+                                  intensity_scale=100 * float(image.max())) - default).max() > 1e-4
+    # x1 = x0 H*(y / H x0) / H*1 is the same for every constant x0: a tile needs no start
+    # level from the whole image
+    brighter = richardson_lucy(2 * image, operator, iterations=1) / 2
+    np.testing.assert_allclose(brighter, richardson_lucy(image, operator, iterations=1),
+                               rtol=1e-12)

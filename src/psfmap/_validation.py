@@ -26,11 +26,14 @@ def as_tensor(
     """Convert NumPy arrays, tensors and nested sequences to a floating tensor.
 
     Integer and boolean inputs become ``torch.get_default_dtype()`` (float32 by default);
-    float64 is kept unless ``dtype`` says otherwise.
+    float64 is kept unless ``dtype`` says otherwise. Other array-likes (dask, xarray, zarr:
+    anything with ``__array__``) are read into memory with ``np.asarray``.
     """
     if isinstance(value, torch.Tensor):
         tensor = value
-    elif isinstance(value, (np.ndarray, np.generic, list, tuple, float, int)):
+    elif isinstance(value, (np.ndarray, np.generic, list, tuple, float, int)) or hasattr(
+        value, "__array__"
+    ):
         array = np.asarray(value)
         if array.dtype == object or not (
             np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
@@ -41,7 +44,7 @@ def as_tensor(
         if not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)
         tensor = torch.from_numpy(array)
-        if not isinstance(value, (np.ndarray, np.generic)) and dtype is None:
+        if isinstance(value, (list, tuple, float, int)) and dtype is None:
             # Python numbers and lists follow torch's default dtype (float32), like torch.tensor
             dtype = torch.get_default_dtype()
     else:

@@ -29,7 +29,7 @@ EXAMPLE = (
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from psfmap.identify.blind import DEFAULT_ITERATIONS, DEFAULT_TV
+    from psfmap.identify.blind import DEFAULT_ITERATIONS, DEFAULT_OVERLAP, DEFAULT_TV
 
     parser = command_parser(
         subparsers,
@@ -56,6 +56,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--compress", type=float, default=None, metavar="ENERGY",
         help="restore with the operator compressed to this energy fraction, e.g. 0.9999: "
         "fewer kernels, faster (default: no compression)",
+    )
+    parser.add_argument(
+        "--tile", type=int, default=None, metavar="PIXELS",
+        help="restore each frame in tiles of at most PIXELS x PIXELS (with --overlap px of "
+        "context): memory bounded by the tile, for very large fields (default: one piece)",
+    )
+    parser.add_argument(
+        "--overlap", type=int, default=DEFAULT_OVERLAP, metavar="PIXELS",
+        help=f"context around each tile (default {DEFAULT_OVERLAP})",
     )
     parser.add_argument(
         "--psf-map", default=None,
@@ -102,6 +111,10 @@ def run(args) -> int:
         raise UsageError(f"--tv must be >= 0, got {args.tv}")
     if args.compress is not None and not 0 < args.compress <= 1:
         raise UsageError(f"--compress must be an energy fraction in (0, 1], got {args.compress}")
+    if args.tile is not None and args.tile < 1:
+        raise UsageError(f"--tile must be >= 1 pixel, got {args.tile}")
+    if args.overlap < 0:
+        raise UsageError(f"--overlap must be >= 0 pixels, got {args.overlap}")
     options = window_options(args)
     image, metadata = read_plane(args.image, args.plane, stack=True)
     start = time.perf_counter()
@@ -119,7 +132,8 @@ def run(args) -> int:
 
         def restore(index: int, frame: np.ndarray) -> np.ndarray:
             restored = deblur(frame, iterations=args.iterations, tv=args.tv,
-                              psf_map=maps[index], compress=args.compress)
+                              psf_map=maps[index], compress=args.compress, tile=args.tile,
+                              overlap=args.overlap)
             bar.update(1)
             return restored
 

@@ -37,6 +37,7 @@ DEFAULT_MODEL = "zernike3"
 # used here, λ = 0.1 costs 3-4 dB on the Table V protocol against 0.01 (benchmarks/RESULTS.md,
 # blind section), so the default is psfmap.restore's λ = 0.01; pass tv=0.1 for the quoted value.
 DEFAULT_ITERATIONS = 20
+DEFAULT_OVERLAP = 64
 DEFAULT_TV = RESTORE_DEFAULT_TV
 
 
@@ -160,23 +161,57 @@ def estimate(
     )
 
 
+def _tile_bounds(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """``(start, stop, outer_start, outer_stop)`` of the tiles along one axis: cores of at
+    most ``tile`` px covering ``[0, length)``, each grown by ``overlap`` px (clipped)."""
+    count = -(-length // tile)
+    edges = [round(k * length / count) for k in range(count + 1)]  # even cores
+    return [(a, b, max(0, a - overlap), min(length, b + overlap))
+            for a, b in zip(edges[:-1], edges[1:])]
+
+
 def _restore_frame(
-    frame: torch.Tensor, psf_map: Any, iterations: int, tv: float, energy: float | None
+    frame: torch.Tensor,
+    psf_map: Any,
+    iterations: int,
+    tv: float,
+    energy: float | None,
+    tile: int | None = None,
+    overlap: int = 0,
 ) -> torch.Tensor:
     """RL-TV of one (H, W) frame with the operator of its map (compressed to ``energy`` when
-    given), at a maximum of 1 and back."""
+    given), at a maximum of 1 and back; tile by tile when ``tile`` is given."""
+    from psfmap.operators import from_psf_grid
     from psfmap.operators.compression import compress
     from psfmap.restore import richardson_lucy
 
     scale = float(frame.max())
     if scale <= 0:
         raise ValueError("image is all zero; nothing to deblur")
-    operator = psf_map.operator(tuple(frame.shape))
-    if energy is not None:
-        operator = compress(operator, energy=energy)
-    work = frame.to(operator.dtype) / scale
-    restored = richardson_lucy(work, operator, iterations=iterations, tv=tv) * scale
-    return torch.as_tensor(restored).to(frame.dtype)
+    height, width = frame.shape
+    if tile is None or (height <= tile and width <= tile):
+        boxes = [((0, height, 0, height), (0, width, 0, width))]
+    else:
+        boxes = [(rows, cols) for rows in _tile_bounds(height, tile, overlap)
+                 for cols in _tile_bounds(width, tile, overlap)]
+    psfs = psf_map.psfs() if len(boxes) > 1 else None  # rendered once for all the tiles
+    # every tile scales its TV by the frame's maximum, as the one-piece restoration does
+    options = {} if psfs is None else {"intensity_scale": 1.0}
+    restored = torch.empty_like(frame)
+    for (top, bottom, outer_top, outer_bottom), (left, right, outer_left, outer_right) in boxes:
+        if psfs is None:
+            operator = psf_map.operator((height, width))
+        else:
+            region = (outer_top, outer_bottom, outer_left, outer_right)
+            operator = from_psf_grid(psfs, (height, width), region)
+        if energy is not None:
+            operator = compress(operator, energy=energy)
+        work = frame[outer_top:outer_bottom, outer_left:outer_right].to(operator.dtype) / scale
+        result = richardson_lucy(work, operator, iterations=iterations, tv=tv, **options) * scale
+        restored[top:bottom, left:right] = torch.as_tensor(result)[
+            top - outer_top : bottom - outer_top, left - outer_left : right - outer_left
+        ].to(frame.dtype)
+    return restored
 
 
 def _maps_for_frames(psf_map: Any, count: int) -> list:
@@ -201,6 +236,8 @@ def deblur(
     median: int = 3,
     psf_map: Any = None,
     compress: float | None = None,
+    tile: int | None = None,
+    overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 256,
     return_map: bool = False,
 ) -> Any:
@@ -247,6 +284,16 @@ def deblur(
         and changes the result by 1.0 % (median over the planes; 1.25 % at most, relative
         L2). On large fields (thousands of cells) it does not pay: the tiled operator is as
         fast as the compressed one and compressing costs O(cells³). Default: no compression.
+    tile : int, optional
+        Restore each frame in tiles of at most ``tile × tile`` pixels, each with ``overlap``
+        pixels of context on every side, instead of in one piece: the memory then depends on
+        the tile size, not on the frame size. The map is still estimated on the whole frame
+        and every tile is restored with the whole-frame operator restricted to it
+        (``PSFMap.operator(region=...)``), so the PSF at every pixel is the same; only the
+        solver's view ends at the tile's context border. Default: one piece.
+    overlap : int
+        Context around each tile, in pixels (default 64; see ``benchmarks/RESULTS.md`` for
+        the difference from a one-piece restoration).
     return_map : bool
         Return a :class:`BlindResult` (``restored``, ``psf_map``) instead of the image.
 
@@ -262,6 +309,10 @@ def deblur(
     tv = check_positive(tv, "tv", allow_zero=True)
     if compress is not None and not 0 < float(compress) <= 1:
         raise ValueError(f"compress must be an energy fraction in (0, 1], got {compress!r}")
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
+        raise ValueError(f"tile must be a positive number of pixels, got {tile!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
+        raise ValueError(f"overlap must be a number of pixels >= 0, got {overlap!r}")
     if bool((tensor < 0).any()):
         raise ValueError("image has negative values; Richardson–Lucy needs a non-negative image")
     frames = _frames(tensor)
@@ -273,7 +324,8 @@ def deblur(
     else:
         maps = _maps_for_frames(psf_map, len(frames))
     restored = each_frame(
-        frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv, compress)
+        frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv, compress,
+                                                    tile, overlap)
     )
     restored = kind.restore(torch.stack(restored).reshape(tensor.shape))
     if return_map:

@@ -44,7 +44,21 @@ def _image_shape(image_shape: Any) -> tuple[int, int]:
     return check_pair(tuple(image_shape)[-2:], "image_shape")
 
 
-def from_psf_grid(psfs: Any, image_shape: Any) -> ProductConvolution:
+def _region(region: Any, height: int, width: int) -> tuple[int, int, int, int]:
+    """Check ``(top, bottom, left, right)``: a non-empty pixel box inside ``height × width``."""
+    try:
+        top, bottom, left, right = (int(v) for v in region)
+    except (TypeError, ValueError):
+        raise ValueError(f"region must be (top, bottom, left, right), got {region!r}") from None
+    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+        raise ValueError(
+            f"region {(top, bottom, left, right)} is not a non-empty box inside the image "
+            f"{height}x{width}"
+        )
+    return top, bottom, left, right
+
+
+def from_psf_grid(psfs: Any, image_shape: Any, region: Any = None) -> ProductConvolution:
     """Space-variant blur interpolating a ``gy × gx`` grid of local PSFs bilinearly.
 
     Parameters
@@ -54,11 +68,17 @@ def from_psf_grid(psfs: Any, image_shape: Any) -> ProductConvolution:
     image_shape : (int, int)
         ``(H, W)`` of the images the operator applies to (extra leading entries are ignored,
         so ``image.shape`` of a stack works).
+    region : (top, bottom, left, right), optional
+        Restrict the operator to this box of the ``H × W`` field: it then applies to
+        ``(bottom - top) × (right - left)`` images and blurs them exactly as the whole-field
+        operator blurs that part of the field (its PSF at every pixel is the same); only the
+        cells whose weights reach the box are kept. Used to restore a large field tile by
+        tile.
 
     Returns
     -------
     ProductConvolution
-        ``I = gy · gx`` kernels with factored (outer products of hat profiles), compactly
+        ``I ≤ gy · gx`` kernels with factored (outer products of hat profiles), compactly
         supported weights: each pixel is touched by at most four cells, which the tiled
         evaluation exploits, and compression keeps the weights factored.
     """
@@ -72,22 +92,30 @@ def from_psf_grid(psfs: Any, image_shape: Any) -> ProductConvolution:
             f"a {gy}x{gx} PSF grid needs an image of at least that many pixels, "
             f"got image_shape {(height, width)}"
         )
-    rows = torch.from_numpy(hat_profiles(gy, height)).to(psfs.dtype)
-    cols = torch.from_numpy(hat_profiles(gx, width)).to(psfs.dtype)
+    rows, cols = hat_profiles(gy, height), hat_profiles(gx, width)
+    metadata: dict[str, Any] = {"grid": [int(gy), int(gx)]}
+    if region is not None:
+        top, bottom, left, right = _region(region, height, width)
+        rows, cols = rows[:, top:bottom], cols[:, left:right]
+        metadata["region"] = [top, bottom, left, right]
+    used_rows = np.flatnonzero(rows.any(axis=1))
+    used_cols = np.flatnonzero(cols.any(axis=1))
+    kernels = psfs[torch.from_numpy(used_rows)][:, torch.from_numpy(used_cols)]
+    n_rows, n_cols = len(used_rows), len(used_cols)
     # term (r, c) has weight a_r(y) b_c(x): core_rc = e_r e_cᵀ on the shared hat profiles,
     # given by its single entries (the dense core would hold (gy gx)² numbers)
     device = psfs.device
     terms = (
-        torch.arange(gy, device=device).repeat_interleave(gx),
-        torch.arange(gx, device=device).repeat(gy),
-        torch.ones(gy * gx, dtype=psfs.dtype, device=device),
-        torch.ones(gy * gx, dtype=torch.bool, device=device),
+        torch.arange(n_rows, device=device).repeat_interleave(n_cols),
+        torch.arange(n_cols, device=device).repeat(n_rows),
+        torch.ones(n_rows * n_cols, dtype=psfs.dtype, device=device),
+        torch.ones(n_rows * n_cols, dtype=torch.bool, device=device),
     )
     return ProductConvolution._factored(
-        psfs.reshape(gy * gx, h, w),
-        rows.to(device),
+        kernels.reshape(n_rows * n_cols, h, w),
+        torch.from_numpy(rows[used_rows]).to(dtype=psfs.dtype, device=device),
         None,
-        cols.to(device),
-        {"grid": [int(gy), int(gx)]},
+        torch.from_numpy(cols[used_cols]).to(dtype=psfs.dtype, device=device),
+        metadata,
         terms,
     )

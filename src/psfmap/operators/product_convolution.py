@@ -279,6 +279,13 @@ class ProductConvolution(LinearOperator):
             self._cache[cache_key] = build()
         return self._cache[cache_key]
 
+    def _factors_as(self, dtype, device) -> tuple:
+        """``(rows, core, cols)`` in ``dtype`` on ``device``; core None for single entries."""
+        return self._cached("factors", dtype, device, lambda: tuple(
+            None if t is None else t.to(device=device, dtype=dtype)
+            for t in (self._rows, None if self._all_single else self._factors[1], self._cols)
+        ))
+
     def _kernels_as(self, dtype, device) -> torch.Tensor:
         return self._cached(
             "kernels", dtype, device, lambda: self.kernels.to(device=device, dtype=dtype)
@@ -287,12 +294,7 @@ class ProductConvolution(LinearOperator):
     def _weight(self, i: int, box: Box, dtype, device) -> torch.Tensor:
         r0, r1, c0, c1 = box
         if self._rows is not None:
-            rows, core, cols = self._cached(
-                "factors", dtype, device,
-                lambda: tuple(None if t is None else t.to(device=device, dtype=dtype)
-                              for t in (self._rows, None if self._all_single
-                                        else self._factors[1], self._cols)),
-            )
+            rows, core, cols = self._factors_as(dtype, device)
             p, q, value, single = self._terms
             if bool(single[i]):
                 p, q = int(p[i]), int(q[i])
@@ -441,13 +443,9 @@ class ProductConvolution(LinearOperator):
     def _batch_weights(self, indices: torch.Tensor, dtype, device) -> torch.Tensor:
         """Weights ``(n, bh, bw)`` of a batch of same-size tiles on their boxes."""
         if not self._all_single:
-            return torch.stack([self._weight(int(i), self._supports[i], dtype, device)
-                                for i in indices])
-        rows, _, cols = self._cached(
-            "factors", dtype, device,
-            lambda: (self._rows.to(device=device, dtype=dtype), None,
-                     self._cols.to(device=device, dtype=dtype)),
-        )
+            return torch.stack([self._weight(i, self._supports[i], dtype, device)
+                                for i in indices.tolist()])
+        rows, _, cols = self._factors_as(dtype, device)
         p, q, value, _ = self._terms
         boxes = torch.tensor([self._supports[i] for i in indices.tolist()], device=device)
         r0, r1, c0, c1 = boxes.unbind(1)

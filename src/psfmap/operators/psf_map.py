@@ -148,12 +148,19 @@ class PSFMap:
         return kernels.reshape(gy, gx, *kernels.shape[-2:])
 
     def operator(
-        self, image_shape: Any = None, *, dtype: torch.dtype | None = None, device: Any = None
+        self,
+        image_shape: Any = None,
+        *,
+        region: Any = None,
+        dtype: torch.dtype | None = None,
+        device: Any = None,
     ) -> ProductConvolution:
-        """The blur operator ``from_psf_grid(psfs, image_shape)`` (default: the map's own
-        image shape); the map's metadata and family config travel with it."""
+        """The blur operator ``from_psf_grid(psfs, image_shape, region)`` (default: the map's
+        own image shape, the whole field); the map's metadata and family config travel with
+        it. ``region=(top, bottom, left, right)`` gives the operator of that box of the field
+        only (see :func:`~psfmap.operators.from_psf_grid`)."""
         shape = self.image_shape if image_shape is None else _image_shape(image_shape)
-        operator = from_psf_grid(self.psfs(dtype=dtype, device=device), shape)
+        operator = from_psf_grid(self.psfs(dtype=dtype, device=device), shape, region)
         operator.metadata.update(self.metadata)
         operator.metadata["psf_model"] = self.family.config()
         return operator

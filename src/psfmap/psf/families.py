@@ -139,9 +139,15 @@ class PSFFamily:
                 f"got {tuple(tensor.shape)}"
             )
         # a few dozen PSFs at a time: each one is rendered supersampled (Gaussian) or through a
-        # padded pupil (Zernike), 0.5-2.5 MB of temporaries per PSF
-        psfs = torch.cat([self._evaluate(batch[start : start + _EVALUATION_BATCH])
-                          for start in range(0, batch.shape[0], _EVALUATION_BATCH)])
+        # padded pupil (Zernike), 0.5-2.5 MB of temporaries per PSF; each block is copied
+        # out at once, as it may be a view that keeps its padded buffer alive
+        psfs = self._evaluate(batch[:_EVALUATION_BATCH])
+        if batch.shape[0] > _EVALUATION_BATCH:
+            first, psfs = psfs, psfs.new_empty((batch.shape[0],) + tuple(psfs.shape[1:]))
+            psfs[:_EVALUATION_BATCH] = first
+            for start in range(_EVALUATION_BATCH, batch.shape[0], _EVALUATION_BATCH):
+                psfs[start : start + _EVALUATION_BATCH] = self._evaluate(
+                    batch[start : start + _EVALUATION_BATCH])
         return psfs[0] if single else psfs
 
     def _evaluate(self, batch: torch.Tensor) -> torch.Tensor:

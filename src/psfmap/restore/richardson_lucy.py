@@ -36,6 +36,7 @@ def richardson_lucy(
     tv_epsilon: float = 1e-3,
     extend: bool = True,
     callback: Callable[[int, float], Any] | None = None,
+    intensity_scale: float | None = None,
 ) -> Any:
     r"""Richardson–Lucy deconvolution with any linear blur operator, optionally TV-regularised.
 
@@ -89,6 +90,12 @@ def richardson_lucy(
     callback : callable, optional
         ``callback(iteration, change)`` after every iteration (1-based; ``change`` is the
         largest relative change ``||x^{k+1} - x^k|| / ||x^k||`` over the running frames).
+    intensity_scale : float, optional
+        The intensity that ``tv_epsilon`` and the positivity floor are relative to. Default:
+        each frame's maximum. Restoring a large image piece by piece, pass the whole image's
+        maximum, so that every piece runs the iterations the whole would
+        (``psfmap.deblur(tile=...)`` does). The level of the constant first estimate does
+        not matter: the first update is the same for any level.
 
     Returns
     -------
@@ -113,6 +120,8 @@ def richardson_lucy(
         tol = check_positive(tol, "tol", allow_zero=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {describe(callback)}")
+    if intensity_scale is not None:
+        intensity_scale = check_positive(intensity_scale, "intensity_scale")
     check_operator(operator)
     image_shape = tuple(y.shape[-2:])
     margin = check_compatible(operator, image_shape)
@@ -132,6 +141,7 @@ def richardson_lucy(
             tol=tol,
             tv_epsilon=tv_epsilon,
             callback=callback,
+            intensity_scale=intensity_scale,
         )
         restored = system.crop(restored).reshape(*lead, *image_shape)
     return kind.restore(restored)
@@ -147,6 +157,7 @@ def _iterate(
     tol: float | None,
     tv_epsilon: float,
     callback: Callable[[int, float], Any] | None,
+    intensity_scale: float | None = None,
 ) -> torch.Tensor:
     """RL(-TV) iterations on frames y (B, H, W); returns the estimate on the extended domain."""
     n_frames = y.shape[0]
@@ -159,6 +170,8 @@ def _iterate(
     del normaliser  # only 1 / H*1 is needed from here on
 
     scale = y.amax(dim=(-2, -1), keepdim=True)  # per frame
+    if intensity_scale is not None:
+        scale = torch.full_like(scale, intensity_scale)
     flux = (y - background).clamp(min=0).sum(dim=(-2, -1), keepdim=True)
     x = (flux / total_weight) * observed  # constant start with the data's flux
     floor = torch.clamp(1e-6 * scale, min=torch.finfo(y.dtype).tiny)
