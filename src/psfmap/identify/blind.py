@@ -195,8 +195,6 @@ def _restore_frame(
         boxes = [(rows, cols) for rows in _tile_bounds(height, tile, overlap)
                  for cols in _tile_bounds(width, tile, overlap)]
     psfs = psf_map.psfs() if len(boxes) > 1 else None  # rendered once for all the tiles
-    # every tile scales its TV by the frame's maximum, as the one-piece restoration does
-    options = {} if psfs is None else {"intensity_scale": 1.0}
     restored = torch.empty_like(frame)
     for (top, bottom, outer_top, outer_bottom), (left, right, outer_left, outer_right) in boxes:
         if psfs is None:
@@ -207,7 +205,9 @@ def _restore_frame(
         if energy is not None:
             operator = compress(operator, energy=energy)
         work = frame[outer_top:outer_bottom, outer_left:outer_right].to(operator.dtype) / scale
-        result = richardson_lucy(work, operator, iterations=iterations, tv=tv, **options) * scale
+        # TV relative to the frame's maximum (1 here) in every tile, as in one piece
+        result = richardson_lucy(work, operator, iterations=iterations, tv=tv,
+                                 intensity_scale=1.0) * scale
         restored[top:bottom, left:right] = torch.as_tensor(result)[
             top - outer_top : bottom - outer_top, left - outer_left : right - outer_left
         ].to(frame.dtype)
