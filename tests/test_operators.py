@@ -338,7 +338,7 @@ def test_psf_grid_equals_the_same_grid_with_a_dense_core(tmp_path):
     assert _adjoint_gap(wide, wide.image_shape, torch.float32) < 1e-5
 
 
-def test_large_grid_never_builds_its_dense_core():
+def test_large_grid_never_builds_its_dense_core(tmp_path):
     # a 2048² field at the default 32 px stride has 63 x 63 cells: its dense core would take
     # 3969² floats; build, apply and adjoin without it
     psfs = gaussian(9, 1.0).expand(63, 63, 9, 9)
@@ -350,7 +350,23 @@ def test_large_grid_never_builds_its_dense_core():
     # <Hx, Hx> = <x, H*Hx> for the point x
     assert float(op.adjoint(blurred)[1000, 1000]) == pytest.approx(float((blurred**2).sum()),
                                                                    rel=1e-5)
-    assert op._core is None
+    # its file holds the entries: 2.4 MB (the dense core alone would take 63 MB)
+    path = op.save(tmp_path / "grid.psfmap")
+    assert op._core is None and path.stat().st_size < 4 * 2**20
+    torch.testing.assert_close(load(path).forward(x)[990:1010, 990:1010],
+                               blurred[990:1010, 990:1010])
+
+
+def test_grid_file_with_bad_entries_is_refused(tmp_path):
+    from psfmap._container import load_container, save_container
+
+    _, op = _grid_operator(torch.float64, grid=(2, 3), shape=(40, 50))
+    kind, arrays, meta = load_container(op.save(tmp_path / "good.psfmap"), "product_convolution")
+    assert meta["weights"] == "factored-entries"
+    arrays["entry_cols"] = arrays["entry_cols"] + 5  # beyond the 3 column profiles
+    save_container(tmp_path / "bad.psfmap", kind, arrays, meta)
+    with pytest.raises(ValueError, match="inconsistent"):
+        load(tmp_path / "bad.psfmap")
 
 
 def test_psf_grid_region_is_the_whole_field_operator_seen_through_a_window():

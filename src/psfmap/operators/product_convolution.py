@@ -602,7 +602,13 @@ class ProductConvolution(LinearOperator):
         meta["image_shape"] = list(self.image_shape)
         meta["compression_error"] = self.compression_error
         arrays = {"kernels": self.kernels.detach().cpu().numpy()}
-        if self._rows is not None:
+        if self._all_single:  # a PSF grid: its entries, not a (cells x gy x gx) core
+            meta["weights"] = "factored-entries"
+            p, q, value, _ = self._terms
+            for name, tensor in (("rows", self._rows), ("cols", self._cols), ("entry_rows", p),
+                                 ("entry_cols", q), ("entry_values", value)):
+                arrays[name] = tensor.detach().cpu().numpy()
+        elif self._rows is not None:
             meta["weights"] = "factored"
             for name, tensor in zip(("rows", "core", "cols"), self._factors):
                 arrays[name] = tensor.detach().cpu().numpy()
@@ -663,6 +669,8 @@ def _product_convolution_from_arrays(arrays, meta, path) -> ProductConvolution:
                 kernels, *(torch.from_numpy(arrays[name]) for name in ("rows", "core", "cols")),
                 meta,
             )
+        elif meta.get("weights") == "factored-entries":
+            operator = _from_entries(kernels, arrays, meta, path)
         else:
             operator = ProductConvolution(kernels, torch.from_numpy(arrays["weights"]), meta)
     except KeyError as missing:
@@ -671,6 +679,22 @@ def _product_convolution_from_arrays(arrays, meta, path) -> ProductConvolution:
     for key in ("compression_error", "weights", "image_shape"):
         operator.metadata.pop(key, None)
     return operator
+
+
+def _from_entries(kernels, arrays, meta, path) -> ProductConvolution:
+    """A factored operator whose every term is one entry ``(p, q, value)`` of its core."""
+    rows = torch.from_numpy(arrays["rows"]).to(kernels.dtype)
+    cols = torch.from_numpy(arrays["cols"]).to(kernels.dtype)
+    p, q = (torch.from_numpy(arrays[name]).long() for name in ("entry_rows", "entry_cols"))
+    value = torch.from_numpy(arrays["entry_values"]).to(kernels.dtype)
+    n = kernels.shape[0]
+    if not (kernels.ndim == 3 and rows.ndim == 2 and cols.ndim == 2
+            and p.shape == q.shape == value.shape == (n,)
+            and bool(((p >= 0) & (p < rows.shape[0]) & (q >= 0) & (q < cols.shape[0])).all())
+            and all(bool(torch.isfinite(t).all()) for t in (kernels, rows, cols, value))):
+        raise ValueError(f"{str(path)!r} holds inconsistent or non-finite grid weights")
+    return ProductConvolution._factored(
+        kernels, rows, None, cols, meta, (p, q, value, torch.ones(n, dtype=torch.bool)))
 
 
 class Convolution(LinearOperator):
