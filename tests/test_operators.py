@@ -384,3 +384,21 @@ def test_psf_grid_region_is_the_whole_field_operator_seen_through_a_window():
     for bad in ((0, 0, 0, 10), (0, 97, 0, 10), (5, 3, 0, 10), (1, 2, 3)):
         with pytest.raises(ValueError, match="region"):
             from_psf_grid(psfs, (96, 128), region=bad)
+
+
+def test_compressing_a_grid_with_more_cells_than_kernel_pixels():
+    # 30 x 30 cells of 7 x 7 kernels (I = 900 > hw = 49): kernel factors from Kᵀ K, a sparse
+    # weight Gram; the same optimum as the dense weights
+    widths = torch.linspace(0.6, 2.0, 900, dtype=torch.float64)
+    psfs = torch.stack([gaussian(7, float(w), dtype=torch.float64) for w in widths])
+    op = from_psf_grid(psfs.reshape(30, 30, 7, 7), (120, 150))
+    fast = {rank: op.compress(rank=rank) for rank in (1, 3)}
+    assert op._core is None  # never built
+    dense = ProductConvolution(op.kernels, op.weights)
+    x = torch.rand(120, 150, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for rank, compressed in fast.items():
+        reference = dense.compress(rank=rank)
+        assert compressed.compression_error == pytest.approx(reference.compression_error,
+                                                             rel=1e-6)
+        torch.testing.assert_close(compressed.forward(x), reference.forward(x), rtol=0,
+                                   atol=1e-8)

@@ -10,6 +10,12 @@ exactly from two ``I × I`` Gram matrices, never forming ``M``:
 
 with the relative error ``‖M − M_r‖_F / ‖M‖_F = (Σ_{k>r} s_k² / Σ_k s_k²)^½``.
 
+In practice the kernels' factors come from the smaller of ``K Kᵀ`` and ``Kᵀ K`` (``hw × hw``:
+a 127 × 127 PSF grid has 16,129 kernels of 33² pixels), and the weights enter only through
+``V_kᵀ G_w V_k`` (``ρ × ρ``, ``ρ ≤ min(I, hw)``, ``V_k = E_k``) instead of an ``I × I``
+eigendecomposition; for a PSF grid ``G_w`` is sparse (a cell's weights overlap only its
+neighbours'). Both give the same ``C`` up to an orthogonal change of basis.
+
 Reference: Debarnot, Escande, Mangeat, Weiss, "Learning low-dimensional models of microscopes",
 IEEE TCI 2021 (eigen-PSF decomposition); Denis et al., IJCV 2015.
 """
@@ -32,13 +38,52 @@ def _gram_factors(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return eigenvalues[keep].sqrt(), eigenvectors[:, keep]
 
 
+def _kernel_factors(kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sqrt(Λ_k), E_k)`` of ``K Kᵀ`` for kernels ``K (I, hw)``, through ``Kᵀ K`` when
+    ``I > hw`` (same non-zero eigenvalues; ``E_k = K U Λ^-½``)."""
+    if kernels.shape[0] <= kernels.shape[1]:
+        return _gram_factors(kernels @ kernels.T)
+    root, vectors = _gram_factors(kernels.T @ kernels)
+    return root, (kernels @ vectors) / root[None, :]
+
+
+def _weights_gram_times(operator: ProductConvolution, vectors: torch.Tensor) -> torch.Tensor:
+    """``G_w @ vectors`` (``(I, ρ)``) without forming ``G_w`` for a PSF grid."""
+    entries = _grid_gram_entries(operator)
+    if entries is None:
+        return _weights_gram(operator).cpu() @ vectors
+    i, j, value = entries
+    n = operator.n_kernels
+    gram = torch.sparse_coo_tensor(torch.stack([i, j]), value, (n, n),
+                                   check_invariants=True).coalesce()
+    return torch.sparse.mm(gram, vectors)
+
+
+def _grid_gram_entries(operator: ProductConvolution):
+    """Non-zero entries ``(i, j, <w_i, w_j>)`` of ``G_w`` when every term is one distinct
+    entry of the core, ``w_i = v_i r_p s_qᵀ``: ``<w_i, w_j> = v_i v_j G_r[p_i, p_j]
+    G_s[q_i, q_j]`` is non-zero only for overlapping profiles. None otherwise."""
+    if not operator._all_single:
+        return None
+    p, q, value, _ = (t.cpu() for t in operator._terms)
+    rows, cols = operator._rows.double().cpu(), operator._cols.double().cpu()
+    lookup = torch.full((rows.shape[0], cols.shape[0]), -1, dtype=torch.long)
+    lookup[p, q] = torch.arange(len(p))
+    if int((lookup >= 0).sum()) != len(p):  # two terms share an entry
+        return None
+    gram_rows, gram_cols = rows @ rows.T, cols @ cols.T
+    a, b = torch.nonzero(gram_rows, as_tuple=True)
+    c, d = torch.nonzero(gram_cols, as_tuple=True)
+    i = lookup[a[:, None], c[None, :]].flatten()
+    j = lookup[b[:, None], d[None, :]].flatten()
+    product = (gram_rows[a, b][:, None] * gram_cols[c, d][None, :]).flatten()
+    keep = (i >= 0) & (j >= 0)
+    i, j = i[keep], j[keep]
+    value = value.double()
+    return i, j, product[keep] * value[i] * value[j]
+
+
 def _weights_gram(operator: ProductConvolution) -> torch.Tensor:
-    if operator._all_single:
-        # C_i = v_i e_p e_qᵀ: <w_i, w_j> = v_i v_j G_r[p_i, p_j] G_s[q_i, q_j]
-        p, q, value, _ = operator._terms
-        rows, cols, value = operator._rows.double(), operator._cols.double(), value.double()
-        gram_rows, gram_cols = rows @ rows.T, cols @ cols.T
-        return value[:, None] * value[None, :] * gram_rows[p][:, p] * gram_cols[q][:, q]
     if operator.is_factored:
         # <Rᵀ C_i S, Rᵀ C_j S> = Σ_pq C_i[p, q] (G_r C_j G_s)[p, q], G_r = R Rᵀ, G_s = S Sᵀ
         rows, core, cols = (t.double() for t in operator._factors)
@@ -90,9 +135,11 @@ def compress(
         energy = 0.999
     with torch.no_grad():
         kernels = operator.kernels.detach().reshape(operator.n_kernels, -1).double().cpu()
-        root_k, vectors_k = _gram_factors(kernels @ kernels.T)
-        root_w, vectors_w = _gram_factors(_weights_gram(operator).cpu())
-        core = (root_k[:, None] * (vectors_k.T @ vectors_w)) * root_w[None, :]
+        root_k, vectors_k = _kernel_factors(kernels)
+        # B = E_kᵀ W: its Gram E_kᵀ G_w E_k = E_b Λ_b E_bᵀ, and C = Λ_k^½ E_b Λ_b^½
+        root_w, vectors_b = _gram_factors(vectors_k.T @ _weights_gram_times(operator, vectors_k))
+        vectors_w = vectors_k @ vectors_b  # (I, ρ): E_k E_b, in place of E_w
+        core = (root_k[:, None] * vectors_b) * root_w[None, :]
         left, singular, right_t = torch.linalg.svd(core)
         squared = singular**2
         total = float(squared.sum())
