@@ -2,8 +2,8 @@
 
 For each side N (default 1024, 2048, 4096) a child process deblurs an N × N image — the
 bundled neuron sample tiled, blurred by a 2 × 2 grid of Gaussians (σ 1–2.5 px) with Poisson
-noise — with the plain call ``psfmap.deblur(image, model)`` (default windows every 32 px:
-31², 63², 127² cells; RL-TV, 20 iterations), and reports:
+noise — with ``psfmap.deblur(image, model, tile=None)``, i.e. in one piece (default windows
+every 32 px: 31², 63², 127² cells; RL-TV, 20 iterations), and reports:
 
 * the time of the PSF map and of the restoration;
 * the child's peak resident memory while it estimates the map and deblurs (everything

@@ -72,7 +72,8 @@ def test_deblur_writes_restored_image(tmp_path, image_file):
                  "-o", str(tiled)]) == 0
     np.testing.assert_allclose(tifffile.imread(tiled), tifffile.imread(whole), rtol=1e-5,
                                atol=1e-5 * float(tifffile.imread(whole).max()))
-    for bad in (["--tile", "0"], ["--overlap", "-3"]):
+    assert main(["deblur", str(image_file), *common, "--tile", "0", "-o", str(whole)]) == 0
+    for bad in (["--tile", "-1"], ["--overlap", "-3"]):
         assert main(["deblur", str(image_file), *common, *bad, "-o",
                      str(tmp_path / "bad.tif")]) == 2
     assert not (tmp_path / "bad.tif").exists()

@@ -29,7 +29,7 @@ EXAMPLE = (
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from psfmap.identify.blind import DEFAULT_ITERATIONS, DEFAULT_OVERLAP, DEFAULT_TV
+    from psfmap.identify.blind import DEFAULT_ITERATIONS, DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_TV
 
     parser = command_parser(
         subparsers,
@@ -58,9 +58,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "fewer kernels, faster (default: no compression)",
     )
     parser.add_argument(
-        "--tile", type=int, default=None, metavar="PIXELS",
-        help="restore each frame in tiles of at most PIXELS x PIXELS (with --overlap px of "
-        "context): memory bounded by the tile, for very large fields (default: one piece)",
+        "--tile", type=int, default=DEFAULT_TILE, metavar="PIXELS",
+        help="restore frames larger than PIXELS x PIXELS in tiles of at most that size (with "
+        f"--overlap px of context): memory bounded by the tile (default {DEFAULT_TILE}; "
+        "0: always one piece)",
     )
     parser.add_argument(
         "--overlap", type=int, default=DEFAULT_OVERLAP, metavar="PIXELS",
@@ -111,8 +112,8 @@ def run(args) -> int:
         raise UsageError(f"--tv must be >= 0, got {args.tv}")
     if args.compress is not None and not 0 < args.compress <= 1:
         raise UsageError(f"--compress must be an energy fraction in (0, 1], got {args.compress}")
-    if args.tile is not None and args.tile < 1:
-        raise UsageError(f"--tile must be >= 1 pixel, got {args.tile}")
+    if args.tile < 0:
+        raise UsageError(f"--tile must be >= 0 pixels (0: one piece), got {args.tile}")
     if args.overlap < 0:
         raise UsageError(f"--overlap must be >= 0 pixels, got {args.overlap}")
     options = window_options(args)
@@ -132,7 +133,7 @@ def run(args) -> int:
 
         def restore(index: int, frame: np.ndarray) -> np.ndarray:
             restored = deblur(frame, iterations=args.iterations, tv=args.tv,
-                              psf_map=maps[index], compress=args.compress, tile=args.tile,
+                              psf_map=maps[index], compress=args.compress, tile=args.tile or None,
                               overlap=args.overlap)
             bar.update(1)
             return restored

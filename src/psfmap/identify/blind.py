@@ -37,6 +37,10 @@ DEFAULT_MODEL = "zernike3"
 # used here, λ = 0.1 costs 3-4 dB on the Table V protocol against 0.01 (benchmarks/RESULTS.md,
 # blind section), so the default is psfmap.restore's λ = 0.01; pass tv=0.1 for the quoted value.
 DEFAULT_ITERATIONS = 20
+# frames larger than this are restored in tiles: on 4096² and 8192² images tiles of 2048 px
+# were faster (35 vs 42 s, 123 vs 199 s) and lighter (1.3 vs 1.8 GB, 2.7 vs 4.7 GB) than one
+# piece, the result within RL-TV's own sensitivity to rounding (benchmarks/RESULTS.md)
+DEFAULT_TILE = 2048
 DEFAULT_OVERLAP = 64
 DEFAULT_TV = RESTORE_DEFAULT_TV
 
@@ -236,7 +240,7 @@ def deblur(
     median: int = 3,
     psf_map: Any = None,
     compress: float | None = None,
-    tile: int | None = None,
+    tile: int | None = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 256,
     return_map: bool = False,
@@ -285,13 +289,14 @@ def deblur(
         L2). On large fields (thousands of cells) it does not pay: the compressed operator
         works on the whole field and is slower than the tiled one (4096²: 7.1 s against
         1.55 s per forward and adjoint). Default: no compression.
-    tile : int, optional
-        Restore each frame in tiles of at most ``tile × tile`` pixels, each with ``overlap``
-        pixels of context on every side, instead of in one piece: the memory then depends on
-        the tile size, not on the frame size. The map is still estimated on the whole frame
-        and every tile is restored with the whole-frame operator restricted to it
+    tile : int or None
+        Restore frames larger than ``tile × tile`` pixels in tiles of at most that size,
+        each with ``overlap`` pixels of context on every side: the memory then depends on the
+        tile size, not on the frame size. The map is still estimated on the whole frame and
+        every tile is restored with the whole-frame operator restricted to it
         (``PSFMap.operator(region=...)``), so the PSF at every pixel is the same; only the
-        solver's view ends at the tile's context border. Default: one piece.
+        solver's view ends at the tile's context border. Default 2048 (smaller frames are
+        restored in one piece); None: always one piece.
     overlap : int
         Context around each tile, in pixels (default 64; see ``benchmarks/RESULTS.md`` for
         the difference from a one-piece restoration).
