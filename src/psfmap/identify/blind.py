@@ -193,19 +193,14 @@ def _restore_frame(
     if scale <= 0:
         raise ValueError("image is all zero; nothing to deblur")
     height, width = frame.shape
-    if tile is None or (height <= tile and width <= tile):
-        boxes = [((0, height, 0, height), (0, width, 0, width))]
-    else:
-        boxes = [(rows, cols) for rows in _tile_bounds(height, tile, overlap)
-                 for cols in _tile_bounds(width, tile, overlap)]
-    psfs = psf_map.psfs() if len(boxes) > 1 else None  # rendered once for all the tiles
+    # one piece: a single tile of the frame's size (its region is the whole field)
+    boxes = [(rows, cols) for rows in _tile_bounds(height, tile or height, overlap)
+             for cols in _tile_bounds(width, tile or width, overlap)]
+    psfs = psf_map.psfs()  # rendered once for all the tiles
     restored = torch.empty_like(frame)
     for (top, bottom, outer_top, outer_bottom), (left, right, outer_left, outer_right) in boxes:
-        if psfs is None:
-            operator = psf_map.operator((height, width))
-        else:
-            region = (outer_top, outer_bottom, outer_left, outer_right)
-            operator = from_psf_grid(psfs, (height, width), region)
+        region = (outer_top, outer_bottom, outer_left, outer_right)
+        operator = from_psf_grid(psfs, (height, width), region)
         if energy is not None:
             operator = compress(operator, energy=energy)
         work = frame[outer_top:outer_bottom, outer_left:outer_right].to(operator.dtype) / scale

@@ -425,13 +425,23 @@ class ProductConvolution(LinearOperator):
             for start in range(0, len(indices), per_batch):
                 yield indices[start : start + per_batch], size, shape, (group, start, per_batch)
 
+    def _tile_samples(self) -> tuple[int, int]:
+        """Values held by all the tiles' spectra (complex) and weights (real), for the cache
+        budgets; counted once per operator."""
+        if "tile_samples" not in self._cache:
+            groups = self._tile_groups()
+            self._cache["tile_samples"] = (
+                sum(len(idx) * s[0] * (s[1] // 2 + 1) for idx, _, s in groups),
+                sum(len(idx) * bh * bw for idx, (bh, bw), _ in groups),
+            )
+        return self._cache["tile_samples"]
+
     def _batch_spectra(self, key, indices, shape, dtype, device) -> torch.Tensor:
         """Corner spectra of the kernels of one batch (cached for the whole group when small)."""
         group, start, per_batch = key
         if self.kernels.requires_grad:
             return corner_spectra(self.kernels[indices].to(device=device, dtype=dtype), shape)
-        total = sum(len(idx) * s[0] * (s[1] // 2 + 1) for idx, _, s in self._tile_groups())
-        if total * 2 * torch.finfo(dtype).bits // 8 > _SPECTRA_CACHE_BYTES:
+        if self._tile_samples()[0] * 2 * torch.finfo(dtype).bits // 8 > _SPECTRA_CACHE_BYTES:
             return corner_spectra(self._kernels_as(dtype, device)[indices], shape)
         spectra = self._cached(
             "group_spectra", dtype, device,
@@ -464,8 +474,7 @@ class ProductConvolution(LinearOperator):
             corners = [(self._supports[i][0], self._supports[i][2]) for i in indices.tolist()]
             return self._batch_weights(indices, dtype, device), corners
 
-        element = torch.finfo(dtype).bits // 8
-        weight_bytes = sum(len(idx) * bh * bw * element for idx, (bh, bw), _ in self._tile_groups())
+        weight_bytes = self._tile_samples()[1] * torch.finfo(dtype).bits // 8
         if self._needs_grad() or weight_bytes > _PLAN_CACHE_BYTES:
             return build()
         return self._cached(("plan", key), dtype, device, build)
