@@ -171,10 +171,14 @@ def collect_patches(
         patches.rejected["saturated"] = int(detection.saturated.sum())
         patches.rejected["detected"] = int(len(detection.positions))
         if len(patches) == 0 and patches.rejected.get("not_isolated", 0) > 0:
+            smallest = 2 * int(np.ceil(3 * psf_sigma)) + 1  # the core, ±3σ
+            hint = (f"; psf_size={psf_size} asks for that much room, a smaller one (down to "
+                    f"{smallest} for psf_sigma={psf_sigma:.2f} px) asks for less"
+                    if psf_size > smallest else "")
             raise ValueError(
                 f"none of the {len(detection.good)} beads in {where} is isolated (all beads are "
                 f"clustered: each has another bead within {psf_size // 2 + 3 * psf_sigma:.0f} px); "
-                "calibration needs isolated beads"
+                f"calibration needs isolated beads{hint}"
             )
         rows, cols = patches.positions[:, 0], patches.positions[:, 1]
         if len(patches) < 3:
