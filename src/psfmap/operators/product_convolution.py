@@ -450,15 +450,15 @@ class ProductConvolution(LinearOperator):
         )
         return spectra[group][start : start + per_batch]
 
-    def _batch_weights(self, indices: torch.Tensor, dtype, device) -> torch.Tensor:
-        """Weights ``(n, bh, bw)`` of a batch of same-size tiles on their boxes."""
+    def _batch_weights(self, indices: torch.Tensor, boxes: list[Box], dtype,
+                       device) -> torch.Tensor:
+        """Weights ``(n, bh, bw)`` of a batch of same-size tiles on their ``boxes``."""
         if not self._all_single:
-            return torch.stack([self._weight(i, self._supports[i], dtype, device)
-                                for i in indices.tolist()])
+            return torch.stack([self._weight(i, box, dtype, device)
+                                for i, box in zip(indices.tolist(), boxes, strict=True)])
         rows, _, cols = self._factors_as(dtype, device)
         p, q, value, _ = self._terms
-        boxes = torch.tensor([self._supports[i] for i in indices.tolist()], device=device)
-        r0, r1, c0, c1 = boxes.unbind(1)
+        r0, r1, c0, c1 = torch.tensor(boxes, device=device).unbind(1)
         height, width = int(r1[0] - r0[0]), int(c1[0] - c0[0])
         row_index = r0[:, None] + torch.arange(height, device=device)
         col_index = c0[:, None] + torch.arange(width, device=device)
@@ -471,8 +471,9 @@ class ProductConvolution(LinearOperator):
         """Weights ``(n, bh, bw)`` of a batch on its boxes and the boxes' top-left corners;
         kept for the next calls while all the weights fit in ``_PLAN_CACHE_BYTES``."""
         def build():
-            corners = [(self._supports[i][0], self._supports[i][2]) for i in indices.tolist()]
-            return self._batch_weights(indices, dtype, device), corners
+            boxes = [self._supports[i] for i in indices.tolist()]
+            corners = [(r0, c0) for r0, _, c0, _ in boxes]
+            return self._batch_weights(indices, boxes, dtype, device), corners
 
         weight_bytes = self._tile_samples()[1] * torch.finfo(dtype).bits // 8
         if self._needs_grad() or weight_bytes > _PLAN_CACHE_BYTES:
