@@ -204,12 +204,18 @@ def _brightness(evaluation: dict, previous: dict | None) -> str:
 def _drawn_over(data: DataConfig, why: bool = True) -> str:
     """How the training parameters were drawn (``why``: with the reason for a margin)."""
     margin = data.param_margin
-    if margin == 0:
-        return "uniform over the family range"
-    text = f"uniform over the family range widened by {margin:.0%} of its span at each end"
-    if why:
-        text += (" (so that estimates near the ends are not pulled towards the middle; the "
-                 "test split samples the family range)")
+    text = "uniform over the family range"
+    if margin:
+        text += f" widened by {margin:.0%} of its span at each end"
+        if why:
+            text += (" (so that estimates near the ends are not pulled towards the middle; the "
+                     "test split samples the family range)")
+    if data.blend_fraction:
+        text += (f"; in {data.blend_fraction:.0%} of the samples two PSFs blended along a linear "
+                 "ramp across the patch, labelled with the parameters mixed by the mean weight")
+        if why:
+            text += (" (a window of a space-variant image sees a changing blur; the test split "
+                     "does not blend)")
     return text
 
 

@@ -175,3 +175,41 @@ def test_parameter_margin_widens_the_training_range_only():
     assert float(widths.min()) >= 0.25 * gaussian.low[0]
     with pytest.raises(ValueError, match="param_margin"):
         PatchGenerator(gaussian, {**config, "param_margin": 0.9})
+
+
+def test_blended_samples_mix_two_blurs_pixel_by_pixel(gaussian1):
+    config = {**SMALL, "mix": {"poi": 1}, "blend_fraction": 0.5}
+    first, second = (PatchGenerator(gaussian1, config, seed=0) for _ in range(2))
+    sharp, names, explicit = first.sharp_crops(3)
+    assert torch.equal(second.sharp_crops(3)[0], sharp)  # both generators at the same state
+    params = torch.tensor([[0.8], [1.5], [2.0]], dtype=torch.float64)
+    psfs = gaussian1(params.float()).float()
+    chosen = torch.tensor([True, False, True])
+    others = torch.tensor([[3.0], [2.5]], dtype=torch.float64)
+    other_psfs = gaussian1(others.float()).float()
+    # a weight of 1 everywhere is the second blur alone, bit for bit (same noise draws)
+    ones = torch.ones(2, 32, 32)
+    mixed = first.render(sharp, params, psfs, names, explicit, blend=(chosen, other_psfs, ones))
+    swapped = psfs.clone()
+    swapped[chosen] = other_psfs
+    plain = second.render(sharp, params, swapped, names, explicit)
+    assert torch.equal(mixed.patches, plain.patches)
+    # labels: the parameters mixed by each ramp's mean weight; unchosen samples unchanged
+    data = PatchGenerator(gaussian1, {**config, "blend_fraction": 1.0}, seed=1)
+    start = data.sample_params(400)
+    labels, (picked, _, weights) = data._blend(start)
+    assert bool(picked.all()) and weights.shape == (400, 32, 32)
+    assert float(weights.min()) >= 0 and float(weights.max()) <= 1
+    mean = weights.mean((-2, -1)).double()[:, None]
+    implied = (labels - (1 - mean) * start) / mean.clamp_min(1e-9)
+    inside = mean[:, 0] > 0.05  # the second parameters behind the labels lie in the range
+    assert float(implied[inside].min()) >= gaussian1.low[0] - 1e-6
+    assert float(implied[inside].max()) <= gaussian1.high[0] + 1e-6
+    assert float(mean.std()) > 0.2  # ramps reach all mixing proportions
+    # the test split never blends; families with an astigmatism axis are refused
+    test = PatchGenerator(gaussian1, {**config, "blend_fraction": 1.0}, split="test")
+    assert bool((test.batch(50).params <= gaussian1.high[0] + 1e-6).all())
+    with pytest.raises(ValueError, match="astigmatism axis"):
+        PatchGenerator(model("zernike3", size=15), config)
+    with pytest.raises(ValueError, match="blend_fraction"):
+        PatchGenerator(gaussian1, {**config, "blend_fraction": 1.5})
