@@ -161,12 +161,37 @@ def test_thin_plate_spline_smooths_noise_and_interpolates_without_smoothing(rng)
     spline = fit_thin_plate_spline(nodes, noisy, scale=200)
     test_points = rng.uniform(20, 180, (400, 2))
     rmse = np.sqrt(np.mean((spline(test_points)[:, 0] - truth(test_points)) ** 2))
-    assert rmse < 0.03  # below the noise level 0.05: GCV smooths
+    assert rmse < 0.03  # below the noise level 0.05: cross-validation smooths
     assert spline.smoothing[0] > 0
     exact = fit_thin_plate_spline(nodes, truth(nodes), smoothing=0.0, scale=200)
     assert np.allclose(exact(nodes)[:, 0], truth(nodes), atol=1e-8)
     with pytest.raises(ValueError, match="collinear"):
         fit_thin_plate_spline(np.column_stack([np.arange(6.0), np.arange(6.0)]), np.ones(6))
+
+
+def test_spline_leave_one_out_score_equals_refitting_without_each_node(rng):
+    nodes = rng.uniform(0, 200, (25, 2))
+    values = np.column_stack([np.sin(nodes[:, 0] / 40), nodes[:, 1] / 100])
+    values = values + 0.05 * rng.standard_normal(values.shape)
+    smoothing = 1e-4
+    spline = fit_thin_plate_spline(nodes, values, smoothing=smoothing, scale=200)
+    held_out = []
+    for n in range(len(nodes)):
+        keep = np.arange(len(nodes)) != n
+        # the same penalty weight μ = N λ on the N - 1 remaining nodes
+        refit = fit_thin_plate_spline(nodes[keep], values[keep], scale=200,
+                                      smoothing=smoothing * len(nodes) / (len(nodes) - 1))
+        held_out.append(values[n] - refit(nodes[n:n + 1])[0])
+    assert np.allclose(spline.cv_score, np.mean(np.square(held_out), axis=0), rtol=1e-6)
+    # the chosen λ minimises that score over the candidates
+    chosen = fit_thin_plate_spline(nodes, values, scale=200)
+    for column in range(2):
+        again = fit_thin_plate_spline(nodes, values[:, column], scale=200,
+                                      smoothing=float(chosen.smoothing[column]))
+        assert again.cv_score[0] == pytest.approx(chosen.cv_score[column], rel=1e-9)
+        other = fit_thin_plate_spline(nodes, values[:, column], scale=200,
+                                      smoothing=10 * float(chosen.smoothing[column]))
+        assert other.cv_score[0] >= chosen.cv_score[column]
 
 
 def test_randomized_svd_matches_the_exact_spectrum(rng):

@@ -7,7 +7,7 @@ IEEE TCI 7 (2021), Section II):
 2. extract clean, isolated, centred, background-free, normalised patches, reject outliers;
 3. eigen-PSFs ``u_i`` by PCA of all patches (I from the explained energy);
 4. for every image ``k`` and component ``i``, a smoothing thin-plate spline of the coefficients
-   at the bead positions (eq. 7, λ by GCV), evaluated on a coarse grid;
+   at the bead positions (eq. 7, λ by leave-one-out cross-validation), evaluated on a coarse grid;
 5. spatial basis ``v_j`` by randomized SVD of the I·K maps (J from the explained energy), and
    ``Γ_k`` = coefficients of image ``k`` on ``u_i ⊗ v_j``.
 """
@@ -253,7 +253,8 @@ def calibrate(
     spatial_rank, spatial_energy, max_spatial :
         Number J of spatial maps, or the explained energy of the I·K maps that chooses it.
     smoothing : float, optional
-        Thin-plate-spline λ (eq. 7) in units of the image size; GCV when omitted.
+        Thin-plate-spline λ (eq. 7) in units of the image size; leave-one-out
+        cross-validation when omitted.
     grid_step : int
         Pixel step of the coarse grid on which the maps are evaluated.
     k, z_max, background_degree :

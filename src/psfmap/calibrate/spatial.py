@@ -8,14 +8,19 @@ eq. 7)
 
 whose solution is ``g(x) = Σ_n a_n φ(|x − x_n|) + b_0 + b_1 x + b_2 y`` with
 ``φ(r) = r² log r`` and ``(K + Nλ I) a + P b = c``, ``Pᵀ a = 0``. Writing ``P = Q R`` with
-``Q = [Q_1 Q_2]``, ``M = Q_2ᵀ K Q_2 = V diag(e) Vᵀ`` and ``μ = Nλ``, the residual is
-``c − g(x) = μ Q_2 (M + μ I)⁻¹ Q_2ᵀ c``, so the generalised cross-validation score
+``Q = [Q_1 Q_2]``, ``M = Q_2ᵀ K Q_2 = V diag(e) Vᵀ``, ``W = Q_2 V`` and ``μ = Nλ``, the
+residual is ``r = c − g(x) = (I − H) c = W diag(μ / (e + μ)) z`` with ``z = Wᵀ c``, and
+``(I − H)_nn = Σ_k W_nk² μ / (e_k + μ)``. Refitting without bead ``n`` leaves it the residual
+``r_n / (I − H)_nn``, so the exact leave-one-out score
 
-    GCV(μ) = N Σ_k (μ / (e_k + μ))² z_k²  /  (Σ_k μ / (e_k + μ))²,     z = Vᵀ Q_2ᵀ c
+    CV(μ) = (1/N) Σ_n ( r_n / (I − H)_nn )²
 
-costs nothing once ``M`` is diagonalised: λ is chosen on a log grid (Wahba, *Spline models
-for observational data*, 1990). The maps are evaluated on a coarse grid and interpolated
-bicubically to the image size.
+costs O(N²) per candidate once ``M`` is diagonalised: λ is chosen on a log grid (Wahba,
+*Spline models for observational data*, 1990, §4). Generalised cross-validation replaces
+every ``(I − H)_nn`` by their mean; with a few dozen unevenly spread beads that picked λ too
+small for some coefficients, whose maps then followed bead-to-bead scatter (30 beads through
+a multimode fibre, benchmarks/RESULTS.md), so the exact score is used. The maps are
+evaluated on a coarse grid and interpolated bicubically to the image size.
 
 The ``I·K`` coarse maps are then stacked as rows of a matrix whose randomized SVD
 (Halko, Martinsson & Tropp, SIAM Review 2011) gives the spatial basis ``v_j``; with ``u_i``
@@ -53,7 +58,7 @@ class ThinPlateSpline:
     polynomial: np.ndarray  # (3, C)
     scale: float
     smoothing: np.ndarray  # (C,) the λ used for each column
-    gcv: np.ndarray  # (C,) GCV score at that λ
+    cv_score: np.ndarray  # (C,) leave-one-out score at that λ
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Values ``(P, C)`` at ``points (P, 2)`` given in pixels."""
@@ -87,7 +92,8 @@ def fit_thin_plate_spline(
     values : ndarray (N,) or (N, C)
         Values to smooth (each column gets its own λ).
     smoothing : float, optional
-        The λ of eq. 7 (in units of the scaled coordinates); chosen by GCV when omitted.
+        The λ of eq. 7 (in units of the scaled coordinates); chosen by leave-one-out
+        cross-validation when omitted.
     scale : float
         Positions are divided by ``scale`` (use the image size so coordinates are in [0, 1]).
     """
@@ -115,28 +121,35 @@ def fit_thin_plate_spline(
         )
     eigenvalues, eigenvectors = eigenvalues_t.numpy(), eigenvectors_t.numpy()
     eigenvalues = np.maximum(eigenvalues, 0.0)
-    projected = eigenvectors.T @ (q2.T @ values)  # (N-3, C)
+    basis = q2 @ eigenvectors  # W, (N, N-3)
+    projected = basis.T @ values  # z, (N-3, C)
     top = max(float(eigenvalues.max()), 1e-12)
     if smoothing is None:
         mus = np.logspace(np.log10(top) - 9, np.log10(top) + 3, n_candidates)
-        ratio = mus[:, None] / (eigenvalues[None, :] + mus[:, None])  # (L, N-3)
-        residual = np.einsum("lk,kc->lc", ratio**2, projected**2)
-        trace = ratio.sum(axis=1)
-        scores = n * residual / trace[:, None] ** 2  # (L, C)
+        scores = _leave_one_out(basis, eigenvalues, projected, mus)  # (L, C)
         best = np.argmin(scores, axis=0)
         mu = mus[best]
-        gcv = scores[best, np.arange(values.shape[1])]
+        cv_score = scores[best, np.arange(values.shape[1])]
     else:
         smoothing = check_positive(smoothing, "smoothing", allow_zero=True)
         mu = np.full(values.shape[1], n * float(smoothing))
-        ratio = mu[None, :] / (eigenvalues[:, None] + mu[None, :] + 1e-300)
-        gcv = n * (ratio**2 * projected**2).sum(0) / np.maximum(ratio.sum(0) ** 2, 1e-300)
+        cv_score = _leave_one_out(basis, eigenvalues, projected, mu[:1])[0]
     # a = Q2 V diag(1 / (e + μ)) z, per column
     coefficients = projected / (eigenvalues[:, None] + mu[None, :] + 1e-300 * top)
     weights = q2 @ (eigenvectors @ coefficients)
     fitted_kernel = kernel @ weights
     polynomial = np.linalg.solve(r[:3, :3], q1.T @ (values - fitted_kernel - mu[None] * weights))
-    return ThinPlateSpline(nodes, weights, polynomial, float(scale), mu / n, gcv)
+    return ThinPlateSpline(nodes, weights, polynomial, float(scale), mu / n, cv_score)
+
+
+def _leave_one_out(basis: np.ndarray, eigenvalues: np.ndarray, projected: np.ndarray,
+                   mus: np.ndarray) -> np.ndarray:
+    """Exact leave-one-out scores ``(L, C)`` of every column at every ``μ`` (module
+    docstring)."""
+    ratio = mus[:, None] / (eigenvalues[None, :] + mus[:, None] + 1e-300)  # (L, N-3)
+    residuals = np.einsum("nk,lkc->lnc", basis, ratio[:, :, None] * projected[None])
+    leverage = np.einsum("nk,lk->ln", basis**2, ratio)  # diagonal of I - H
+    return ((residuals / np.maximum(leverage, 1e-12)[:, :, None]) ** 2).mean(axis=1)
 
 
 def coarse_grid(image_shape: tuple[int, int], step: int = 16) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--psf-sigma", type=float, help="PSF scale in px (estimated if omitted)")
     parser.add_argument("--eigen", type=int, help="number I of eigen-PSFs (default: spectrum)")
     parser.add_argument("--spatial", type=int, help="number J of spatial maps (default: spectrum)")
-    parser.add_argument("--smoothing", type=float, help="thin-plate-spline λ (default: GCV)")
+    parser.add_argument("--smoothing", type=float,
+                        help="thin-plate-spline λ (default: leave-one-out cross-validation)")
     parser.add_argument(
         "--threshold", type=float, default=6.0, help="detection threshold k in median + k·MAD"
     )
