@@ -228,8 +228,8 @@ class ProductConvolution(LinearOperator):
     # ------------------------------------------------------------------ supports and costs
     def _weight_supports(self) -> list[Box]:
         if self._rows is not None:
-            row_start, row_stop = _term_spans(self._rows, self._used_profiles(0))
-            col_start, col_stop = _term_spans(self._cols, self._used_profiles(1))
+            row_start, row_stop = self._profile_spans(0)
+            col_start, col_stop = self._profile_spans(1)
         else:
             nonzero = self._dense_weights != 0
             row_any, col_any = nonzero.any(dim=2), nonzero.any(dim=1)
@@ -247,17 +247,15 @@ class ProductConvolution(LinearOperator):
                                              col_start.tolist(), col_stop.tolist(),
                                              empty.tolist())]
 
-    def _used_profiles(self, axis: int) -> torch.Tensor:
-        """``(I, P)`` (axis 0, rows) or ``(I, Q)`` (axis 1, columns): profiles each term uses."""
+    def _profile_spans(self, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support span of every term's weight along rows (axis 0) or columns (axis 1)."""
         profiles = self._rows if axis == 0 else self._cols
-        if self._all_single:
-            index = self._terms[axis]
-            used = torch.zeros(len(index), profiles.shape[0], dtype=torch.bool,
-                               device=index.device)
-            used[torch.arange(len(index), device=index.device), index] = True
-            return used
-        core = self._factors[1]
-        return core.abs().sum(dim=2 - axis) > 0
+        if self._all_single:  # one profile per term: its own span
+            start, stop = _spans(profiles != 0)
+            index = self._terms[axis].to(start.device)
+            return start[index], stop[index]
+        used = self._factors[1].abs().sum(dim=2 - axis) > 0  # (I, P) or (I, Q)
+        return _term_spans(profiles, used)
 
     def _tile_fft_shape(self, box: Box) -> tuple[int, int]:
         h, w = self.kernel_shape
