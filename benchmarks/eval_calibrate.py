@@ -233,14 +233,14 @@ def multimode_fibre(data: Path) -> None:
     for psf_sigma in (estimate_psf_sigma(image), 3.0):
         (patches,) = collect_patches([image], psf_size=psf_size, psf_sigma=psf_sigma)
         count = len(patches)
+        others = [np.arange(count) != bead for bead in range(count)]  # leave-one-out folds
         print(f"## real data: multimode fibre beads {image.shape}, psf_sigma {psf_sigma:.2f} px, "
               f"patches {psf_size}², {count} clean beads; leave-one-bead-out prediction, "
               "relative L2 patch error (median / mean):")
         for n_eigen in (None, 1, 2, 4, 6):
             errors, ranks = [], set()
-            for bead in range(count):
-                family = fit_family([patches.select(np.arange(count) != bead)], image.shape,
-                                    n_eigen=n_eigen)
+            for bead, keep in enumerate(others):
+                family = fit_family([patches.select(keep)], image.shape, n_eigen=n_eigen)
                 predicted = family.psfs_at(family.gammas[0].numpy(),
                                            patches.positions[bead:bead + 1])
                 errors.append(relative_errors(predicted, patches.patches[bead:bead + 1])[0])
@@ -248,7 +248,6 @@ def multimode_fibre(data: Path) -> None:
             label = "automatic" if n_eigen is None else f"I = {n_eigen}"
             print(f"  family, {label:9s} {np.median(errors):.4f} / {np.mean(errors):.4f}"
                   f"  (I, J over the folds: {sorted(ranks)})")
-        others = [np.arange(count) != bead for bead in range(count)]
         invariant = [relative_errors(patches.patches[keep].mean(axis=0)[None],
                                      patches.patches[bead:bead + 1])[0]
                      for bead, keep in enumerate(others)]
