@@ -136,3 +136,18 @@ def test_model_based_fit_recovers_zernike3_params():
     patches = 50 * family(torch.from_numpy(true)).numpy() + 3.0
     fitted = fit_psf_params(patches, family, steps=(9, 7, 12), refine=2)
     np.testing.assert_allclose(astigmatic_depth(fitted), astigmatic_depth(true), atol=0.03)
+
+
+def test_image_parameters_take_the_median_across_the_axis_wrap():
+    from psfmap.depth import _image_params
+    from psfmap.operators.psf_map import PSFMap
+
+    family = psfmap.psf.model("zernike3", size=9)
+    axes = np.array([0.03, np.pi - 0.02, 0.05, np.pi - 0.04, 1.5])  # last cell invalid
+    params = np.stack([np.full(5, 0.2), np.full(5, 0.1), axes], 1).reshape(1, 5, 3)
+    validity = np.array([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    median = _image_params(PSFMap(family, params, (16, 80), validity=validity))
+    # the four valid cells are all nearly horizontal: so is their median (a plain median of
+    # the numbers would give (0.05 + π − 0.04) / 2 ≈ π/2, vertical)
+    assert min(median[2], np.pi - median[2]) < 0.05
+    np.testing.assert_allclose(median[:2], [0.2, 0.1], atol=2e-3)

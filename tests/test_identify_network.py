@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.network import PSFRegressor, periodic_pairs
+from psfmap.identify.network import PSFRegressor
 from psfmap.identify.training import (
     CHECKPOINT_VERSION,
     TrainConfig,
@@ -52,9 +52,9 @@ def test_periodic_encoding_roundtrip_and_wrap():
 
 def test_periodic_pairs_detection():
     family = model("zernike3", size=15)
-    assert periodic_pairs(family.names, family.low, family.high) == [[1, 2]]
+    assert family.periodic == [[1, 2]]
     g2 = model("gaussian2", size=15)
-    assert periodic_pairs(g2.names, g2.low, g2.high) == []
+    assert g2.periodic == []
 
 
 def test_loss_eq11_ignores_parameters_of_invalid_samples():

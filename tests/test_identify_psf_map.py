@@ -197,3 +197,36 @@ def test_psf_estimator_psf_map_method():
     psf_map = estimator.psf_map(_ramp_image(48, 64), window=16, stride=16)
     assert isinstance(psf_map, PSFMap) and psf_map.grid == (3, 4)
     assert np.all((psf_map.params >= family.low) & (psf_map.params <= family.high))
+
+
+class AxisEstimator:
+    """Stand-in zernike3 estimator: horizontal astigmatism whose axis reads just above 0 in
+    bright patches and just below π in dark ones (the same PSF, on both sides of the wrap)."""
+
+    def __init__(self):
+        self.family = psfmap.psf.model("zernike3", size=9)
+        self.patch_size = 16
+
+    def predict(self, patches):
+        tensor = torch.as_tensor(patches, dtype=torch.float64)
+        bright = tensor.mean(dim=(-2, -1)) > 0.5
+        axis = torch.where(bright, 0.04, np.pi - 0.04)
+        params = torch.stack([torch.full_like(axis, 0.1), torch.full_like(axis, 0.2), axis], 1)
+        validity = (tensor.flatten(1).std(dim=1) > 1e-3).to(torch.float64)
+        return params, validity
+
+
+def test_astigmatism_axis_is_pooled_filled_and_filtered_across_its_wrap():
+    rng = np.random.default_rng(3)
+    image = 0.05 * rng.standard_normal((64, 64))
+    image += np.where((np.arange(64) // 8) % 2 == 0, 0.2, 0.8)[None, :]  # stripes of brightness
+    image[:16, :16] = 0.5  # one flat, invalid corner, filled from both kinds of neighbours
+    for window, median in ((16, 3), (32, 0)):  # median filter; sub-patch pooling
+        psf_map = estimate_psf_map(AxisEstimator(), image, window=window, stride=8,
+                                   median=median)
+        axis = np.asarray(psf_map.params)[..., 2]
+        # every cell stays horizontal (within the two readings); a number average gives π/2
+        assert np.all(np.minimum(axis, np.pi - axis) <= 0.04 + 1e-5), axis
+        np.testing.assert_allclose(np.asarray(psf_map.params)[..., 1], 0.2, atol=0.01)
+    resampled = resample_params(psf_map, (5, 5))
+    assert np.all(np.minimum(resampled[..., 2], np.pi - resampled[..., 2]) <= 0.04 + 1e-5)

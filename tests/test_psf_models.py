@@ -171,3 +171,30 @@ def test_undersampled_camera_integrates_pixels():
 def test_bad_input_raises_clear_errors(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+def test_linear_coordinates_of_the_astigmatism_axis():
+    family = psf.model("zernike3", size=15)
+    params = np.array([[0.1, 0.2, 0.05], [0.3, 0.0, 0.0], [0.2, 0.25, np.pi - 0.05],
+                       [0.0, 0.1, 1.5]])
+    linear = family.to_linear(params)
+    # Noll a6 = C cos 2φ, a5 = C sin 2φ: the coefficients the PSF is rendered from
+    np.testing.assert_allclose(linear[:, 1], params[:, 1] * np.cos(2 * params[:, 2]))
+    np.testing.assert_allclose(linear[:, 2], params[:, 1] * np.sin(2 * params[:, 2]))
+    np.testing.assert_allclose(linear[:, 0], params[:, 0])
+    back = family.from_linear(linear)
+    np.testing.assert_allclose(back[[0, 2, 3]], params[[0, 2, 3]], atol=1e-12)
+    np.testing.assert_allclose(back[1, :2], params[1, :2])  # no cylinder: any axis
+    # two nearly horizontal axes average to a horizontal one, not to a vertical one
+    mean = family.from_linear(linear[[0, 2]].mean(0))
+    assert min(mean[2], np.pi - mean[2]) < 0.06
+    # Gaussian and defocus-only families: identity
+    for name in ("gaussian1", "gaussian2", "zernike1"):
+        other = psf.model(name, size=15)
+        values = other.sample(5, dtype=torch.float64).numpy()
+        np.testing.assert_array_equal(other.to_linear(values), values)
+        np.testing.assert_array_equal(other.from_linear(values), values)
+    # an axis range other than one period is not periodic: left as a number
+    bounded = psf.model("zernike3", size=15, high=(0.4, 0.3, 1.0))
+    assert bounded.periodic == []
+    np.testing.assert_array_equal(bounded.to_linear(params), params)

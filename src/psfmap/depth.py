@@ -185,14 +185,16 @@ def best_axis_offset(params: np.ndarray, z_um: np.ndarray, steps: int = 36) -> f
 
 
 def _image_params(psf_map) -> np.ndarray:
-    """Validity-weighted median of the parameters of a map's valid cells -> (3,)."""
-    params = np.asarray(psf_map.params, dtype=np.float64).reshape(-1, 3)
+    """Median parameters of a map's valid cells -> (3,), taken over the Noll coefficients
+    (:meth:`~psfmap.psf.PSFFamily.to_linear`: the astigmatism axis is periodic)."""
+    family = psf_map.family
+    linear = family.to_linear(psf_map.params).reshape(-1, 3)
     validity = psf_map.validity
-    if validity is None:
-        return np.median(params, axis=0)
-    validity = np.asarray(validity, dtype=np.float64).reshape(-1)
-    valid = validity >= VALIDITY_THRESHOLD
-    return np.median(params[valid], axis=0) if valid.any() else np.full(3, np.nan)
+    if validity is not None:
+        linear = linear[np.asarray(validity, dtype=np.float64).reshape(-1) >= VALIDITY_THRESHOLD]
+    if not len(linear):
+        return np.full(3, np.nan)
+    return family.from_linear(np.median(linear, axis=0))
 
 
 def calibrate_depth(

@@ -43,16 +43,6 @@ DEFAULT_NETWORK = {
 }
 
 
-def periodic_pairs(names: Sequence[str], low: Sequence[float], high: Sequence[float]) -> list:
-    """``[[magnitude_column, angle_column]]`` for astigmatism (cylinder, axis over one period π)."""
-    names = list(names)
-    if "cylinder" in names and "axis" in names:
-        axis = names.index("axis")
-        if math.isclose(float(high[axis]) - float(low[axis]), math.pi, rel_tol=1e-6):
-            return [[names.index("cylinder"), axis]]
-    return []
-
-
 class PhysicsFeatures(nn.Module):
     """Patch ``(B, p, p)`` -> trunk channels ``(B, 3, p, p)`` and polar features ``(B, R·S)``.
 

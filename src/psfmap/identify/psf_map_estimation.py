@@ -148,7 +148,9 @@ def estimate_psf_map(
 
         θ = Σ_j v_j θ_j / Σ_j v_j,    v = mean_j v_j
 
-    (validity-weighted parameters ``θ_j``, mean validity ``v_j``). Cells with ``v < threshold``,
+    (validity-weighted parameters ``θ_j``, mean validity ``v_j``; an astigmatism axis is
+    averaged, filled and filtered through its Noll coefficients, see
+    :meth:`~psfmap.psf.PSFFamily.to_linear`, since it is periodic). Cells with ``v < threshold``,
     and flat windows, are invalid and filled by :func:`fill_invalid` (inverse-distance
     weighted four-neighbour averaging, Shajkofci & Liebling, IEEE TIP 2020); a ``median``
     filter of the parameter grid follows when asked.
@@ -270,7 +272,11 @@ def estimate_psf_map(
     deviation = torch.cat(deviation_list).numpy().reshape(gy, gx, k * k)
     validity = np.where(deviation <= FLAT_TOLERANCE * max(spread, 1e-30), 0.0, validity)
     weights = validity + 1e-12
-    cell_params = (weights[..., None] * params).sum(2) / weights.sum(2)[..., None]
+    # pooled, filled and filtered as Noll coefficients (PSFFamily.to_linear): an astigmatism
+    # axis is periodic and would average wrongly as a number
+    family = estimator.family
+    linear = family.to_linear(params)
+    cell_params = (weights[..., None] * linear).sum(2) / weights.sum(2)[..., None]
     cell_validity = validity.mean(2)
     valid = cell_validity >= threshold
     if not valid.any():
@@ -279,15 +285,12 @@ def estimate_psf_map(
             f"(largest validity {cell_validity.max():.2f} < {threshold}); a constant or "
             "empty image cannot be analysed"
         )
-    filled = fill_invalid(cell_params, valid)
-    filled = median_filter_grid(filled, median)
-    low = np.asarray(estimator.family.low, dtype=np.float64)
-    high = np.asarray(estimator.family.high, dtype=np.float64)
-    filled = np.clip(filled, low, high)
+    filled = family.from_linear(median_filter_grid(fill_invalid(cell_params, valid), median))
+    filled = np.clip(filled, family.low, family.high)
 
     spacing_y, spacing_x = height / gy, width / gx
     metadata = {
-        "model": str(getattr(estimator.family, "name", "unknown")),
+        "model": str(getattr(family, "name", "unknown")),
         "window": int(window),
         "stride": [float(spacing_y), float(spacing_x)],
         "grid": [int(gy), int(gx)],
@@ -301,7 +304,7 @@ def estimate_psf_map(
         "n_valid": int(valid.sum()),
     }
     return PSFMap(
-        estimator.family,
+        family,
         filled,
         (height, width),
         validity=cell_validity,
@@ -313,7 +316,8 @@ def resample_params(psf_map, grid: tuple[int, int]) -> np.ndarray:
     """Parameters of ``psf_map`` at the cell centres of a ``grid`` over the same image.
 
     Bilinear between the map's cell centres and constant beyond the outer ones (the weights
-    of :func:`psfmap.operators.from_psf_grid`), so a true map can be compared cell by cell
+    of :func:`psfmap.operators.from_psf_grid`; astigmatism through its Noll coefficients,
+    :meth:`~psfmap.psf.PSFFamily.to_linear`), so a true map can be compared cell by cell
     with an estimated one on another grid. Returns ``(gy, gx, N)``.
     """
     height, width = psf_map.image_shape
@@ -321,7 +325,7 @@ def resample_params(psf_map, grid: tuple[int, int]) -> np.ndarray:
     rows, cols = psf_map.centres
     new_rows = (np.arange(gy) + 0.5) * height / gy
     new_cols = (np.arange(gx) + 0.5) * width / gx
-    params = np.asarray(psf_map.params, dtype=np.float64)
+    params = psf_map.family.to_linear(psf_map.params)
     along_rows = np.stack(
         [[np.interp(new_rows, rows, params[:, c, k]) for c in range(params.shape[1])]
          for k in range(params.shape[2])]
@@ -330,4 +334,4 @@ def resample_params(psf_map, grid: tuple[int, int]) -> np.ndarray:
         [[np.interp(new_cols, cols, along_rows[k, :, r]) for r in range(gy)]
          for k in range(params.shape[2])]
     )  # (N, gy, gx)
-    return np.moveaxis(out, 0, -1)
+    return psf_map.family.from_linear(np.moveaxis(out, 0, -1))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from psfmap._container import atomic_write, check_version
-from psfmap.identify.network import DEFAULT_NETWORK, PSFRegressor, periodic_pairs
+from psfmap.identify.network import DEFAULT_NETWORK, PSFRegressor
 from psfmap.identify.training_data import DataConfig, PatchGenerator
 from psfmap.psf import PSFFamily, model, model_from_config
 
@@ -156,7 +156,7 @@ class TrainConfig:
         network = {**DEFAULT_NETWORK, **out.network}
         network["patch_size"] = out.data["patch_size"]
         network["n_params"] = family.n_params
-        network["periodic"] = periodic_pairs(family.names, family.low, family.high)
+        network["periodic"] = family.periodic
         out.network = network
         if out.steps < 1 or out.batch_size < 2:
             raise ValueError(f"steps must be >= 1 and batch_size >= 2, got {out.steps}, "

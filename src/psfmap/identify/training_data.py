@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap.identify.network import periodic_pairs
 from psfmap.io import to_grey
 from psfmap.psf import PSFFamily
 
@@ -437,7 +436,7 @@ class PatchGenerator:
         elif isinstance(config, Mapping):
             config = DataConfig.from_dict(config)
         config.validate()
-        if config.blend_fraction > 0 and periodic_pairs(family.names, family.low, family.high):
+        if config.blend_fraction > 0 and family.periodic:
             raise ValueError(
                 f"blend_fraction needs parameters that mix linearly; {family.name!r} has an "
                 "astigmatism axis"
@@ -555,7 +554,7 @@ class PatchGenerator:
         low, high = family.low - margin * span, family.high + margin * span
         if family.kind == "gaussian":
             low = np.maximum(low, 0.25 * family.low)
-        for column in {c for pair in periodic_pairs(family.names, family.low, family.high)
+        for column in {c for pair in family.periodic
                        for c in pair}:
             low[column], high[column] = family.low[column], family.high[column]
         return family.sample(n, self.generator, dtype=torch.float64, bounds=(low, high))

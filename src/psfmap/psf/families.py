@@ -198,6 +198,43 @@ class PSFFamily:
         span = torch.as_tensor(self.high - self.low, dtype=unit.dtype, device=unit.device)
         return low + unit * span
 
+    @property
+    def periodic(self) -> list:
+        """``[[cylinder, axis]]`` column pairs whose axis spans one period π (else ``[]``)."""
+        if "cylinder" in self.names and "axis" in self.names:
+            axis = self.names.index("axis")
+            if np.isclose(self.high[axis] - self.low[axis], np.pi, rtol=1e-6, atol=0.0):
+                return [[self.names.index("cylinder"), axis]]
+        return []
+
+    def to_linear(self, params: Any) -> np.ndarray:
+        r"""Parameters ``(..., N)`` -> coordinates in which they can be averaged ``(..., N)``.
+
+        An astigmatism axis is periodic (φ and φ + π are the same PSF), so averaging, median
+        filtering or interpolating it as a number is wrong near the wrap: cells at 0.05 and
+        π − 0.05 rad, both nearly horizontal, average to a vertical axis. Each periodic
+        (cylinder ``C``, axis ``φ``) pair is therefore replaced by the Noll coefficients
+        ``(a6, a5) = (C cos 2φ, C sin 2φ)``, linear in the pupil phase, so a mean of
+        coefficients is the phase of the mean aberration. Other columns are unchanged
+        (identity for Gaussian and defocus-only families). :meth:`from_linear` inverts it.
+        """
+        values = np.array(params, dtype=np.float64, copy=True)
+        for magnitude, angle in self.periodic:
+            cylinder, axis = values[..., magnitude].copy(), values[..., angle].copy()
+            values[..., magnitude] = cylinder * np.cos(2 * axis)
+            values[..., angle] = cylinder * np.sin(2 * axis)
+        return values
+
+    def from_linear(self, values: Any) -> np.ndarray:
+        """Inverse of :meth:`to_linear`: ``C = |(a6, a5)|``, ``φ`` back in ``[low, low + π)``."""
+        params = np.array(values, dtype=np.float64, copy=True)
+        for magnitude, angle in self.periodic:
+            cosine, sine = params[..., magnitude].copy(), params[..., angle].copy()
+            low = float(self.low[angle])
+            params[..., magnitude] = np.hypot(cosine, sine)
+            params[..., angle] = low + np.remainder(0.5 * np.arctan2(sine, cosine) - low, np.pi)
+        return params
+
     def config(self) -> dict[str, Any]:
         """JSON-able description; :func:`model_from_config` rebuilds the family."""
         return {
