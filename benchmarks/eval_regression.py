@@ -13,7 +13,7 @@ inference speed on 169 patches of 64² against a reference in the same process: 
 
 Usage::
 
-    python benchmarks/eval_regression.py [--samples 10000] [--models gaussian1,...] [--quick]
+    python benchmarks/eval_regression.py [--samples 10000] [--models gaussian1,...] [--window 128]
 """
 
 from __future__ import annotations
@@ -52,16 +52,22 @@ def _r2(estimator, true, predicted, mask):
     return float(np.mean(values)), [float(v) for v in values]
 
 
-def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None = None) -> dict:
+def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None = None,
+              window: int | None = None) -> dict:
     """R² per data type on ``samples`` held-out patches per type (truly valid ones).
 
     The noise is drawn as in the model's training data; ``photons`` replaces its peak photon
-    range (to compare models trained on different ranges on one test set).
+    range (to compare models trained on different ranges on one test set). ``window`` draws
+    larger test patches (their validity a0 judged on the whole window), which
+    ``PSFEstimator.predict`` cuts into patches of the network's size and pools, as the
+    windows of a PSF map are (e.g. 128², the papers' patch size).
     """
     rows = {}
     config = dict(estimator.config["data"])
     if photons is not None:
         config["photons"] = list(photons)
+    if window is not None:
+        config["patch_size"] = int(window)
     # micr_bundled: only the package's own sample (no ../shared/data), held-out rows
     for source in SOURCES + ("micr_bundled",):
         mix = {source.split("_")[0]: 1.0}
@@ -241,6 +247,9 @@ def main(argv=None) -> int:
     parser.add_argument("--test-photons", default=None, metavar="LOW,HIGH",
                         help="peak photon range of the Table III test (default: each model's "
                              "training range)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="side of the Table III test patches (default: the model's patch "
+                             "size; larger ones are pooled from patches of that size)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     photons = None if args.test_photons is None else tuple(
@@ -251,8 +260,10 @@ def main(argv=None) -> int:
         estimator = (PSFEstimator.pretrained(name) if args.weights is None
                      else PSFEstimator.load(f"{args.weights}/{name}.pt", model=name))
         started = time.perf_counter()
-        entry = {"table_iii": table_iii(estimator, args.samples, photons=photons),
-                 "robustness": robustness(estimator, args.robust_samples),
+        entry = {"table_iii": table_iii(estimator, args.samples, photons=photons,
+                                        window=args.window),
+                 "robustness": (robustness(estimator, args.robust_samples)
+                                if args.robust_samples > 0 else {}),
                  "speed": speed(estimator)}
         entry["eval_seconds"] = round(time.perf_counter() - started, 1)
         results[name] = entry

@@ -184,6 +184,9 @@ def main() -> None:
     parser.add_argument("--tv", default="0.1,0.01")
     parser.add_argument("--weights", default=None,
                         help="folder with <model>.pt weights (default: the shipped models)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="window side of the blind map (default: the model's patch size; "
+                             "larger windows average patches)")
     parser.add_argument("--stride", type=int, default=None,
                         help="window step of the blind map (default: psfmap.estimate's)")
     parser.add_argument("--median", type=int, default=3, help="median filter of the blind map")
@@ -217,7 +220,7 @@ def main() -> None:
             )
             start = time.perf_counter()
             try:
-                psf_map = psfmap.estimate(blurred, estimator, stride=args.stride,
+                psf_map = psfmap.estimate(blurred, estimator, args.window, args.stride,
                                           median=args.median)
             except ValueError as error:  # every window judged textureless: count it
                 failures.append(str(error))
@@ -259,7 +262,7 @@ def main() -> None:
         saved[label] = {"sources": sources, **{
             f"{method} | tv={tv:g}": np.asarray(values).tolist()
             for (method, tv), values in results.items()}}
-        print(f"{label}: PSF map {np.mean(timings):.2f} s per image (median-3 filter, "
+        print(f"{label}: PSF map {np.mean(timings):.2f} s per image (median-{args.median} filter, "
               f"{psf_map.grid[0]}x{psf_map.grid[1]} windows); {len(timings)} images, "
               f"{len(failures)} with no valid window (left out of every column)")
         sources = np.asarray(sources)

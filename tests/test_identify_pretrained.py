@@ -79,3 +79,28 @@ def test_predict_accepts_numpy_and_single_patches(estimator):
     assert np.ndim(validity) == 0 and params.dtype == np.float32
     low, high = estimator.family.low, estimator.family.high
     assert np.all((params >= low - 1e-6) & (params <= high + 1e-6))
+
+
+def test_predict_pools_larger_windows_like_the_psf_map(estimator):
+    p = estimator.patch_size
+    data = PatchGenerator(estimator.family, {**estimator.config["data"], "shared_data": False,
+                                             "invalid_fraction": 0.0, "patch_size": 2 * p + 16},
+                          seed=5, split="test")
+    windows = data.batch(3).patches.double()
+    params, validity = estimator.predict(windows)
+    assert params.shape == (3, estimator.family.n_params) and validity.shape == (3,)
+    # one window over the whole image: the map's single cell is the same estimate
+    for window, expected, score in zip(windows, params, validity):
+        psf_map = estimator.psf_map(window.numpy(), window=2 * p + 16, grid=(1, 1))
+        np.testing.assert_allclose(np.asarray(psf_map.params)[0, 0], expected.numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(psf_map.validity[0, 0], float(score), atol=1e-6)
+    # a window made of copies of one patch gives that patch's estimate
+    tiled = windows[:, :p, :p].repeat(1, 2, 2)
+    single, single_validity = estimator.predict(windows[:, :p, :p])
+    pooled, pooled_validity = estimator.predict(tiled)
+    np.testing.assert_allclose(pooled.numpy(), single.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled_validity.numpy(), single_validity.numpy(), atol=1e-6)
+    for shape in ((2, p - 1, p - 1), (2, p, p + 1), (2, 2, p, p)):
+        with pytest.raises(ValueError, match="patches must have shape"):
+            estimator.predict(torch.ones(shape))

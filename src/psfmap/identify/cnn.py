@@ -25,10 +25,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from psfmap._validation import ArrayKind, as_tensor, check_finite, describe
 from psfmap.identify.network import PSFRegressor
+from psfmap.identify.psf_map_estimation import pool_patches, subpatch_offsets
 from psfmap.identify.training import load_checkpoint
 from psfmap.psf import PSFFamily, model_from_config
 
@@ -119,9 +121,14 @@ class PSFEstimator:
 
         Parameters
         ----------
-        patches : array or tensor (B, p, p) or (p, p)
-            Raw image patches of side ``patch_size`` (any intensity scale: each patch is
-            normalised to zero mean and unit variance).
+        patches : array or tensor (B, w, w) or (w, w)
+            Raw image patches (any intensity scale: each patch is normalised to zero mean and
+            unit variance) of side ``w = patch_size``, or windows of any larger side ``w``:
+            a window is cut into ``⌈w / p⌉²`` patches of the network's side ``p`` (evenly
+            spread, overlapping when ``w`` is not a multiple of ``p``) whose estimates are
+            averaged, weighted by their validity (astigmatism through its Noll
+            coefficients, :meth:`~psfmap.psf.PSFFamily.to_linear`), as the windows of
+            :meth:`psf_map` are; the validity is the patches' mean.
         batch_size : int
             Patches per forward pass.
 
@@ -140,15 +147,20 @@ class PSFEstimator:
         if single:
             tensor = tensor[None]
         p = self.patch_size
-        if tensor.ndim != 3 or tuple(tensor.shape[-2:]) != (p, p):
+        side = tensor.shape[-1] if tensor.ndim == 3 else -1
+        if tensor.ndim != 3 or tensor.shape[-2] != side or side < p:
             raise ValueError(
-                f"patches must have shape (B, {p}, {p}) for this model, got "
-                f"{tuple(tensor.shape if not single else tensor.shape[1:])}"
+                f"patches must have shape (B, {p}, {p}) for this model (or (B, w, w) with "
+                f"w > {p}), got {tuple(tensor.shape if not single else tensor.shape[1:])}"
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         device = tensor.device
         inputs = tensor.to(dtype=torch.float32, device="cpu")
+        offsets = subpatch_offsets(side, p)
+        if len(offsets) > 1:
+            inputs = torch.stack([inputs[:, y:y + p, x:x + p] for y in offsets for x in offsets],
+                                 dim=1).reshape(-1, p, p)
         outputs = []
         with torch.inference_mode():
             for start in range(0, inputs.shape[0], batch_size):
@@ -161,6 +173,14 @@ class PSFEstimator:
             spread = inputs.flatten(1).std(1, unbiased=False) if len(inputs) else inputs[:, 0, 0]
             scale = inputs.flatten(1).abs().amax(1) if len(inputs) else spread
             validity = torch.where(spread <= 1e-6 * (scale + 1e-30), 0.0, validity)
+        if len(offsets) > 1:
+            m = len(offsets) ** 2
+            linear, pooled = pool_patches(
+                self.family.to_linear(params.reshape(-1, m, self.family.n_params).numpy()),
+                validity.reshape(-1, m).numpy())
+            params = torch.from_numpy(np.clip(self.family.from_linear(linear),
+                                              self.family.low, self.family.high))
+            validity = torch.from_numpy(pooled)
         params = params.to(tensor.dtype).to(device)
         validity = validity.to(tensor.dtype).to(device)
         if single:

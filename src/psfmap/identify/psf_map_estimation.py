@@ -120,6 +120,29 @@ def _nearest_known(known: np.ndarray, axis: int, step: int) -> np.ndarray:
     return np.moveaxis(nearest, 0, axis)
 
 
+def subpatch_offsets(window: int, patch: int) -> np.ndarray:
+    """Offsets along one axis of the ``k = ⌈window / patch⌉`` patches that tile a window.
+
+    Evenly spread from 0 to ``window − patch`` (overlapping when ``window`` is not a
+    multiple of ``patch``); ``[0]`` when the window is one patch.
+    """
+    k = math.ceil(window / patch)
+    if k == 1:
+        return np.zeros(1, dtype=np.int64)
+    return np.round(np.linspace(0, window - patch, k)).astype(np.int64)
+
+
+def pool_patches(linear: np.ndarray, validity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool the patches of each window: ``(..., m, N)``, ``(..., m)`` -> ``(..., N)``, ``(...)``.
+
+    ``θ = Σ_j v_j θ_j / Σ_j v_j`` over the window's ``m`` patches (parameters in the
+    family's linear coordinates, :meth:`~psfmap.psf.PSFFamily.to_linear`), and the mean
+    validity ``v = mean_j v_j``.
+    """
+    weights = validity + 1e-12
+    return (weights[..., None] * linear).sum(-2) / weights.sum(-1)[..., None], validity.mean(-1)
+
+
 def median_filter_grid(params: np.ndarray, size: int) -> np.ndarray:
     """Median filter each parameter plane of a ``(gy, gx, N)`` grid (edges reflected)."""
     if size <= 1:
@@ -238,9 +261,8 @@ def estimate_psf_map(
     rows = window_starts(height, window, gy)
     cols = window_starts(width, window, gx)
     # sub-patches of side p inside each window (k x k of them, evenly spread)
-    k = math.ceil(window / patch)
-    offsets = (np.round(np.linspace(0, window - patch, k)).astype(np.int64) if k > 1
-               else np.zeros(1, dtype=np.int64))
+    offsets = subpatch_offsets(window, patch)
+    k = len(offsets)
     work = tensor.detach().to(dtype=torch.float32, device="cpu")
     # top-left corner of every sub-patch, in (gy, gx, k, k) order; the patches are cut batch
     # by batch (all the windows of an 8192² image at once would take GBs)
@@ -271,13 +293,10 @@ def estimate_psf_map(
     spread = float(work.max() - work.min())
     deviation = torch.cat(deviation_list).numpy().reshape(gy, gx, k * k)
     validity = np.where(deviation <= FLAT_TOLERANCE * max(spread, 1e-30), 0.0, validity)
-    weights = validity + 1e-12
     # pooled, filled and filtered as Noll coefficients (PSFFamily.to_linear): an astigmatism
     # axis is periodic and would average wrongly as a number
     family = estimator.family
-    linear = family.to_linear(params)
-    cell_params = (weights[..., None] * linear).sum(2) / weights.sum(2)[..., None]
-    cell_validity = validity.mean(2)
+    cell_params, cell_validity = pool_patches(family.to_linear(params), validity)
     valid = cell_validity >= threshold
     if not valid.any():
         raise ValueError(
