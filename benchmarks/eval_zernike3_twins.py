@@ -6,8 +6,9 @@ sign of the ``y'²`` term: in geometric optics the PSF is the same ellipse (semi
 ``|a ± b|``), and for a square pupil aligned with those axes the intensity PSF is identical,
 since ``|FT[rect(y) e^{iπcy²}]|²`` is the same for ``c`` and ``−c``. With Noll's
 normalisation (``Z4 = √3 (2ρ² − 1)``, ``Z6 = √6 ρ² cos 2θ``) the twin of (focus f,
-cylinder C, axis φ) is ``(C / √2, √2 f, φ)``. A circular pupil breaks the symmetry only partly, and a blind estimate sees the blur mostly
-through the magnitude of its transfer function (the object's spectrum hides the phase).
+cylinder C, axis φ) is ``(C / √2, √2 f, φ)``. A circular pupil breaks the symmetry only
+partly, and a blind estimate sees the blur mostly through the magnitude of its transfer
+function (the object's spectrum hides the phase).
 
 This script measures, for the family the shipped zernike3 regresses:
 
