@@ -5,7 +5,8 @@ apart, xy ~0.0635 µm, ~11 beads; hoogenboom-group/PSF-Extractor, CC-BY-4.0).
 
 For every bead and every slice where the beads are visible, a bead-centred patch gives Z-3
 parameters (focus a1, cylinder, axis a3) and the raw depth z = a1 (2 a3 / π − 1) (Shajkofci
-& Liebling, IEEE TIP 2020). The affine map to micrometres (and the astigmatism axis offset) is
+& Liebling, IEEE TIP 2020), or the twin-invariant raw depth of ``psfmap.depth`` (second row
+of each estimator). The affine map to micrometres (and the astigmatism axis offset) is
 fitted on all beads but one and tested on the held-out bead (leave-one-bead-out), so every
 reported error is on a bead the calibration never saw.
 
@@ -33,7 +34,13 @@ import torch
 from scipy import ndimage
 
 import psfmap
-from psfmap.depth import astigmatic_depth, best_axis_offset, fit_depth_calibration, fit_psf_params
+from psfmap.depth import (
+    DEPTH_FORMULAS,
+    astigmatic_depth,
+    best_axis_offset,
+    fit_depth,
+    fit_psf_params,
+)
 
 STACK = (Path(__file__).resolve().parents[2] / "shared" / "data" / "beads"
          / "psfextractor_astigmatic_beads_zstack.tif")
@@ -95,17 +102,25 @@ def background_judged_valid(stack, slices, rows, cols, estimator, clearance: int
     return float(np.mean(np.asarray(validity) > 0.5))
 
 
-def calibrate(params, z):
-    offset = best_axis_offset(params, z)
-    return fit_depth_calibration(astigmatic_depth(params, offset), z, axis_offset=offset)
+def calibrate(params, z, formula="paper"):
+    offset = best_axis_offset(params, z, formula=formula)
+    return fit_depth(params, z, axis_offset=offset, formula=formula)
 
 
-def leave_one_bead_out(params, z, bead):
+def leave_one_bead_out(params, z, bead, formula="paper"):
     errors = []
     for b in np.unique(bead):
         train = bead != b
-        errors.append(calibrate(params[train], z[train]).depth(params[~train]) - z[~train])
+        errors.append(calibrate(params[train], z[train], formula).depth(params[~train])
+                      - z[~train])
     return np.concatenate(errors)
+
+
+def report_formulas(name, params, z, bead, seconds):
+    """One row per depth formula (psfmap.depth.DEPTH_FORMULAS), same parameters."""
+    for formula in DEPTH_FORMULAS:
+        label = name if formula == "paper" else f"{name}, {formula} formula"
+        report(label, leave_one_bead_out(params, z, bead, formula), z, seconds)
 
 
 def leave_one_bead_out_choosing(candidates, z, bead):
@@ -184,8 +199,8 @@ def main() -> None:
                 params, validity = estimator.predict(patches.astype(np.float32))
                 params = np.asarray(params, dtype=np.float64)
                 seconds = time.perf_counter() - start
-                report(f"CNN ({label}), stack binned {factor}x{factor}",
-                       leave_one_bead_out(params, z, bead), z, seconds)
+                report_formulas(f"CNN ({label}), stack binned {factor}x{factor}", params,
+                                z, bead, seconds)
                 validity = np.asarray(validity)
                 print(f"  {inside.sum()} beads; CNN validity mean {validity.mean():.2f} "
                       f"({np.mean(validity > 0.5):.0%} of bead patches valid); focus "
@@ -203,7 +218,7 @@ def main() -> None:
         start = time.perf_counter()
         params = fit_psf_params(patches, family, steps=(13, 9, 18), refine=2)
         seconds = time.perf_counter() - start
-        report("least-squares Z-3 model fit", leave_one_bead_out(params, z, bead), z, seconds)
+        report_formulas("least-squares Z-3 model fit", params, z, bead, seconds)
     if "model-fit-fixed-astigmatism" in methods:
         astigmatism = (0.05, 0.075, 0.1, 0.15, 0.2, 0.25)
         candidates = []

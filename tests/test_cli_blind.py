@@ -146,6 +146,19 @@ def test_depth_map_and_calibrate(tmp_path, image_file, capsys):
     else:
         assert status == 1
         assert "do not resolve depth" in capsys.readouterr().err
+    twin_file = tmp_path / "twin.psfmap"
+    status = main(["depth", "calibrate", str(tmp_path / "stack.tif"), "--weights",
+                   str(weights), "--z-step", "0.1", "--formula", "twin-invariant", "-o",
+                   str(twin_file), "--quiet"])
+    if status == 0:
+        assert DepthCalibration.load(twin_file).formula == "twin-invariant"
+        assert main(["depth", str(image_file), "--weights", str(weights), "--calibration",
+                     str(twin_file), "-o", str(tmp_path / "twin_um.tif"), "--quiet"]) == 0
+    else:
+        assert status == 1 and not twin_file.exists()
+    # the formula is the calibration's: not an option of the depth map
+    assert main(["depth", str(image_file), "--weights", str(weights), "--formula",
+                 "twin-invariant", "-o", str(tmp_path / "x.tif")]) == 2
 
 
 def test_bad_command_lines(tmp_path, image_file, capsys):

@@ -17,8 +17,10 @@ from psfmap.depth import (
     best_axis_offset,
     calibrate_depth,
     depth_map,
+    fit_depth,
     fit_depth_calibration,
     fit_psf_params,
+    twin_invariant_depth,
 )
 from psfmap.operators.psf_map import PSFMap
 
@@ -64,12 +66,59 @@ def test_best_axis_offset_finds_the_instrument_axis():
     assert fit_depth_calibration(astigmatic_depth(params, 0.0), z).rms_error > 0.1
 
 
+def _scan_reports(z, b, axis, twins):
+    """Z-3 parameters a blind estimator reports along an astigmatic z-scan: defocus
+    a = z (in units of 2√3 waves), instrument astigmatism b (units of √6 waves) on ``axis``;
+    below focus the same PSF reads as focus |a| with the axis turned by π/2; where ``twins``
+    it reports the focus/astigmatism twin (C/√2, √2 f, φ) instead."""
+    focus = np.abs(z) / (2 * math.sqrt(3))
+    cylinder = np.full_like(z, b / math.sqrt(6))
+    angle = np.where(z >= 0, axis, np.remainder(axis + math.pi / 2, math.pi))
+    params = np.stack([focus, cylinder, angle], axis=1)
+    params[twins] = np.stack([cylinder[twins] / math.sqrt(2), math.sqrt(2) * focus[twins],
+                              angle[twins]], axis=1)
+    return params
+
+
+def test_twin_invariant_depth_survives_focus_astigmatism_mix_ups(rng):
+    z = np.linspace(-1.0, 1.0, 41)
+    z = z[z != 0]
+    twins = rng.uniform(size=z.size) < 0.5
+    params = _scan_reports(z, b=0.4, axis=0.3, twins=twins)
+    # the twin is the same phase up to the sign of one principal curvature
+    raw, side = twin_invariant_depth(params, axis_offset=0.3)
+    np.testing.assert_allclose(raw, z + 0.4 * np.sign(z), atol=1e-12)
+    np.testing.assert_allclose(side, np.sign(z))
+    offset = best_axis_offset(params, 2.5 * z + 1.0, formula="twin-invariant")
+    calibration = fit_depth(params, 2.5 * z + 1.0, axis_offset=offset,
+                            formula="twin-invariant")
+    assert calibration.formula == "twin-invariant" and calibration.rms_error < 1e-9
+    np.testing.assert_allclose(calibration.depth(params), 2.5 * z + 1.0, atol=1e-9)
+    tensor = calibration.depth(torch.from_numpy(params))
+    assert isinstance(tensor, torch.Tensor)
+    # the papers' formula reads a twin's astigmatism as depth (without twins it fits, up to
+    # the 5° grid of axis offsets)
+    paper = fit_depth(params, z, axis_offset=best_axis_offset(params, z))
+    assert paper.rms_error > 0.15
+    assert fit_depth(params[~twins], z[~twins],
+                     axis_offset=best_axis_offset(params[~twins], z[~twins])).rms_error < 0.03
+    with pytest.raises(ValueError, match="use .depth"):
+        calibration.apply(raw)
+    with pytest.raises(ValueError, match="formula must be one of"):
+        fit_depth(params, z, formula="linear")
+    with pytest.raises(ValueError, match="side must be"):
+        fit_depth_calibration(raw, z, side=side[:-1])
+
+
 def test_save_load_and_newer_format(tmp_path):
     calibration = DepthCalibration(slope=2.0, intercept=0.5, axis_offset=0.7,
                                    z_range=(0.0, 2.0), rms_error=0.03, metadata={"n": 3})
     path = calibration.save(tmp_path / "cal.psfmap")
     loaded = DepthCalibration.load(path)
     assert loaded == calibration
+    twin = DepthCalibration(slope=1.5, intercept=0.1, axis_offset=0.2, step=-0.3,
+                            formula="twin-invariant", rms_error=0.05, metadata={})
+    assert DepthCalibration.load(twin.save(tmp_path / "twin.psfmap")) == twin
     # a file from a newer format version -> clear error
     with zipfile.ZipFile(path) as archive:
         header = json.loads(np.frombuffer(archive.read("__header__.npy")[128:], np.uint8)

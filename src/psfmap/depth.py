@@ -13,6 +13,19 @@ which an affine map ``z_µm = slope · z + intercept`` fitted on images at known
 into micrometres (:func:`calibrate_depth`). The formula assumes the instrument's astigmatism
 lies on the diagonals (axes π/4 and 3π/4); for another orientation the axis is first rotated
 by ``axis_offset`` (``a3 ← (a3 − axis_offset) mod π``), which :func:`calibrate_depth` finds.
+
+``formula="twin-invariant"`` is an alternative that is robust to a near-ambiguity of the Z-3
+family (``benchmarks/eval_zernike3_twins.py``): the pupil phase ``a ρ² + b ρ² cos 2(θ − φ)``
+of defocus ``a = 2√3 a1`` and astigmatism ``b = √6 C`` is ``(a + b) x'² + (a − b) y'²`` in
+axes turned by φ, so (a1, C, φ) and its twin ``(C/√2, √2 a1, φ)`` give nearly the same blur
+and a blind estimator often reports one for the other. Through a z-scan the defocus
+changes sign and the instrument's astigmatism stays; the estimator reports ``|a|`` with the
+axis turned by π/2 on one side of focus. ``s = (2√3 a1 + √6 C) cos 2(a3 − axis_offset)``
+is the same for both twins and equals ``a + b sign(a)`` for an ideal scan, so
+
+    z_µm = slope · s + step · sign(cos 2(a3 − axis_offset)) + intercept
+
+is linear in the defocus once ``step`` (fitted too) cancels the jump ``2b`` at focus.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from psfmap._validation import ArrayKind, as_tensor, check_finite, describe
 
 CALIBRATION_KIND = "depth_calibration"
 VALIDITY_THRESHOLD = 0.5
+DEPTH_FORMULAS = ("paper", "twin-invariant")
 
 
 def astigmatic_depth(params: Any, axis_offset: float = 0.0) -> Any:
@@ -49,26 +63,59 @@ def astigmatic_depth(params: Any, axis_offset: float = 0.0) -> Any:
     Same kind as ``params``, shape (...): depth in the model's units (not micrometres).
     """
     kind = ArrayKind(params)
-    tensor = check_finite(as_tensor(params, "params"), "params")
-    if tensor.ndim < 1 or tensor.shape[-1] != 3:
-        raise ValueError(
-            f"params must have shape (..., 3) (focus, cylinder, axis), got {tuple(tensor.shape)}"
-        )
+    tensor = _z3_params(params)
     focus, axis = tensor[..., 0], tensor[..., 2]
     axis = torch.remainder(axis - float(axis_offset), math.pi)
     return kind.restore(focus * (2 * axis / math.pi - 1))
 
 
+def twin_invariant_depth(params: Any, axis_offset: float = 0.0) -> tuple[Any, Any]:
+    """Raw depth ``s = (2√3 a1 + √6 C) cos 2(a3 − axis_offset)`` and the side of focus
+    ``sign(cos 2(a3 − axis_offset))`` from Z-3 parameters ``(..., 3)`` (module docstring).
+
+    ``axis_offset`` is here the axis of the instrument's astigmatism itself (the published
+    formula's offset 0 puts it on the diagonal π/4); :func:`best_axis_offset` finds it.
+    Returns two arrays of shape (...), the same kind as ``params``.
+    """
+    kind = ArrayKind(params)
+    tensor = _z3_params(params)
+    focus, cylinder, axis = tensor.unbind(-1)
+    turn = torch.cos(2 * (axis - float(axis_offset)))
+    raw = (2 * math.sqrt(3) * focus + math.sqrt(6) * cylinder) * turn
+    return kind.restore(raw), kind.restore(torch.sign(turn))
+
+
+def _z3_params(params: Any) -> torch.Tensor:
+    tensor = check_finite(as_tensor(params, "params"), "params")
+    if tensor.ndim < 1 or tensor.shape[-1] != 3:
+        raise ValueError(
+            f"params must have shape (..., 3) (focus, cylinder, axis), got {tuple(tensor.shape)}"
+        )
+    return tensor
+
+
+def _check_formula(formula: str) -> str:
+    if formula not in DEPTH_FORMULAS:
+        raise ValueError(f"formula must be one of {DEPTH_FORMULAS}, got {formula!r}")
+    return formula
+
+
 @dataclass
 class DepthCalibration:
-    """Affine map from raw astigmatic depth to micrometres, ``z_µm = slope · z + intercept``.
+    """Map from Z-3 parameters to micrometres: ``z_µm = slope · z + intercept`` of the raw
+    depth ``z`` of :func:`astigmatic_depth` (``formula="paper"``), or ``slope · s + step ·
+    sign + intercept`` of :func:`twin_invariant_depth` (``formula="twin-invariant"``).
 
     Attributes
     ----------
     slope, intercept : float
         Affine coefficients.
     axis_offset : float
-        Axis rotation (radians) applied in :func:`astigmatic_depth` before the formula.
+        Axis rotation (radians) applied before the formula.
+    formula : str
+        ``"paper"`` or ``"twin-invariant"``.
+    step : float
+        Coefficient of the side-of-focus term (``"twin-invariant"`` only; 0 otherwise).
     model : str
         The PSF model whose parameters are used.
     z_range : (float, float)
@@ -86,16 +133,25 @@ class DepthCalibration:
     z_range: tuple[float, float] = (0.0, 0.0)
     rms_error: float = float("nan")
     metadata: dict = field(default_factory=dict)
+    formula: str = "paper"
+    step: float = 0.0
 
     def apply(self, raw_depth: Any) -> Any:
-        """Convert raw depths (from :func:`astigmatic_depth`) to micrometres."""
+        """Convert raw depths of :func:`astigmatic_depth` to micrometres (``"paper"`` only)."""
+        if self.formula != "paper":
+            raise ValueError(
+                f"a {self.formula!r} calibration needs the Z-3 parameters: use .depth(params)"
+            )
         if isinstance(raw_depth, torch.Tensor):
             return raw_depth * self.slope + self.intercept
         return np.asarray(raw_depth, dtype=np.float64) * self.slope + self.intercept
 
     def depth(self, params: Any) -> Any:
         """Depth in micrometres from Z-3 parameters ``(..., 3)``."""
-        return self.apply(astigmatic_depth(params, self.axis_offset))
+        if self.formula == "paper":
+            return self.apply(astigmatic_depth(params, self.axis_offset))
+        raw, side = twin_invariant_depth(params, self.axis_offset)
+        return raw * self.slope + side * self.step + self.intercept
 
     def save(self, path: str | Path) -> Path:
         """Write the calibration to one self-describing psfmap file (atomic)."""
@@ -103,6 +159,8 @@ class DepthCalibration:
             "slope": float(self.slope),
             "intercept": float(self.intercept),
             "axis_offset": float(self.axis_offset),
+            "formula": self.formula,
+            "step": float(self.step),
             "model": self.model,
             "z_range": [float(v) for v in self.z_range],
             "rms_error": None if not np.isfinite(self.rms_error) else float(self.rms_error),
@@ -124,19 +182,30 @@ class DepthCalibration:
                 z_range=tuple(float(v) for v in metadata.get("z_range", (0.0, 0.0))),
                 rms_error=float("nan") if rms is None else float(rms),
                 metadata=dict(metadata.get("extra", {})),
+                formula=_check_formula(str(metadata.get("formula", "paper"))),
+                step=float(metadata.get("step", 0.0)),
             )
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{str(path)!r} holds a corrupted depth calibration") from None
 
 
 def fit_depth_calibration(
-    raw_depths: Any, z_um: Any, *, axis_offset: float = 0.0, model: str = "zernike3"
+    raw_depths: Any,
+    z_um: Any,
+    *,
+    axis_offset: float = 0.0,
+    model: str = "zernike3",
+    side: Any = None,
 ) -> DepthCalibration:
-    """Least-squares affine fit ``z_um ≈ slope · raw + intercept``.
+    """Least-squares fit ``z_um ≈ slope · raw + intercept`` (``+ step · side`` when given).
 
     Parameters
     ----------
     raw_depths, z_um : 1-D arrays of equal length (>= 2, raw depths not all equal)
+        Raw depths of :func:`astigmatic_depth`, or ``s`` of :func:`twin_invariant_depth`.
+    side : 1-D array, optional
+        The side of focus of :func:`twin_invariant_depth`: fits a ``"twin-invariant"``
+        calibration.
 
     Returns
     -------
@@ -157,28 +226,52 @@ def fit_depth_calibration(
             "every raw depth is the same; the images do not resolve depth, so no affine "
             "calibration can be fitted"
         )
-    design = np.stack([raw, np.ones_like(raw)], axis=1)
-    (slope, intercept), *_ = np.linalg.lstsq(design, z, rcond=None)
-    residual = design @ np.array([slope, intercept]) - z
+    columns = [raw, np.ones_like(raw)]
+    if side is not None:
+        side = np.asarray(side, dtype=np.float64).reshape(-1)
+        if side.shape != raw.shape or not np.all(np.isfinite(side)):
+            raise ValueError(f"side must be {raw.size} finite numbers, got shape {side.shape}")
+        columns.append(side)
+    design = np.stack(columns, axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, z, rcond=None)
+    residual = design @ coefficients - z
     return DepthCalibration(
-        slope=float(slope),
-        intercept=float(intercept),
+        slope=float(coefficients[0]),
+        intercept=float(coefficients[1]),
         axis_offset=float(axis_offset),
         model=model,
         z_range=(float(z.min()), float(z.max())),
         rms_error=float(np.sqrt(np.mean(residual**2))),
         metadata={"n_points": int(raw.size)},
+        formula="paper" if side is None else "twin-invariant",
+        step=0.0 if side is None else float(coefficients[2]),
     )
 
 
-def best_axis_offset(params: np.ndarray, z_um: np.ndarray, steps: int = 36) -> float:
-    """Axis rotation in ``[0, π)`` for which the affine fit of depth has the smallest error."""
+def fit_depth(
+    params: Any, z_um: Any, *, axis_offset: float = 0.0, formula: str = "paper",
+    model: str = "zernike3",
+) -> DepthCalibration:
+    """Fit a calibration of ``formula`` from Z-3 parameters ``(n, 3)`` at known depths."""
+    if _check_formula(formula) == "paper":
+        return fit_depth_calibration(astigmatic_depth(params, axis_offset), z_um,
+                                     axis_offset=axis_offset, model=model)
+    raw, side = twin_invariant_depth(params, axis_offset)
+    return fit_depth_calibration(raw, z_um, axis_offset=axis_offset, model=model, side=side)
+
+
+def best_axis_offset(
+    params: np.ndarray, z_um: np.ndarray, steps: int = 36, formula: str = "paper"
+) -> float:
+    """Axis rotation in ``[0, π)`` for which the fit of depth has the smallest error."""
+    _check_formula(formula)
     best, best_error = 0.0, math.inf
     for offset in np.arange(steps) * math.pi / steps:
-        raw = astigmatic_depth(params, offset)
+        raw = (astigmatic_depth(params, offset) if formula == "paper"
+               else twin_invariant_depth(params, offset)[0])
         if np.ptp(raw) == 0:
             continue
-        error = fit_depth_calibration(raw, z_um).rms_error
+        error = fit_depth(params, z_um, axis_offset=offset, formula=formula).rms_error
         if error < best_error - 1e-12:
             best, best_error = float(offset), error
     return best
@@ -206,6 +299,7 @@ def calibrate_depth(
     stride: int | None = None,
     axis_offset: float | None = None,
     median: int = 0,
+    formula: str = "paper",
 ) -> DepthCalibration:
     """Fit the affine map from raw astigmatic depth to micrometres on images at known depths.
 
@@ -213,7 +307,8 @@ def calibrate_depth(
     the median parameters of its valid cells give one raw depth
     ``z = a1 (2 a3 / π − 1)`` (Shajkofci & Liebling, IEEE TIP 2020), and a least-squares
     fit ``z_µm ≈ slope · z + intercept`` over the images gives the calibration. Images with
-    no valid cell (far out of focus, empty) are skipped.
+    no valid cell (far out of focus, empty) are skipped. ``formula="twin-invariant"`` fits
+    the alternative of the module docstring instead.
 
     Parameters
     ----------
@@ -228,6 +323,8 @@ def calibrate_depth(
         Axis rotation (radians); ``None`` searches ``[0, π)`` for the best affine fit.
     median : int
         Median filter of each map's parameter grid.
+    formula : str
+        ``"paper"`` or ``"twin-invariant"``.
 
     Returns
     -------
@@ -235,6 +332,7 @@ def calibrate_depth(
     """
     from psfmap.identify.blind import estimate, get_estimator
 
+    _check_formula(formula)
     estimator = get_estimator(model)
     if tuple(estimator.family.names) != ("focus", "cylinder", "axis"):
         raise ValueError(
@@ -271,11 +369,10 @@ def calibrate_depth(
         )
     params_array, z = params_array[usable], z[usable]
     if axis_offset is None:
-        axis_offset = best_axis_offset(params_array, z)
+        axis_offset = best_axis_offset(params_array, z, formula=formula)
     name = str(getattr(estimator.family, "name", "zernike3"))
-    calibration = fit_depth_calibration(
-        astigmatic_depth(params_array, axis_offset), z, axis_offset=axis_offset, model=name
-    )
+    calibration = fit_depth(params_array, z, axis_offset=axis_offset, formula=formula,
+                            model=name)
     calibration.metadata.update({"n_images": len(stack), "n_used": int(usable.sum())})
     return calibration
 
@@ -295,7 +392,8 @@ def depth_map(
 
     ``z = a1 (2 a3 / π − 1)`` per cell from the Z-3 parameters (focus ``a1``, axis ``a3``)
     estimated by the CNN on sliding windows (Shajkofci & Liebling, IEEE TIP 2020), in
-    micrometres when a :class:`DepthCalibration` is given (which also sets the axis offset).
+    micrometres when a :class:`DepthCalibration` is given (which also sets the axis offset
+    and the formula).
 
     Parameters
     ----------
@@ -327,10 +425,8 @@ def depth_map(
     tensor = as_tensor(image, "image")
     psf_map = estimate(tensor, estimator, window, stride, grid=grid, median=median)
     params = np.asarray(psf_map.params, dtype=np.float64)
-    offset = calibration.axis_offset if calibration is not None else 0.0
-    depth = astigmatic_depth(params, offset)
-    if calibration is not None:
-        depth = calibration.apply(depth)
+    depth = (astigmatic_depth(params) if calibration is None
+             else np.asarray(calibration.depth(params), dtype=np.float64))
     if full_size:
         height, width = tensor.shape[-2:]
         rows = hat_profiles(depth.shape[0], int(height))

@@ -49,6 +49,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--slices", default=None, help="slices to use, FIRST:STOP (default: all)"
     )
+    calibrate.add_argument(
+        "--formula", choices=("paper", "twin-invariant"), default="paper",
+        help="raw depth: the papers' a1 (2 a3 / pi - 1), or one that a focus/astigmatism "
+             "mix-up of the CNN does not change (psfmap.depth; more accurate on the real "
+             "bead stack of benchmarks/RESULTS.md)",
+    )
     return parser
 
 
@@ -86,18 +92,19 @@ def _calibrate(args, stack_path: str) -> int:
     images = [stack[k].astype(np.float32) for k in chosen]
     calibration = calibrate_depth(
         images, z_um, model=estimator, window=options["window"], stride=options["stride"],
-        median=options["median"],
+        median=options["median"], formula=args.formula,
     )
     calibration.metadata.update(
         source=Path(stack_path).name, z_step=args.z_step, slices=[chosen[0], chosen[-1] + 1]
     )
     calibration.save(args.output)
+    side = f" {calibration.step:+.4g} side" if calibration.formula != "paper" else ""
     summary(
         args,
-        f"calibrated depth on {calibration.metadata['n_used']}/{len(chosen)} slices: "
-        f"z = {calibration.slope:.4g} raw + {calibration.intercept:.4g} µm, "
-        f"RMS error {calibration.rms_error:.3f} µm in {time.perf_counter() - start:.1f} s "
-        f"-> {args.output}",
+        f"calibrated depth on {calibration.metadata['n_used']}/{len(chosen)} slices "
+        f"({calibration.formula} formula): z = {calibration.slope:.4g} raw{side} "
+        f"{calibration.intercept:+.4g} µm, RMS error {calibration.rms_error:.3f} µm in "
+        f"{time.perf_counter() - start:.1f} s -> {args.output}",
     )
     return 0
 
@@ -112,8 +119,9 @@ def run(args) -> int:
         return _calibrate(args, args.target[1])
     if len(args.target) != 1:
         raise UsageError(f"expected one IMAGE, got {len(args.target)}: {' '.join(args.target)}")
-    if args.z_step is not None or args.slices is not None:
-        raise UsageError("--z-step and --slices apply to 'psfmap depth calibrate'")
+    if args.z_step is not None or args.slices is not None or args.formula != "paper":
+        raise UsageError("--z-step, --slices and --formula apply to 'psfmap depth calibrate' "
+                         "(a calibration file carries its formula)")
     image_path = args.target[0]
     check_outputs([image_path, args.weights, args.calibration], [args.output])
     calibration = DepthCalibration.load(args.calibration) if args.calibration else None
