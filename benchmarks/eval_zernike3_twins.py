@@ -117,6 +117,16 @@ def network_twins(samples: int, seed: int = 2020) -> None:
                       periodic)
         print(f"  R² focus / cylinder / axis, {label}: "
               + " / ".join(f"{v:.3f}" for v in r2))
+    # what the twins share: the principal curvatures a + b and |a − b| of the pupil phase
+    r2 = r2_score(curvatures(truth), curvatures(predicted))
+    print(f"  R² of the twin-invariant a + b / |a − b| (a = 2√3 focus, b = √6 cylinder): "
+          f"{r2[0]:.3f} / {r2[1]:.3f}")
+
+
+def curvatures(params: torch.Tensor) -> np.ndarray:
+    """``(a + b, |a − b|)`` with ``a = 2√3 focus`` and ``b = √6 cylinder``: unchanged by twins."""
+    a, b = 2 * 3**0.5 * params[:, 0], 6**0.5 * params[:, 1]
+    return torch.stack([a + b, (a - b).abs()], 1).numpy()
 
 
 def main(argv=None) -> int:
