@@ -31,7 +31,9 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
         help="plane of a 3-D stack to use (estimate and deblur: default every frame)",
     )
     parser.add_argument(
-        "--window", type=int, default=None, help="window side in px (default: the patch size)"
+        "--window", type=int, default=None,
+        help="window side in px (default: the patch size, 64); a larger window averages its "
+             "patches: more accurate, coarser map",
     )
     window = parser.add_mutually_exclusive_group()
     window.add_argument(
