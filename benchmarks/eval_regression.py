@@ -34,12 +34,31 @@ MODELS = ("gaussian1", "gaussian2", "zernike1", "zernike3")
 
 
 def _predict_all(estimator, patches, chunk=1024):
-    params, validity = [], []
-    for start in range(0, patches.shape[0], chunk):
-        p, v = estimator.predict(patches[start:start + chunk])
-        params.append(p)
-        validity.append(v)
-    return torch.cat(params), torch.cat(validity)
+    """``(params, validity, std or None)`` of all patches, in chunks."""
+    with_std = getattr(estimator, "has_uncertainty", False)
+    outputs = [estimator.predict(patches[start:start + chunk], return_std=with_std)
+               for start in range(0, patches.shape[0], chunk)]
+    params, validity = torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+    return params, validity, (torch.cat([o[2] for o in outputs]) if with_std else None)
+
+
+def _calibration(estimator, true, predicted, std, mask) -> list[dict] | None:
+    """RMS error vs RMS predicted σ (normalised units, all parameters pooled) in each
+    quartile of the predicted σ, over the ``mask`` patches."""
+    if std is None or mask.sum() < 20:
+        return None
+    family = estimator.family
+    span = torch.as_tensor(family.high - family.low, dtype=torch.float64)
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    error = (predicted.double() - true.double()) / span
+    for _, angle in estimator.network.periodic:
+        error[:, angle] = torch.remainder(error[:, angle] + 0.5, 1.0) - 0.5
+    sigma = (std.double() / span)[mask].flatten()
+    error = error[mask].flatten()
+    quartile = torch.bucketize(sigma, torch.quantile(sigma, torch.tensor(
+        [0.25, 0.5, 0.75], dtype=torch.float64)))
+    return [{"rms_error": float(error[quartile == q].pow(2).mean().sqrt()),
+             "rms_sigma": float(sigma[quartile == q].pow(2).mean().sqrt())} for q in range(4)]
 
 
 def _r2(estimator, true, predicted, mask):
@@ -82,7 +101,7 @@ def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None =
             params.append(batch.params)
             valid.append(batch.valid)
         patches, params, valid = torch.cat(patches), torch.cat(params), torch.cat(valid)
-        predicted, validity = _predict_all(estimator, patches)
+        predicted, validity, std = _predict_all(estimator, patches)
         truly = valid.numpy() > 0.5
         judged = validity.numpy() > 0.5
         r2_valid, per_param = _r2(estimator, params, predicted, truly)
@@ -92,6 +111,8 @@ def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None =
             "r2_valid": r2_valid, "r2_per_param": per_param,
             "r2_valid_and_judged_valid": r2_both,
             "validity_accuracy": float((truly == judged).mean()),
+            "std_calibration": _calibration(estimator, params, predicted, std,
+                                            torch.from_numpy(truly)),
         }
     # explicit black / flat / ramp patches: how many are (wrongly) judged valid
     data = PatchGenerator(estimator.family, {**config, "invalid_fraction": 0.999},
@@ -128,7 +149,7 @@ def poisson_sweep(estimator, config: dict, samples: int, seed: int) -> list[dict
     for photons in POISSON_PHOTONS:
         batch = data.render(sharp, params, psfs, names, explicit, photons=(photons, photons),
                             read_noise=(0.0, 0.0))
-        predicted, _ = _predict_all(estimator, batch.patches)
+        predicted = _predict_all(estimator, batch.patches)[0]
         rendered[photons] = (predicted, batch.valid.numpy() > 0.5)
     common = rendered[SAME_PATCHES_FROM][1]
     rows = []
@@ -161,7 +182,7 @@ def robustness(estimator, samples: int, seed: int = 7, only: tuple | None = None
             if name == "gaussian":  # Gaussian noise alone: many photons, so Poisson is small
                 overrides["photons"] = (10000.0, 10000.0)
             batch = data.batch(samples, **overrides)
-            predicted, _ = _predict_all(estimator, batch.patches)
+            predicted = _predict_all(estimator, batch.patches)[0]
             truly = batch.valid.numpy() > 0.5
             r2, _ = _r2(estimator, batch.params, predicted, truly)
             out[name].append({"value": value[0], "r2": r2, "valid_fraction": float(truly.mean())})
@@ -172,7 +193,7 @@ def robustness(estimator, samples: int, seed: int = 7, only: tuple | None = None
     for read in (0.0, 3.0, 10.0):
         data = PatchGenerator(estimator.family, config, seed=seed, split="test")
         batch = data.batch(samples, photons=(100.0, 100.0), read_noise=(read, read))
-        predicted, _ = _predict_all(estimator, batch.patches)
+        predicted = _predict_all(estimator, batch.patches)[0]
         truly = batch.valid.numpy() > 0.5
         out["mixed"].append({"value": read, "r2": _r2(estimator, batch.params, predicted,
                                                       truly)[0],
@@ -187,7 +208,7 @@ def robustness(estimator, samples: int, seed: int = 7, only: tuple | None = None
     for label, transform in (("none", lambda x: x), ("gain x100", lambda x: 100 * x + 5),
                              ("ramp 0.5-1.5", lambda x: (x - x.amin((-2, -1), keepdim=True))
                               * ramp)):
-        predicted, _ = _predict_all(estimator, transform(batch.patches))
+        predicted = _predict_all(estimator, transform(batch.patches))[0]
         out["illumination"].append({"value": label, "r2": _r2(estimator, batch.params,
                                                               predicted, truly)[0]})
     return out

@@ -16,6 +16,7 @@ from psfmap.identify.training import (
     TrainConfig,
     dihedral_augment,
     evaluate,
+    fit_uncertainty,
     load_checkpoint,
     r2_score,
     regression_loss,
@@ -48,6 +49,22 @@ def test_periodic_encoding_roundtrip_and_wrap():
     # axis 0 and pi give the same embedding
     a, b = network.encode(torch.tensor([[0.4, 0.6, 0.0], [0.4, 0.6, 1.0]]))
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_uncertainty_head_is_optional_and_leaves_the_main_layers_alone():
+    torch.manual_seed(0)
+    plain = PSFRegressor(32, 3, **TINY, periodic=[[1, 2]]).eval()
+    torch.manual_seed(0)
+    with_head = PSFRegressor(32, 3, **TINY, periodic=[[1, 2]], uncertainty=True).eval()
+    patches = torch.randn(5, 32, 32)
+    assert torch.equal(plain(patches), with_head(patches))
+    pooled = with_head.pooled_features(patches)
+    unit = with_head.outputs(pooled)[:, :-1]
+    assert with_head.log_variance(pooled, unit).shape == (5, 3)
+    with pytest.raises(ValueError, match="no uncertainty head"):
+        plain.log_variance(pooled, unit)
+    with pytest.raises(ValueError, match="without an uncertainty head"):
+        fit_uncertainty(plain, model("zernike3", size=15), {"patch_size": 32}, 2, 0)
 
 
 def test_periodic_pairs_detection():
@@ -114,12 +131,24 @@ def test_tiny_model_learns_gaussian_width_on_points(tmp_path):
     assert card["config"]["network"]["patch_size"] == 32
     assert history[-1]["r2_mean"] > history[0]["r2_mean"]
     assert card["metrics"]["validation"]["r2_mean"] > 0.3
-    # deterministic under the seed
+    # deterministic under the seed; an uncertainty head fitted afterwards leaves the main
+    # network as it was, and is deterministic too
+    config.uncertainty_steps = 40
     again = train(config, tmp_path / "again.pt")
+    third = train(config, tmp_path / "third.pt")
     first, _, _ = load_checkpoint(path)
-    second, _, _ = load_checkpoint(again)
-    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+    second, second_config, metrics = load_checkpoint(again)
+    assert first.uncertainty_head is None and second.uncertainty_head is not None
+    assert second_config["uncertainty_steps"] == 40 and second_config["network"]["uncertainty"]
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[name]), name
+    for (name, a), b in zip(second.state_dict().items(),
+                            load_checkpoint(third)[0].state_dict().values()):
         assert torch.equal(a, b), name
+    # the head learns the size of the errors: its negative log-likelihood falls
+    uncertainty = metrics["uncertainty"]
+    assert uncertainty["nll_last"] < uncertainty["nll_first"]
+    assert len(uncertainty["calibration"]) == 4
 
 
 @pytest.fixture
@@ -175,6 +204,16 @@ def test_wrong_model_newer_format_and_bad_files(saved, tmp_path):
         estimator.predict(np.zeros((2, 16, 16)))
     with pytest.raises(ValueError, match="NaN"):
         estimator.predict(np.full((1, 32, 32), np.nan))
+
+
+def test_weights_without_uncertainty_head_refuse_return_std(saved):
+    path, _ = saved
+    estimator = PSFEstimator.load(path)
+    assert not estimator.has_uncertainty
+    params, validity = estimator.predict(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="no uncertainty head"):
+        estimator.predict(torch.randn(3, 32, 32), return_std=True)
+    assert estimator.psf_map(torch.randn(64, 64), grid=(2, 2), threshold=0.0).std is None
 
 
 def test_evaluate_reports_r2_and_accuracy(saved):

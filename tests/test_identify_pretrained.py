@@ -81,6 +81,30 @@ def test_predict_accepts_numpy_and_single_patches(estimator):
     assert np.all((params >= low - 1e-6) & (params <= high + 1e-6))
 
 
+def test_pretrained_predicts_the_size_of_its_own_errors(estimator):
+    family = estimator.family
+    assert estimator.has_uncertainty
+    data = PatchGenerator(family, {**estimator.config["data"], "shared_data": False,
+                                   "invalid_fraction": 0.0}, seed=13, split="test")
+    batch = data.batch(400)
+    params, validity, std = estimator.predict(batch.patches, return_std=True)
+    assert std.shape == params.shape and bool((std > 0).all())
+    span = torch.as_tensor(family.high - family.low, dtype=torch.float64)
+    error = (params.double() - batch.params.double()) / span
+    for _, angle in estimator.network.periodic:  # the axis wraps with period π
+        error[:, angle] = torch.remainder(error[:, angle] + 0.5, 1.0) - 0.5
+    sigma = (std.double() / span).mean(1)
+    valid = batch.valid > 0.5
+    sure = valid & (sigma <= sigma[valid].median())
+    unsure = valid & (sigma > sigma[valid].median())
+    # the half it is less sure of errs more, and the predicted size is the right order
+    rms_sure, rms_unsure = (error[sure].pow(2).mean().sqrt(), error[unsure].pow(2).mean().sqrt())
+    assert rms_unsure > rms_sure
+    ratio = float(error[valid].pow(2).mean().sqrt() / (std.double() / span)[valid].pow(2)
+                  .mean().sqrt())
+    assert 0.4 < ratio < 2.5, ratio
+
+
 def test_predict_pools_larger_windows_like_the_psf_map(estimator):
     p = estimator.patch_size
     data = PatchGenerator(estimator.family, {**estimator.config["data"], "shared_data": False,
@@ -90,17 +114,22 @@ def test_predict_pools_larger_windows_like_the_psf_map(estimator):
     params, validity = estimator.predict(windows)
     assert params.shape == (3, estimator.family.n_params) and validity.shape == (3,)
     # one window over the whole image: the map's single cell is the same estimate
-    for window, expected, score in zip(windows, params, validity):
+    _, _, std = estimator.predict(windows, return_std=True)
+    for window, expected, score, spread in zip(windows, params, validity, std):
         psf_map = estimator.psf_map(window.numpy(), window=2 * p + 16, grid=(1, 1))
         np.testing.assert_allclose(np.asarray(psf_map.params)[0, 0], expected.numpy(),
                                    rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(psf_map.validity[0, 0], float(score), atol=1e-6)
-    # a window made of copies of one patch gives that patch's estimate
+        np.testing.assert_allclose(psf_map.std[0, 0], spread.numpy(), rtol=1e-5)
+    # a window made of copies of one patch gives that patch's estimate, and (four
+    # independent readings) half its standard deviation
     tiled = windows[:, :p, :p].repeat(1, 2, 2)
-    single, single_validity = estimator.predict(windows[:, :p, :p])
-    pooled, pooled_validity = estimator.predict(tiled)
+    single, single_validity, single_std = estimator.predict(windows[:, :p, :p],
+                                                            return_std=True)
+    pooled, pooled_validity, pooled_std = estimator.predict(tiled, return_std=True)
     np.testing.assert_allclose(pooled.numpy(), single.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pooled_validity.numpy(), single_validity.numpy(), atol=1e-6)
+    np.testing.assert_allclose(pooled_std.numpy(), single_std.numpy() / 2, rtol=1e-4)
     for shape in ((2, p - 1, p - 1), (2, p, p + 1), (2, 2, p, p)):
         with pytest.raises(ValueError, match="patches must have shape"):
             estimator.predict(torch.ones(shape))

@@ -55,6 +55,11 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.family.config() == psf_map.family.config()
     assert loaded.metadata == {"pixel_size": 0.1}
     torch.testing.assert_close(loaded.psfs(), psf_map.psfs())
+    assert loaded.std is None
+    # an uncertainty per cell travels with the map
+    with_std = PSFMap("gaussian1", psf_map.params, (40, 60), std=np.full((2, 3, 1), 0.2))
+    np.testing.assert_array_equal(PSFMap.load(with_std.save(tmp_path / "std.psfmap")).std,
+                                  with_std.std)
 
 
 def test_load_rejects_other_kinds(tmp_path):
@@ -84,6 +89,9 @@ def test_repr_is_readable():
         ({"image_shape": (40,)}, ValueError, "image_shape"),
         ({"family": 7}, TypeError, "family"),
         ({"family": "gaussian7"}, ValueError, "unknown PSF model"),
+        ({"std": np.ones((2, 3))}, ValueError, "std must have the shape of params"),
+        ({"std": np.full((2, 3, 1), -0.1)}, ValueError, "std must be >= 0"),
+        ({"std": np.full((2, 3, 1), np.inf)}, ValueError, "std"),
     ],
 )
 def test_bad_input(kwargs, error, message):
@@ -135,6 +143,12 @@ def test_psf_maps_of_a_stack_round_trip(tmp_path):
         np.testing.assert_array_equal(after.params, before.params)
         np.testing.assert_array_equal(after.validity, before.validity)
         assert after.metadata == before.metadata and after.image_shape == (40, 60)
+    assert all(after.std is None for after in loaded)
+    with_std = [PSFMap(m.family, m.params, m.image_shape, validity=m.validity,
+                       std=np.full(m.params.shape, 0.1 * (i + 1))) for i, m in enumerate(maps)]
+    for before, after in zip(with_std, load_psf_maps(save_psf_maps(tmp_path / "std.psfmap",
+                                                                   with_std))):
+        np.testing.assert_array_equal(after.std, before.std)
     # a one-map file reads as a list of one; a stack file is not one map
     single = load_psf_maps(maps[1].save(tmp_path / "one.psfmap"))
     assert len(single) == 1 and np.all(single[0].params == 2.0)

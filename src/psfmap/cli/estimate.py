@@ -166,6 +166,11 @@ def describe_map(psf_map) -> str:
         for k, name in enumerate(maps[0].names)
     )
     cells = f"{int((validity >= 0.5).sum())}/{validity.size} cells valid"
+    if all(m.std is not None for m in maps) and (validity >= 0.5).any():
+        # the network's own error estimate, median over the valid cells
+        std = np.stack([m.std for m in maps])[validity >= 0.5]
+        cells += ", predicted error " + ", ".join(
+            f"{name} ±{np.median(std[:, k]):.2g}" for k, name in enumerate(maps[0].names))
     what = f"{gy}x{gx} {maps[0].family.name} map"
     if isinstance(psf_map, list):
         what = f"{len(maps)} {gy}x{gx} {maps[0].family.name} maps (one per frame)"

@@ -116,7 +116,14 @@ class PSFEstimator:
         return cls.load(path, model=name)
 
     # ------------------------------------------------------------ inference
-    def predict(self, patches: Any, batch_size: int = 512) -> tuple[Any, Any]:
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether the network predicts its own error (``predict(..., return_std=True)``)."""
+        return self.network.uncertainty_head is not None
+
+    def predict(
+        self, patches: Any, batch_size: int = 512, *, return_std: bool = False
+    ) -> tuple[Any, ...]:
         """Estimate PSF parameters and validity for a batch of patches.
 
         Parameters
@@ -128,9 +135,14 @@ class PSFEstimator:
             spread, overlapping when ``w`` is not a multiple of ``p``) whose estimates are
             averaged, weighted by their validity (astigmatism through its Noll
             coefficients, :meth:`~psfmap.psf.PSFFamily.to_linear`), as the windows of
-            :meth:`psf_map` are; the validity is the patches' mean.
+            :meth:`psf_map` are; the validity is the patches' mean. With an uncertainty head
+            the weights are validity × precision (:func:`~psfmap.identify.psf_map_estimation.
+            pool_patches`).
         batch_size : int
             Patches per forward pass.
+        return_std : bool
+            Also return ``std``, the network's own estimate of its error (needs
+            :attr:`has_uncertainty`).
 
         Returns
         -------
@@ -139,6 +151,9 @@ class PSFEstimator:
         validity : (B,)
             In ``[0, 1]``; 1 means the patch has enough texture to trust ``params``
             (exactly 0 for constant patches).
+        std : (B, N), with ``return_std``
+            Predicted standard deviation of each parameter's error, in the family's units
+            (for a window, that of the pooled estimate).
             Same kind (NumPy or torch) and floating dtype as ``patches``.
         """
         kind = ArrayKind(patches)
@@ -155,17 +170,29 @@ class PSFEstimator:
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if return_std and not self.has_uncertainty:
+            raise ValueError(
+                f"the {self.family.name} weights have no uncertainty head, so return_std is "
+                "not available; fit one with psfmap.identify.training.fit_uncertainty"
+            )
         device = tensor.device
         inputs = tensor.to(dtype=torch.float32, device="cpu")
         offsets = subpatch_offsets(side, p)
         if len(offsets) > 1:
             inputs = torch.stack([inputs[:, y:y + p, x:x + p] for y in offsets for x in offsets],
                                  dim=1).reshape(-1, p, p)
-        outputs = []
+        n_params = self.family.n_params
+        with_std = self.has_uncertainty and (return_std or len(offsets) > 1)
+        outputs, log_variances = [torch.zeros(0, n_params + 1)], [torch.zeros(0, n_params)]
         with torch.inference_mode():
             for start in range(0, inputs.shape[0], batch_size):
-                outputs.append(self.network(inputs[start:start + batch_size]))
-            out = torch.cat(outputs) if outputs else torch.zeros(0, self.family.n_params + 1)
+                pooled = self.network.pooled_features(inputs[start:start + batch_size])
+                outputs.append(self.network.outputs(pooled))
+                if with_std:
+                    log_variances.append(self.network.log_variance(
+                        pooled, outputs[-1][:, :-1].clamp(0.0, 1.0)))
+            out = torch.cat(outputs)
+            sigma = torch.exp(0.5 * torch.cat(log_variances).double()) if with_std else None
             unit = out[:, :-1].double().clamp(0.0, 1.0)
             params = self.family.denormalize(unit)
             validity = torch.sigmoid(out[:, -1].double())
@@ -175,17 +202,22 @@ class PSFEstimator:
             validity = torch.where(spread <= 1e-6 * (scale + 1e-30), 0.0, validity)
         if len(offsets) > 1:
             m = len(offsets) ** 2
-            linear, pooled = pool_patches(
-                self.family.to_linear(params.reshape(-1, m, self.family.n_params).numpy()),
-                validity.reshape(-1, m).numpy())
+            linear, pooled, pooled_sigma = pool_patches(
+                self.family.to_linear(params.reshape(-1, m, n_params).numpy()),
+                validity.reshape(-1, m).numpy(),
+                None if sigma is None else sigma.reshape(-1, m, n_params).numpy())
             params = torch.from_numpy(np.clip(self.family.from_linear(linear),
                                               self.family.low, self.family.high))
             validity = torch.from_numpy(pooled)
-        params = params.to(tensor.dtype).to(device)
-        validity = validity.to(tensor.dtype).to(device)
+            sigma = None if pooled_sigma is None else torch.from_numpy(pooled_sigma)
+        results = [params, validity]
+        if return_std:
+            span = torch.as_tensor(self.family.high - self.family.low, dtype=torch.float64)
+            results.append(sigma * span)
+        results = [r.to(tensor.dtype).to(device) for r in results]
         if single:
-            params, validity = params[0], validity[0]
-        return kind.restore(params), kind.restore(validity)
+            results = [r[0] for r in results]
+        return tuple(kind.restore(r) for r in results)
 
     def psf_map(self, image, window=None, stride=None, **kw):
         """Sliding-window PSF map of ``image`` (:func:`psfmap.identify.estimate_psf_map`)."""

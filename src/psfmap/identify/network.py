@@ -23,6 +23,12 @@ i.e. the Noll coefficients ``a6, a5`` up to scale: it is continuous across ``axi
 degenerates gracefully when the power vanishes. :meth:`PSFRegressor.forward` decodes it so the
 network always returns ``N + 1`` outputs: N parameters normalised to ``[0, 1]`` over the family
 range, then the validity logit.
+
+An optional uncertainty head (``uncertainty=True``) maps the same pooled features and the
+decoded estimate to a log-variance per parameter, ``s = log σ²`` of the normalised estimate's
+error; it is fitted after the main network, which it leaves unchanged, by
+:func:`psfmap.identify.training.fit_uncertainty` (Gaussian negative log-likelihood, Kendall &
+Gal, NeurIPS 2017).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+UNCERTAINTY_HIDDEN = 64
 DEFAULT_NETWORK = {
     "width": 16,
     "blocks": [1, 1, 1],
@@ -137,6 +144,8 @@ class PSFRegressor(nn.Module):
     periodic : list of [int, int]
         ``[magnitude, angle]`` parameter columns regressed as a point on the plane
         (see the module docstring).
+    uncertainty : bool
+        Add the uncertainty head (:meth:`log_variance`).
 
     Outputs
     -------
@@ -155,6 +164,7 @@ class PSFRegressor(nn.Module):
         n_radii: int = 16,
         n_sectors: int = 8,
         periodic: Sequence[Sequence[int]] = (),
+        uncertainty: bool = False,
     ):
         super().__init__()
         if n_params < 1:
@@ -183,23 +193,41 @@ class PSFRegressor(nn.Module):
             nn.ReLU(),
             nn.Linear(hidden, self.n_embedding + 1),
         )
+        # built last, so that the main layers start from the same random state either way
+        self.uncertainty = bool(uncertainty)
+        self.uncertainty_head = nn.Sequential(
+            nn.Linear(channels + self.features.n_polar + n_params, UNCERTAINTY_HIDDEN),
+            nn.ReLU(),
+            nn.Linear(UNCERTAINTY_HIDDEN, n_params),
+        ) if self.uncertainty else None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> PSFRegressor:
         """Build from a network config (``patch_size``, ``n_params`` and the keywords)."""
         keys = {"patch_size", "n_params", "width", "blocks", "hidden", "n_radii", "n_sectors",
-                "periodic"}
+                "periodic", "uncertainty"}
         unknown = set(config) - keys
         if unknown:
             raise ValueError(f"unknown network config fields {sorted(unknown)}")
         kwargs = {k: v for k, v in config.items() if k not in ("patch_size", "n_params")}
         return cls(int(config["patch_size"]), int(config["n_params"]), **kwargs)
 
-    def embedding(self, patches: torch.Tensor) -> torch.Tensor:
-        """Raw head output ``(B, N + n_periodic + 1)``: embedded parameters, validity logit."""
+    def pooled_features(self, patches: torch.Tensor) -> torch.Tensor:
+        """The head's input ``(B, F)``: globally pooled trunk features and polar features."""
         channels, polar = self.features(patches)
         pooled = self.trunk(self.stem(channels)).mean((-2, -1))
-        return self.head(torch.cat([pooled, polar], dim=1))
+        return torch.cat([pooled, polar], dim=1)
+
+    def embedding(self, patches: torch.Tensor) -> torch.Tensor:
+        """Raw head output ``(B, N + n_periodic + 1)``: embedded parameters, validity logit."""
+        return self.head(self.pooled_features(patches))
+
+    def log_variance(self, pooled: torch.Tensor, unit_params: torch.Tensor) -> torch.Tensor:
+        """``log σ²`` ``(B, N)`` of the normalised estimate's error, from the pooled features
+        ``(B, F)`` and the decoded estimate ``(B, N)`` (needs ``uncertainty=True``)."""
+        if self.uncertainty_head is None:
+            raise ValueError("this network has no uncertainty head")
+        return self.uncertainty_head(torch.cat([pooled, unit_params], dim=1))
 
     def encode(self, unit_params: torch.Tensor) -> torch.Tensor:
         """Normalised parameters ``(B, N)`` -> embedding targets ``(B, N + n_periodic)``.
@@ -226,6 +254,10 @@ class PSFRegressor(nn.Module):
             params[:, angle] = torch.remainder(torch.atan2(y, x) / (2 * math.pi), 1.0)
         return params
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        out = self.embedding(patches)
+    def outputs(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``(B, F)`` -> ``(B, N + 1)``: normalised parameters, validity logit."""
+        out = self.head(pooled)
         return torch.cat([self.decode(out[:, :-1]), out[:, -1:]], dim=1)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.outputs(self.pooled_features(patches))

@@ -132,15 +132,27 @@ def subpatch_offsets(window: int, patch: int) -> np.ndarray:
     return np.round(np.linspace(0, window - patch, k)).astype(np.int64)
 
 
-def pool_patches(linear: np.ndarray, validity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pool_patches(
+    linear: np.ndarray, validity: np.ndarray, sigma: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Pool the patches of each window: ``(..., m, N)``, ``(..., m)`` -> ``(..., N)``, ``(...)``.
 
-    ``θ = Σ_j v_j θ_j / Σ_j v_j`` over the window's ``m`` patches (parameters in the
-    family's linear coordinates, :meth:`~psfmap.psf.PSFFamily.to_linear`), and the mean
-    validity ``v = mean_j v_j``.
+    ``θ = Σ_j w_j θ_j / Σ_j w_j`` over the window's ``m`` patches (parameters in the
+    family's linear coordinates, :meth:`~psfmap.psf.PSFFamily.to_linear`) with weights
+    ``w_j = v_j`` (validity), and the mean validity ``v = mean_j v_j``. Given the predicted
+    standard deviations ``sigma (..., m, N)`` of the patches' estimates (normalised units),
+    the weights become ``w_j = v_j / mean_k σ_jk²`` (validity times precision) and the pooled
+    estimate's ``σ = √(Σ_j w_j² σ_j²) / Σ_j w_j`` is returned as well (patches' errors taken
+    as independent); otherwise the third output is ``None``.
     """
-    weights = validity + 1e-12
-    return (weights[..., None] * linear).sum(-2) / weights.sum(-1)[..., None], validity.mean(-1)
+    weights = validity if sigma is None else validity / np.mean(sigma**2, axis=-1)
+    weights = weights + 1e-12
+    total = weights.sum(-1)[..., None]
+    pooled = (weights[..., None] * linear).sum(-2) / total
+    pooled_sigma = None
+    if sigma is not None:
+        pooled_sigma = np.sqrt((weights[..., None] ** 2 * sigma**2).sum(-2)) / total
+    return pooled, validity.mean(-1), pooled_sigma
 
 
 def median_filter_grid(params: np.ndarray, size: int) -> np.ndarray:
@@ -205,7 +217,9 @@ def estimate_psf_map(
         Parameter grid ``(gy, gx, N)``, validity ``(gy, gx)`` (the network's score; flat
         windows get 0) and ``metadata`` with ``window``, ``stride``, ``grid``, ``model``,
         ``window_rows``/``window_cols`` (top-left offsets), ``centres_y``/``centres_x``,
-        ``n_valid``.
+        ``n_valid``; with an estimator that predicts its own error (``has_uncertainty``),
+        ``std (gy, gx, N)``: the predicted standard deviation of each window's own estimate
+        (before filling and median filtering), in the family's units.
 
     Raises
     ------
@@ -274,19 +288,31 @@ def estimate_psf_map(
     span = torch.arange(patch)
 
     n_params = int(estimator.family.n_params)
-    params_list, validity_list, deviation_list = [], [], []
+    with_std = bool(getattr(estimator, "has_uncertainty", False))
+    params_list, validity_list, std_list, deviation_list = [], [], [], []
     with torch.inference_mode():
         for start in range(0, corner_y.shape[0], batch_size):
             ys = corner_y[start:start + batch_size, None, None] + span[None, :, None]
             xs = corner_x[start:start + batch_size, None, None] + span[None, None, :]
             patches = work[ys, xs]
-            p_batch, v_batch = estimator.predict(patches)
-            params_list.append(torch.as_tensor(p_batch, dtype=torch.float64).reshape(-1, n_params))
-            validity_list.append(torch.as_tensor(v_batch, dtype=torch.float64).reshape(-1))
+            estimates = (estimator.predict(patches, return_std=True) if with_std
+                         else estimator.predict(patches))
+            params_list.append(torch.as_tensor(estimates[0], dtype=torch.float64)
+                               .reshape(-1, n_params))
+            validity_list.append(torch.as_tensor(estimates[1], dtype=torch.float64).reshape(-1))
+            if with_std:
+                std_list.append(torch.as_tensor(estimates[2], dtype=torch.float64)
+                                .reshape(-1, n_params))
             deviation_list.append(patches.to(torch.float64).flatten(1).std(dim=1))
     params = torch.cat(params_list).numpy().reshape(gy, gx, k * k, n_params)
     validity = torch.cat(validity_list).numpy().reshape(gy, gx, k * k)
-    if not (np.all(np.isfinite(params)) and np.all(np.isfinite(validity))):
+    family = estimator.family
+    span = np.asarray(family.high, dtype=np.float64) - np.asarray(family.low, dtype=np.float64)
+    span = np.where(span > 0, span, 1.0)
+    sigma = (torch.cat(std_list).numpy().reshape(gy, gx, k * k, n_params) / span
+             if with_std else None)
+    if not (np.all(np.isfinite(params)) and np.all(np.isfinite(validity))
+            and (sigma is None or np.all(np.isfinite(sigma)))):
         raise ValueError("the estimator returned NaN or infinite values")
 
     # flat patches carry no blur information: invalid whatever the network says
@@ -295,8 +321,8 @@ def estimate_psf_map(
     validity = np.where(deviation <= FLAT_TOLERANCE * max(spread, 1e-30), 0.0, validity)
     # pooled, filled and filtered as Noll coefficients (PSFFamily.to_linear): an astigmatism
     # axis is periodic and would average wrongly as a number
-    family = estimator.family
-    cell_params, cell_validity = pool_patches(family.to_linear(params), validity)
+    cell_params, cell_validity, cell_sigma = pool_patches(family.to_linear(params), validity,
+                                                          sigma)
     valid = cell_validity >= threshold
     if not valid.any():
         raise ValueError(
@@ -328,6 +354,7 @@ def estimate_psf_map(
         (height, width),
         validity=cell_validity,
         metadata=metadata,
+        std=None if cell_sigma is None else cell_sigma * span,
     )
 
 

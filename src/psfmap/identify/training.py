@@ -33,6 +33,8 @@ from psfmap.psf import PSFFamily, model, model_from_config
 CHECKPOINT_FORMAT = "psfmap-cnn"
 CHECKPOINT_VERSION = 1
 TIMING_STEPS = 25  # a minutes-limited run fixes its step count after this many steps
+UNCERTAINTY_BATCH = 128
+UNCERTAINTY_SEED = 15485863
 
 
 # ---------------------------------------------------------------- metrics and loss
@@ -117,6 +119,9 @@ class TrainConfig:
     validation_every, validation_size : model selection on validation R² (held-out seed).
     threads : int
         ``torch.set_num_threads`` during training.
+    uncertainty_steps : int
+        Steps of :func:`fit_uncertainty` after the main training (batches of
+        ``UNCERTAINTY_BATCH``); 0: no uncertainty head.
     schedule : list of [int, int]
         Learning-rate schedule history of a run whose step count changed while it ran:
         ``[start_step, schedule_steps]`` pairs, the schedule length followed from
@@ -142,6 +147,7 @@ class TrainConfig:
     validation_size: int = 768
     threads: int = 1
     schedule: list = field(default_factory=list)
+    uncertainty_steps: int = 0
 
     def resolved(self) -> TrainConfig:
         """Fill defaults (family from the model name, data and network defaults)."""
@@ -157,7 +163,10 @@ class TrainConfig:
         network["patch_size"] = out.data["patch_size"]
         network["n_params"] = family.n_params
         network["periodic"] = family.periodic
+        network["uncertainty"] = out.uncertainty_steps > 0
         out.network = network
+        if out.uncertainty_steps < 0:
+            raise ValueError(f"uncertainty_steps must be >= 0, got {out.uncertainty_steps}")
         if out.steps < 1 or out.batch_size < 2:
             raise ValueError(f"steps must be >= 1 and batch_size >= 2, got {out.steps}, "
                              f"{out.batch_size}")
@@ -424,6 +433,10 @@ def _train(config, output, minutes, progress) -> Path:
                 best_state = copy.deepcopy(network.state_dict())
     if best_state is not None:
         network.load_state_dict(best_state)
+    uncertainty = None
+    if config.uncertainty_steps > 0:
+        uncertainty = fit_uncertainty(network, family, config.data, config.uncertainty_steps,
+                                      config.seed)
     final = copy.deepcopy(config)
     final.schedule = schedule
     final.steps = steps
@@ -435,4 +448,95 @@ def _train(config, output, minutes, progress) -> Path:
                    f"{config.threads} torch thread(s)",
         "torch": torch.__version__,
     }
+    if uncertainty is not None:
+        metrics["uncertainty"] = uncertainty
     return save_checkpoint(output, network.eval(), final.to_dict(), metrics)
+
+
+def fit_uncertainty(
+    network: PSFRegressor,
+    family: PSFFamily,
+    data: Mapping[str, Any],
+    steps: int,
+    seed: int,
+    *,
+    batch_size: int = UNCERTAINTY_BATCH,
+    learning_rate: float = 1e-3,
+) -> dict[str, Any]:
+    r"""Fit the uncertainty head of a trained network; the rest of the network is frozen.
+
+    Minimises the Gaussian negative log-likelihood of the normalised estimate's error
+    ``e = θ̂ − θ`` (wrapped for the astigmatism axis) over the valid training samples,
+
+        L = ½ mean( e² exp(−s) + s ),    s = log σ² = log_variance(features, θ̂),
+
+    whose minimum over ``s`` is ``σ² = E[e² | patch]`` (Kendall & Gal, "What uncertainties do
+    we need in Bayesian deep learning for computer vision?", NeurIPS 2017). Fresh samples
+    from the training split (seed ``seed + UNCERTAINTY_SEED``); deterministic.
+
+    Returns ``{"steps", "batch_size", "nll_first", "nll_last", "calibration"}``: the mean
+    loss of the first and last quarter of the steps (at most 50 each), and, on held-out
+    samples of another seed, the RMS error against the RMS predicted σ in each quartile of
+    the predicted σ.
+    """
+    if network.uncertainty_head is None:
+        raise ValueError("the network was built without an uncertainty head (uncertainty=True)")
+    steps = int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    generator_seed = int(seed) + UNCERTAINTY_SEED
+    samples = PatchGenerator(family, data, seed=generator_seed, split="train")
+    periodic = [angle for _, angle in network.periodic]
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    head = network.uncertainty_head
+    for parameter in head.parameters():
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate)
+    losses = []
+    network.eval()
+    try:
+        for _ in range(steps):
+            batch = samples.batch(batch_size)
+            pooled, unit, error = _frozen_estimates(network, family, batch, periodic)
+            valid = batch.valid > 0.5
+            if not bool(valid.any()):
+                continue
+            log_variance = network.log_variance(pooled[valid], unit[valid])
+            loss = 0.5 * (error[valid].pow(2) * torch.exp(-log_variance) + log_variance).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        for parameter in network.parameters():
+            parameter.requires_grad_(True)
+    held_out = PatchGenerator(family, data, seed=generator_seed + 1, split="train").batch(1024)
+    with torch.inference_mode():
+        pooled, unit, error = _frozen_estimates(network, family, held_out, periodic)
+        sigma = torch.exp(0.5 * network.log_variance(pooled, unit))
+    valid = held_out.valid > 0.5
+    sigma, error = sigma[valid].flatten(), error[valid].flatten()
+    edges = torch.quantile(sigma, torch.tensor([0.25, 0.5, 0.75]))
+    quartile = torch.bucketize(sigma, edges)
+    calibration = [
+        {"rms_error": float(error[quartile == q].pow(2).mean().sqrt()),
+         "rms_sigma": float(sigma[quartile == q].pow(2).mean().sqrt())}
+        for q in range(4)
+    ]
+    span = max(1, min(50, len(losses) // 4))
+    return {"steps": steps, "batch_size": batch_size,
+            "nll_first": float(np.mean(losses[:span])),
+            "nll_last": float(np.mean(losses[-span:])),
+            "calibration": calibration}
+
+
+def _frozen_estimates(network, family, batch, periodic):
+    """Pooled features, decoded normalised estimate and its (wrapped) error of a batch."""
+    with torch.no_grad():
+        pooled = network.pooled_features(batch.patches)
+        unit = network.outputs(pooled)[:, :-1].clamp(0, 1)
+        error = unit - family.normalize(batch.params.double()).float()
+        for column in periodic:
+            error[:, column] = torch.remainder(error[:, column] + 0.5, 1.0) - 0.5
+    return pooled, unit, error

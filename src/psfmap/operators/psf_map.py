@@ -62,6 +62,9 @@ class PSFMap:
         Confidence of every cell in [0, 1] (default: ones).
     metadata : dict, optional
         JSON-able provenance and optics (pixel size in µm, how the map was obtained, ...).
+    std : array, shape (gy, gx, N), optional
+        Uncertainty of every cell's parameters (standard deviation, the parameters' units),
+        e.g. the CNN's prediction of its own error; ``None`` when unknown.
 
     Examples
     --------
@@ -82,6 +85,7 @@ class PSFMap:
         image_shape: Any,
         validity: Any = None,
         metadata: Mapping[str, Any] | None = None,
+        std: Any = None,
     ):
         self.family = _family(family)
         tensor = check_finite(as_tensor(params, "params", dtype=torch.float64), "params")
@@ -111,6 +115,15 @@ class PSFMap:
             if bool((valid < 0).any()) or bool((valid > 1).any()):
                 raise ValueError("validity must be in [0, 1]")
             self.validity = valid.detach().cpu().numpy().copy()
+        self.std = None
+        if std is not None:
+            spread = check_finite(as_tensor(std, "std", dtype=torch.float64), "std")
+            if tuple(spread.shape) != tuple(tensor.shape):
+                raise ValueError(f"std must have the shape of params {tuple(tensor.shape)}, "
+                                 f"got {tuple(spread.shape)}")
+            if bool((spread < 0).any()):
+                raise ValueError("std must be >= 0")
+            self.std = spread.detach().cpu().numpy().copy()
         self.metadata: dict[str, Any] = dict(metadata or {})
 
     # ------------------------------------------------------------------ geometry
@@ -168,10 +181,10 @@ class PSFMap:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """Write the map to one self-describing psfmap file (kind ``psf_map``), atomically."""
-        return save_container(
-            path, KIND, {"params": self.params, "validity": self.validity},
-            _file_metadata(self, self.metadata),
-        )
+        arrays = {"params": self.params, "validity": self.validity}
+        if self.std is not None:
+            arrays["std"] = self.std
+        return save_container(path, KIND, arrays, _file_metadata(self, self.metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PSFMap:
@@ -184,7 +197,7 @@ class PSFMap:
                 "reads them, 'psfmap deblur --psf-map' applies them frame by frame"
             )
         return _map_from_fields(path, metadata, arrays.get("params"), arrays.get("validity"),
-                                metadata.get("user"))
+                                metadata.get("user"), arrays.get("std"))
 
     # ------------------------------------------------------------------ display
     def __repr__(self) -> str:
@@ -210,13 +223,15 @@ def _file_metadata(psf_map: PSFMap, user: Any) -> dict[str, Any]:
     }
 
 
-def _map_from_fields(path, metadata: Mapping[str, Any], params, validity, user) -> PSFMap:
+def _map_from_fields(
+    path, metadata: Mapping[str, Any], params, validity, user, std=None
+) -> PSFMap:
     """Build a map from the fields of a file; a missing field is a clear error."""
     try:
         if params is None:
             raise KeyError("params")
         return PSFMap(metadata["family"], params, metadata["image_shape"], validity=validity,
-                      metadata=user or {})
+                      metadata=user or {}, std=std)
     except KeyError as missing:
         raise ValueError(f"{str(path)!r} is missing the field {missing}") from None
 
@@ -256,6 +271,8 @@ def save_psf_maps(path: str | os.PathLike, maps: Sequence[PSFMap]) -> Path:
         "params": np.stack([psf_map.params for psf_map in maps]),
         "validity": np.stack([psf_map.validity for psf_map in maps]),
     }
+    if all(psf_map.std is not None for psf_map in maps):
+        arrays["std"] = np.stack([psf_map.std for psf_map in maps])
     return save_container(path, STACK_KIND, arrays, metadata)
 
 
@@ -265,15 +282,17 @@ def load_psf_maps(path: str | os.PathLike) -> list[PSFMap]:
     kind, arrays, metadata = load_container(path, (KIND, STACK_KIND))
     if kind == KIND:
         return [_map_from_fields(path, metadata, arrays.get("params"), arrays.get("validity"),
-                                 metadata.get("user"))]
-    params, validity = arrays.get("params"), arrays.get("validity")
+                                 metadata.get("user"), arrays.get("std"))]
+    params, validity, std = arrays.get("params"), arrays.get("validity"), arrays.get("std")
     if params is None or params.ndim != 4:
         raise ValueError(f"{str(path)!r} must hold params of shape (frames, gy, gx, N)")
     users = metadata.get("user") or [{}] * len(params)
-    if (validity is not None and len(validity) != len(params)) or len(users) != len(params):
+    if any(field is not None and len(field) != len(params) for field in (validity, std)) or \
+            len(users) != len(params):
         raise ValueError(f"{str(path)!r} is corrupted: its fields disagree on the frame count")
     return [
         _map_from_fields(path, metadata, params[index],
-                         None if validity is None else validity[index], users[index])
+                         None if validity is None else validity[index], users[index],
+                         None if std is None else std[index])
         for index in range(len(params))
     ]
