@@ -37,6 +37,16 @@ def image_file(tmp_path):
     return path
 
 
+def test_estimate_with_a_shipped_model_reports_and_saves_its_predicted_error(
+        tmp_path, image_file, capsys):
+    saved = tmp_path / "shipped.psfmap"
+    assert main(["estimate", str(image_file), "--model", "gaussian1", "--grid", "2x2",
+                 "--save-map", str(saved)]) == 0
+    assert "predicted error width ±" in capsys.readouterr().out
+    loaded = psfmap.PSFMap.load(saved)
+    assert loaded.std.shape == (2, 2, 1) and np.all(loaded.std > 0)
+
+
 def test_estimate_writes_map_and_figure(tmp_path, image_file, capsys):
     weights = _weights(tmp_path / "g1.pt", "gaussian1")
     status = main(["estimate", str(image_file), "--weights", str(weights), "--stride", "16",
