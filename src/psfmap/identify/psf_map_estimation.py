@@ -183,10 +183,11 @@ def estimate_psf_map(
 
         θ = Σ_j v_j θ_j / Σ_j v_j,    v = mean_j v_j
 
-    (validity-weighted parameters ``θ_j``, mean validity ``v_j``; an astigmatism axis is
-    averaged, filled and filtered through its Noll coefficients, see
-    :meth:`~psfmap.psf.PSFFamily.to_linear`, since it is periodic). Cells with ``v < threshold``,
-    and flat windows, are invalid and filled by :func:`fill_invalid` (inverse-distance
+    (validity-weighted parameters ``θ_j``, mean validity ``v_j``; with an estimator that
+    predicts its own error the weights are validity × precision, :func:`pool_patches`; an
+    astigmatism axis is averaged, filled and filtered through its Noll coefficients, see
+    :meth:`~psfmap.psf.PSFFamily.to_linear`, since it is periodic). Cells with
+    ``v < threshold``, and flat windows, are invalid and filled by :func:`fill_invalid` (inverse-distance
     weighted four-neighbour averaging, Shajkofci & Liebling, IEEE TIP 2020); a ``median``
     filter of the parameter grid follows when asked.
 
@@ -307,9 +308,10 @@ def estimate_psf_map(
     params = torch.cat(params_list).numpy().reshape(gy, gx, k * k, n_params)
     validity = torch.cat(validity_list).numpy().reshape(gy, gx, k * k)
     family = estimator.family
-    span = np.asarray(family.high, dtype=np.float64) - np.asarray(family.low, dtype=np.float64)
-    span = np.where(span > 0, span, 1.0)
-    sigma = (torch.cat(std_list).numpy().reshape(gy, gx, k * k, n_params) / span
+    param_span = np.asarray(family.high, dtype=np.float64) - np.asarray(family.low,
+                                                                        dtype=np.float64)
+    param_span = np.where(param_span > 0, param_span, 1.0)
+    sigma = (torch.cat(std_list).numpy().reshape(gy, gx, k * k, n_params) / param_span
              if with_std else None)
     if not (np.all(np.isfinite(params)) and np.all(np.isfinite(validity))
             and (sigma is None or np.all(np.isfinite(sigma)))):
@@ -354,7 +356,7 @@ def estimate_psf_map(
         (height, width),
         validity=cell_validity,
         metadata=metadata,
-        std=None if cell_sigma is None else cell_sigma * span,
+        std=None if cell_sigma is None else cell_sigma * param_span,
     )
 
 
