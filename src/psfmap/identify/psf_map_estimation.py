@@ -187,9 +187,9 @@ def estimate_psf_map(
     predicts its own error the weights are validity × precision, :func:`pool_patches`; an
     astigmatism axis is averaged, filled and filtered through its Noll coefficients, see
     :meth:`~psfmap.psf.PSFFamily.to_linear`, since it is periodic). Cells with
-    ``v < threshold``, and flat windows, are invalid and filled by :func:`fill_invalid` (inverse-distance
-    weighted four-neighbour averaging, Shajkofci & Liebling, IEEE TIP 2020); a ``median``
-    filter of the parameter grid follows when asked.
+    ``v < threshold``, and flat windows, are invalid and filled by :func:`fill_invalid`
+    (inverse-distance weighted four-neighbour averaging, Shajkofci & Liebling, IEEE TIP
+    2020); a ``median`` filter of the parameter grid follows when asked.
 
     Parameters
     ----------
