@@ -151,6 +151,11 @@ def blind_deblur(state: DemoState, model: str = "zernike3") -> DemoState:
         f"({int((estimated.validity >= 0.5).sum())} valid cells), mean |error| vs truth: "
         f"{errors}; RL-TV {DEFAULT_ITERATIONS} iterations λ={DEFAULT_TV:g}, {elapsed:.1f} s"
     )
+    if estimated.std is not None:  # the network's own error estimate, next to the real one
+        state.lines.append("CNN's predicted vs actual RMS error per cell: " + ", ".join(
+            f"{name} {np.sqrt(np.mean(estimated.std[..., k] ** 2)):.3f} vs "
+            f"{np.sqrt(np.mean(difference[..., k] ** 2)):.3f}"
+            for k, name in enumerate(estimated.names)))
     state.lines.append(_quality("restored", state.sharp, result.restored))
     return state
 
