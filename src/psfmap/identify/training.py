@@ -31,7 +31,7 @@ from psfmap.identify.training_data import DataConfig, PatchGenerator
 from psfmap.psf import PSFFamily, model, model_from_config
 
 CHECKPOINT_FORMAT = "psfmap-cnn"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: optional uncertainty head (network.uncertainty)
 TIMING_STEPS = 25  # a minutes-limited run fixes its step count after this many steps
 UNCERTAINTY_BATCH = 128
 UNCERTAINTY_SEED = 15485863
