@@ -186,11 +186,11 @@ class PSFEstimator:
         outputs, log_variances = [torch.zeros(0, n_params + 1)], [torch.zeros(0, n_params)]
         with torch.inference_mode():
             for start in range(0, inputs.shape[0], batch_size):
-                pooled = self.network.pooled_features(inputs[start:start + batch_size])
-                outputs.append(self.network.outputs(pooled))
+                features = self.network.pooled_features(inputs[start:start + batch_size])
+                outputs.append(self.network.outputs(features))
                 if with_std:
                     log_variances.append(self.network.log_variance(
-                        pooled, outputs[-1][:, :-1].clamp(0.0, 1.0)))
+                        features, outputs[-1][:, :-1].clamp(0.0, 1.0)))
             out = torch.cat(outputs)
             sigma = torch.exp(0.5 * torch.cat(log_variances).double()) if with_std else None
             unit = out[:, :-1].double().clamp(0.0, 1.0)
@@ -202,13 +202,13 @@ class PSFEstimator:
             validity = torch.where(spread <= 1e-6 * (scale + 1e-30), 0.0, validity)
         if len(offsets) > 1:
             m = len(offsets) ** 2
-            linear, pooled, pooled_sigma = pool_patches(
+            linear, pooled_validity, pooled_sigma = pool_patches(
                 self.family.to_linear(params.reshape(-1, m, n_params).numpy()),
                 validity.reshape(-1, m).numpy(),
                 None if sigma is None else sigma.reshape(-1, m, n_params).numpy())
             params = torch.from_numpy(np.clip(self.family.from_linear(linear),
                                               self.family.low, self.family.high))
-            validity = torch.from_numpy(pooled)
+            validity = torch.from_numpy(pooled_validity)
             sigma = None if pooled_sigma is None else torch.from_numpy(pooled_sigma)
         results = [params, validity]
         if return_std:
