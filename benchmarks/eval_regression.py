@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.training import r2_score
+from psfmap.identify.training import calibration_by_quartile, r2_score, wrapped_error
 from psfmap.identify.training_data import SOURCES, PatchGenerator
 
 MODELS = ("gaussian1", "gaussian2", "zernike1", "zernike3")
@@ -50,15 +50,9 @@ def _calibration(estimator, true, predicted, std, mask) -> list[dict] | None:
     family = estimator.family
     span = torch.as_tensor(family.high - family.low, dtype=torch.float64)
     span = torch.where(span > 0, span, torch.ones_like(span))
-    error = (predicted.double() - true.double()) / span
-    for _, angle in estimator.network.periodic:
-        error[:, angle] = torch.remainder(error[:, angle] + 0.5, 1.0) - 0.5
-    sigma = (std.double() / span)[mask].flatten()
-    error = error[mask].flatten()
-    quartile = torch.bucketize(sigma, torch.quantile(sigma, torch.tensor(
-        [0.25, 0.5, 0.75], dtype=torch.float64)))
-    return [{"rms_error": float(error[quartile == q].pow(2).mean().sqrt()),
-             "rms_sigma": float(sigma[quartile == q].pow(2).mean().sqrt())} for q in range(4)]
+    error = wrapped_error(family.normalize(predicted.double()), family.normalize(true.double()),
+                          [angle for _, angle in estimator.network.periodic])
+    return calibration_by_quartile(error[mask], (std.double() / span)[mask])
 
 
 def _r2(estimator, true, predicted, mask):

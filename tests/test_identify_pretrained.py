@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from psfmap.identify.cnn import PRETRAINED, PSFEstimator
-from psfmap.identify.training import r2_score
+from psfmap.identify.training import r2_score, wrapped_error
 from psfmap.identify.training_data import PatchGenerator
 
 SHIPPED = ("gaussian1", "gaussian2", "zernike1", "zernike3")
@@ -90,9 +90,9 @@ def test_pretrained_predicts_the_size_of_its_own_errors(estimator):
     params, validity, std = estimator.predict(batch.patches, return_std=True)
     assert std.shape == params.shape and bool((std > 0).all())
     span = torch.as_tensor(family.high - family.low, dtype=torch.float64)
-    error = (params.double() - batch.params.double()) / span
-    for _, angle in estimator.network.periodic:  # the axis wraps with period π
-        error[:, angle] = torch.remainder(error[:, angle] + 0.5, 1.0) - 0.5
+    error = wrapped_error(family.normalize(params.double()),  # the axis wraps with period π
+                          family.normalize(batch.params.double()),
+                          [angle for _, angle in estimator.network.periodic])
     sigma = (std.double() / span).mean(1)
     valid = batch.valid > 0.5
     sure = valid & (sigma <= sigma[valid].median())

@@ -516,14 +516,7 @@ def fit_uncertainty(
         pooled, unit, error = _frozen_estimates(network, family, held_out, periodic)
         sigma = torch.exp(0.5 * network.log_variance(pooled, unit))
     valid = held_out.valid > 0.5
-    sigma, error = sigma[valid].flatten(), error[valid].flatten()
-    edges = torch.quantile(sigma, torch.tensor([0.25, 0.5, 0.75]))
-    quartile = torch.bucketize(sigma, edges)
-    calibration = [
-        {"rms_error": float(error[quartile == q].pow(2).mean().sqrt()),
-         "rms_sigma": float(sigma[quartile == q].pow(2).mean().sqrt())}
-        for q in range(4)
-    ]
+    calibration = calibration_by_quartile(error[valid], sigma[valid])
     span = max(1, min(50, len(losses) // 4))
     return {"steps": steps, "batch_size": batch_size,
             "nll_first": float(np.mean(losses[:span])),
@@ -531,12 +524,30 @@ def fit_uncertainty(
             "calibration": calibration}
 
 
+def wrapped_error(unit_predicted: torch.Tensor, unit_true: torch.Tensor,
+                  periodic: Sequence[int] = ()) -> torch.Tensor:
+    """Error of normalised estimates ``(B, N)``, wrapped to ``[−½, ½)`` in the ``periodic``
+    columns (an astigmatism axis: 0 and the top of its range are the same PSF)."""
+    error = unit_predicted - unit_true.to(unit_predicted.dtype)
+    for column in periodic:
+        error[:, column] = torch.remainder(error[:, column] + 0.5, 1.0) - 0.5
+    return error
+
+
+def calibration_by_quartile(error: torch.Tensor, sigma: torch.Tensor) -> list[dict[str, float]]:
+    """RMS error against RMS predicted σ in each quartile of the predicted σ (all entries of
+    ``error`` and ``sigma``, same shape, pooled): how well an uncertainty head is calibrated."""
+    error, sigma = error.flatten(), sigma.flatten().to(error.dtype)
+    edges = torch.quantile(sigma, torch.tensor([0.25, 0.5, 0.75], dtype=sigma.dtype))
+    quartile = torch.bucketize(sigma, edges)
+    return [{"rms_error": float(error[quartile == q].pow(2).mean().sqrt()),
+             "rms_sigma": float(sigma[quartile == q].pow(2).mean().sqrt())} for q in range(4)]
+
+
 def _frozen_estimates(network, family, batch, periodic):
     """Pooled features, decoded normalised estimate and its (wrapped) error of a batch."""
     with torch.no_grad():
         pooled = network.pooled_features(batch.patches)
         unit = network.outputs(pooled)[:, :-1].clamp(0, 1)
-        error = unit - family.normalize(batch.params.double()).float()
-        for column in periodic:
-            error[:, column] = torch.remainder(error[:, column] + 0.5, 1.0) - 0.5
+        error = wrapped_error(unit, family.normalize(batch.params.double()), periodic)
     return pooled, unit, error

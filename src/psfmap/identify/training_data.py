@@ -554,8 +554,7 @@ class PatchGenerator:
         low, high = family.low - margin * span, family.high + margin * span
         if family.kind == "gaussian":
             low = np.maximum(low, 0.25 * family.low)
-        for column in {c for pair in family.periodic
-                       for c in pair}:
+        for column in {c for pair in family.periodic for c in pair}:
             low[column], high[column] = family.low[column], family.high[column]
         return family.sample(n, self.generator, dtype=torch.float64, bounds=(low, high))
 

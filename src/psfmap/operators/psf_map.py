@@ -196,8 +196,7 @@ class PSFMap:
                 f"{str(path)!r} holds the PSF maps of {frames} frames: psfmap.load_psf_maps "
                 "reads them, 'psfmap deblur --psf-map' applies them frame by frame"
             )
-        return _map_from_fields(path, metadata, arrays.get("params"), arrays.get("validity"),
-                                metadata.get("user"), arrays.get("std"))
+        return _single_map(path, arrays, metadata)
 
     # ------------------------------------------------------------------ display
     def __repr__(self) -> str:
@@ -234,6 +233,12 @@ def _map_from_fields(
                       metadata=user or {}, std=std)
     except KeyError as missing:
         raise ValueError(f"{str(path)!r} is missing the field {missing}") from None
+
+
+def _single_map(path, arrays: Mapping[str, Any], metadata: Mapping[str, Any]) -> PSFMap:
+    """The map of a one-map file (kind ``psf_map``)."""
+    return _map_from_fields(path, metadata, arrays.get("params"), arrays.get("validity"),
+                            metadata.get("user"), arrays.get("std"))
 
 
 def psf_map_list(maps: Any, action: str, name: str = "maps") -> list[PSFMap]:
@@ -281,8 +286,7 @@ def load_psf_maps(path: str | os.PathLike) -> list[PSFMap]:
     :meth:`PSFMap.save` gives a list of one map."""
     kind, arrays, metadata = load_container(path, (KIND, STACK_KIND))
     if kind == KIND:
-        return [_map_from_fields(path, metadata, arrays.get("params"), arrays.get("validity"),
-                                 metadata.get("user"), arrays.get("std"))]
+        return [_single_map(path, arrays, metadata)]
     params, validity, std = arrays.get("params"), arrays.get("validity"), arrays.get("std")
     if params is None or params.ndim != 4:
         raise ValueError(f"{str(path)!r} must hold params of shape (frames, gy, gx, N)")
