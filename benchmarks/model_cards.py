@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from psfmap.identify.cnn import PRETRAINED
+from psfmap.identify.training import UNCERTAINTY_HELD_OUT
 from psfmap.identify.training_data import (
     MICR_BINNING,
     PACKAGE_DATA,
@@ -200,7 +201,8 @@ def uncertainty_section(checkpoint: dict) -> list[str]:
         f"(`psfmap.identify.training.fit_uncertainty`, {fit['steps']} steps of "
         f"{fit['batch_size']}, Gaussian negative log-likelihood {fit['nll_first']:.2f} → "
         f"{fit['nll_last']:.2f}; `uncertainty_steps` in the config, so `psfmap train` "
-        f"replays it). On 1,024 held-out training-split samples, RMS error vs RMS predicted σ "
+        f"replays it). On {UNCERTAINTY_HELD_OUT:,} held-out training-split samples, RMS error "
+        f"vs RMS predicted σ "
         f"(normalised units) in the four quartiles of the predicted σ: {rows}.",
     ]
 

@@ -34,6 +34,7 @@ CHECKPOINT_FORMAT = "psfmap-cnn"
 CHECKPOINT_VERSION = 2  # 2: optional uncertainty head (network.uncertainty)
 TIMING_STEPS = 25  # a minutes-limited run fixes its step count after this many steps
 UNCERTAINTY_BATCH = 128
+UNCERTAINTY_HELD_OUT = 1024  # samples of the calibration check that fit_uncertainty reports
 UNCERTAINTY_SEED = 15485863
 
 
@@ -511,7 +512,8 @@ def fit_uncertainty(
     finally:
         for parameter in network.parameters():
             parameter.requires_grad_(True)
-    held_out = PatchGenerator(family, data, seed=generator_seed + 1, split="train").batch(1024)
+    held_out = PatchGenerator(family, data, seed=generator_seed + 1,
+                              split="train").batch(UNCERTAINTY_HELD_OUT)
     with torch.inference_mode():
         pooled, unit, error = _frozen_estimates(network, family, held_out, periodic)
         sigma = torch.exp(0.5 * network.log_variance(pooled, unit))
