@@ -273,3 +273,21 @@ def test_cli_train_from_a_config_file(tmp_path):
                  str(tmp_path / "z.pt"), "--quiet"]) == 2
     assert main(["train", "--model", "gaussian1", "--steps", "0", "-o",
                  str(tmp_path / "z.pt"), "--quiet"]) == 2
+
+
+def test_cli_train_never_writes_over_its_config_or_its_weights(tmp_path):
+    from psfmap.cli import main
+
+    source = tmp_path / "run.json"
+    source.write_text(json.dumps({"model": "gaussian1", "steps": 2}))
+    before = source.read_text()
+    # run.pt's card would be run.json, the config being read
+    assert main(["train", "--model", "gaussian1", "--config", str(source), "-o",
+                 str(tmp_path / "run.pt"), "--quiet"]) == 2
+    # a .json weights path would have its card written over the weights
+    assert main(["train", "--model", "gaussian1", "--config", str(source), "-o",
+                 str(tmp_path / "weights.json"), "--quiet"]) == 2
+    assert source.read_text() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.json"]
+    with pytest.raises(ValueError, match="ends in .json"):
+        train({"model": "gaussian1"}, tmp_path / "weights.json")

@@ -50,7 +50,7 @@ def _base_config(args) -> dict:
 
 
 def run(args) -> int:
-    from psfmap.identify.training import train
+    from psfmap.identify.training import checkpoint_card_path, train
     from psfmap.psf import FAMILIES
 
     if args.model not in FAMILIES:
@@ -59,7 +59,11 @@ def run(args) -> int:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.minutes is not None and args.minutes <= 0:
         raise UsageError(f"--minutes must be > 0, got {args.minutes}")
-    check_outputs([args.config], [args.output])
+    try:
+        card = checkpoint_card_path(args.output)
+    except ValueError as error:
+        raise UsageError(f"-o: {error}") from None
+    check_outputs([args.config], [args.output, card])
     config = _base_config(args)
     if config.get("model", args.model) != args.model:
         raise UsageError(f"--config is for the model {config['model']!r}, not {args.model!r}")
@@ -82,7 +86,7 @@ def run(args) -> int:
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
 
         path = train(config, args.output, minutes=args.minutes, progress=progress)
-    written = json.loads(Path(path).with_suffix(".json").read_text())
+    written = json.loads(card.read_text())
     best = written["metrics"]["validation"]
     summary(args, f"wrote {path} ({written['config']['steps']} steps, validation R² "
                   f"{best['r2_mean']:.3f}, validity accuracy {best['validity_accuracy']:.3f})")

@@ -198,6 +198,7 @@ def save_checkpoint(
     ``torch.load(weights_only=True)``).
     """
     path = Path(path)
+    card_path = checkpoint_card_path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -208,8 +209,21 @@ def save_checkpoint(
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     card = {key: payload[key] for key in ("format", "version", "config", "metrics")}
     text = json.dumps(card, indent=2, sort_keys=True) + "\n"
-    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
+    atomic_write(card_path, lambda tmp: tmp.write_text(text))
     return path
+
+
+def checkpoint_card_path(path: str | Path) -> Path:
+    """The JSON card written beside the weights file ``path`` (``.pt`` -> ``.json``).
+
+    Raises ``ValueError`` for a weights path ending in ``.json``: its card would write over
+    the weights.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        raise ValueError(f"weights file {str(path)!r} ends in .json, the suffix of its card; "
+                         "use .pt")
+    return path.with_suffix(".json")
 
 
 def load_checkpoint(path: str | Path) -> tuple[PSFRegressor, dict[str, Any], dict[str, Any]]:
@@ -366,6 +380,7 @@ def train(
         config = TrainConfig.from_dict(config)
     config = config.resolved()
     output = Path(output)
+    checkpoint_card_path(output)
     if not output.parent.is_dir():
         raise ValueError(f"output folder {str(output.parent)!r} does not exist")
     threads = torch.get_num_threads()
