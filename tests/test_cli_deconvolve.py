@@ -11,7 +11,7 @@ from psfmap.cli import main
 from psfmap.io import read_image, write_image
 from psfmap.operators import Convolution, from_psf_grid
 from psfmap.psf import gaussian
-from psfmap.restore import richardson_lucy, sparse_smooth
+from psfmap.restore import deconvolve, richardson_lucy, sparse_smooth
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_psf_rl_tv_stack_frame_by_frame(scene, capsys):
 def test_operator_file_and_sparse_smooth_components(scene):
     out = scene["tmp"] / "rl.tif"
     assert main(["deconvolve", str(scene["image"]), "--operator", str(scene["operator_path"]),
-                 "--iterations", "4", "-o", str(out), "--quiet"]) == 0  # fmt: skip
+                 "--method", "rl", "--iterations", "4", "-o", str(out), "--quiet"]) == 0  # fmt: skip
     restored, _ = read_image(out)
     expected = richardson_lucy(scene["blurred"], scene["operator"], iterations=4)
     np.testing.assert_allclose(restored, expected, rtol=1e-4, atol=1e-4)
@@ -88,7 +88,8 @@ def test_psf_map_file(scene):
     out = scene["tmp"] / "from_map.tif"
     assert main(["deconvolve", str(scene["image"]), "--psf-map", str(map_path),
                  "--iterations", "3", "-o", str(out), "--quiet"]) == 0  # fmt: skip
-    expected = richardson_lucy(scene["blurred"], psf_map.operator((40, 48)), iterations=3)
+    # the default method is the verb's: RL with TV (DEFAULT_TV)
+    expected = deconvolve(scene["blurred"], psf_map.operator((40, 48)), iterations=3)
     np.testing.assert_allclose(read_image(out)[0], expected, rtol=1e-5, atol=1e-6)
 
 

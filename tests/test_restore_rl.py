@@ -290,6 +290,11 @@ def test_bad_images_and_operators():
         richardson_lucy(np.ones((30, 30)), grid_operator((32, 36)))
     with pytest.raises(TypeError, match="forward"):
         richardson_lucy(np.ones((16, 16)), "gaussian")
+    # the verb takes a PSF array and checks it before normalising it to unit sum
+    with pytest.raises(ValueError, match="operator has negative values"):
+        deconvolve(np.ones((16, 16)), -gaussian(5, 1.0).numpy())
+    with pytest.raises(ValueError, match="operator is all zero"):
+        deconvolve(np.ones((16, 16)), np.zeros((5, 5)))
 
 
 # ----------------------------------------------------------------- real data (issue 3 §4)

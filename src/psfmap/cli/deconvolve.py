@@ -33,7 +33,7 @@ def add_parser(subparsers):
         default=None,
         help="rl: Richardson-Lucy; rl-tv: with total variation (Dey et al. 2006); "
         "sparse-smooth: spikes + smooth background (Debarnot et al. 2021). "
-        "Default: rl, or rl-tv when --tv is given",
+        "Default: rl-tv, as psfmap.deconvolve",
     )
     parser.add_argument(
         "--iterations", type=int, default=None, help="iterations (default 20; sparse-smooth 200)"
@@ -58,7 +58,7 @@ def add_parser(subparsers):
 
 
 def _method(args) -> str:
-    method = args.method or ("rl-tv" if args.tv is not None else "rl")
+    method = args.method or "rl-tv"
     if args.tv is not None and method != "rl-tv":
         raise UsageError(f"--tv applies to --method rl-tv, not {method}")
     sparse_only = {

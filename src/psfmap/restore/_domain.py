@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap._validation import as_tensor, describe
+from psfmap._validation import as_tensor, check_psf, describe
 from psfmap.operators.base import LinearOperator
 
 
@@ -43,7 +43,8 @@ def as_operator(operator: Any, image_shape: tuple[int, int], name: str = "operat
 
         psf = as_tensor(operator, name)
         if psf.ndim == 2:
-            return Convolution(psf / psf.sum())
+            # checked before normalising: dividing by a negative sum would hide the sign
+            return Convolution(check_psf(psf, name) / psf.sum())
         if psf.ndim == 4:
             return from_psf_grid(psf, tuple(image_shape))
         raise ValueError(
