@@ -81,6 +81,19 @@ def test_predict_accepts_numpy_and_single_patches(estimator):
     assert np.all((params >= low - 1e-6) & (params <= high + 1e-6))
 
 
+def test_predict_returns_the_input_kind_dtype_and_device(estimator):
+    p = estimator.patch_size
+    patches = torch.from_numpy(np.random.default_rng(1).uniform(size=(2, p, p)))  # float64
+    params, validity, std = estimator.predict(patches, return_std=True)
+    assert all(isinstance(r, torch.Tensor) and r.dtype == torch.float64
+               for r in (params, validity, std))
+    single, _ = estimator.predict(patches.float())
+    torch.testing.assert_close(single, params.float())  # the network computes in float32
+    assert estimator.device == torch.device("cpu") and estimator.to("cpu") is estimator
+    on_cpu = PSFEstimator.pretrained(estimator.name, device="cpu")
+    assert on_cpu.device == torch.device("cpu")
+
+
 def test_pretrained_predicts_the_size_of_its_own_errors(estimator):
     family = estimator.family
     assert estimator.has_uncertainty

@@ -86,13 +86,25 @@ class PSFEstimator:
     def name(self) -> str:
         return self.family.name
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs (``predict`` moves the patches there)."""
+        return next(self.network.parameters()).device
+
+    def to(self, device: torch.device | str) -> PSFEstimator:
+        """Move the network to ``device`` (e.g. ``"cuda"``) in place; return ``self``."""
+        self.network.to(torch.device(device))
+        return self
+
     # ------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | Path, model: str | None = None) -> PSFEstimator:
+    def load(
+        cls, path: str | Path, model: str | None = None, *, device: torch.device | str = "cpu"
+    ) -> PSFEstimator:
         """Load a weights file written by :func:`psfmap.identify.training.train`.
 
         ``model``, when given, must match the family the weights regress; a file for another
-        model or from a newer format raises ``ValueError``.
+        model or from a newer format raises ``ValueError``. The network is put on ``device``.
         """
         network, config, metrics = load_checkpoint(path)
         found = config.get("family", {}).get("name")
@@ -102,18 +114,18 @@ class PSFEstimator:
             )
         estimator = cls(network, config)
         estimator.metrics = metrics
-        return estimator
+        return estimator.to(device)
 
     @classmethod
-    def pretrained(cls, name: str) -> PSFEstimator:
-        """A shipped model: ``gaussian1``, ``gaussian2``, ``zernike1`` or ``zernike3``."""
+    def pretrained(cls, name: str, *, device: torch.device | str = "cpu") -> PSFEstimator:
+        """A shipped model (``gaussian1``, ``gaussian2``, ``zernike1``, ``zernike3``) on ``device``."""
         if not isinstance(name, str):
             raise TypeError(f"name must be a model name string, got {describe(name)}")
         path = PRETRAINED / f"{name}.pt"
         if not path.is_file():
             available = ", ".join(pretrained_names()) or "none"
             raise ValueError(f"no pretrained model {name!r}; available: {available}")
-        return cls.load(path, model=name)
+        return cls.load(path, model=name, device=device)
 
     # ------------------------------------------------------------ inference
     @property
@@ -143,6 +155,9 @@ class PSFEstimator:
         return_std : bool
             Also return ``std``, the network's own estimate of its error (needs
             :attr:`has_uncertainty`).
+
+        The network computes in float32 on :attr:`device` whatever the input's dtype and
+        device; the results come back in the input's.
 
         Returns
         -------
@@ -175,15 +190,15 @@ class PSFEstimator:
                 f"the {self.family.name} weights have no uncertainty head, so return_std is "
                 "not available; fit one with psfmap.identify.training.fit_uncertainty"
             )
-        device = tensor.device
-        inputs = tensor.to(dtype=torch.float32, device="cpu")
+        inputs = tensor.to(dtype=torch.float32, device=self.device)
         offsets = subpatch_offsets(side, p)
         if len(offsets) > 1:
             inputs = torch.stack([inputs[:, y:y + p, x:x + p] for y in offsets for x in offsets],
                                  dim=1).reshape(-1, p, p)
         n_params = self.family.n_params
         with_std = self.has_uncertainty and (return_std or len(offsets) > 1)
-        outputs, log_variances = [torch.zeros(0, n_params + 1)], [torch.zeros(0, n_params)]
+        outputs = [inputs.new_zeros(0, n_params + 1)]
+        log_variances = [inputs.new_zeros(0, n_params)]
         with torch.inference_mode():
             for start in range(0, inputs.shape[0], batch_size):
                 features = self.network.pooled_features(inputs[start:start + batch_size])
@@ -194,12 +209,15 @@ class PSFEstimator:
             out = torch.cat(outputs)
             sigma = torch.exp(0.5 * torch.cat(log_variances).double()) if with_std else None
             unit = out[:, :-1].double().clamp(0.0, 1.0)
-            params = self.family.denormalize(unit)
             validity = torch.sigmoid(out[:, -1].double())
             # a constant patch carries no information whatever the network says
             spread = inputs.flatten(1).std(1, unbiased=False) if len(inputs) else inputs[:, 0, 0]
             scale = inputs.flatten(1).abs().amax(1) if len(inputs) else spread
             validity = torch.where(spread <= 1e-6 * (scale + 1e-30), 0.0, validity)
+            # the family and the pooling work in NumPy/float64 on the CPU
+            unit, validity = unit.cpu(), validity.cpu()
+            sigma = None if sigma is None else sigma.cpu()
+            params = self.family.denormalize(unit)
         if len(offsets) > 1:
             m = len(offsets) ** 2
             linear, pooled_validity, pooled_sigma = pool_patches(
@@ -214,7 +232,7 @@ class PSFEstimator:
         if return_std:
             span = torch.as_tensor(self.family.high - self.family.low, dtype=torch.float64)
             results.append(sigma * span)
-        results = [r.to(tensor.dtype).to(device) for r in results]
+        results = [r.to(dtype=tensor.dtype, device=tensor.device) for r in results]
         if single:
             results = [r[0] for r in results]
         return tuple(kind.restore(r) for r in results)
