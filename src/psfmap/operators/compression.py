@@ -90,7 +90,7 @@ def _weights_gram(operator: ProductConvolution) -> torch.Tensor:
         mixed = torch.einsum("ab,jbc,cd->jad", rows @ rows.T, core, cols @ cols.T)
         return torch.einsum("ipq,jpq->ij", core, mixed)
     flat = operator.weights.reshape(operator.n_kernels, -1)
-    gram = torch.zeros(operator.n_kernels, operator.n_kernels, dtype=torch.float64)
+    gram = flat.new_zeros(operator.n_kernels, operator.n_kernels, dtype=torch.float64)
     for start in range(0, flat.shape[1], _PIXEL_CHUNK):
         block = flat[:, start : start + _PIXEL_CHUNK].double()
         gram += block @ block.T
@@ -100,8 +100,9 @@ def _weights_gram(operator: ProductConvolution) -> torch.Tensor:
 def _combine_weights(operator: ProductConvolution, mixing: torch.Tensor) -> torch.Tensor:
     """``mixing (r, I) @ W`` for dense weights, in row chunks (no float64 copy of W)."""
     height, width = operator.image_shape
-    mixing = mixing.to(operator.dtype)
-    out = torch.empty(mixing.shape[0], height, width, dtype=operator.dtype)
+    mixing = mixing.to(dtype=operator.dtype, device=operator.device)
+    out = torch.empty(mixing.shape[0], height, width, dtype=operator.dtype,
+                      device=operator.device)
     rows_per_chunk = max(1, _PIXEL_CHUNK // width)
     for start in range(0, height, rows_per_chunk):
         stop = min(height, start + rows_per_chunk)
@@ -166,7 +167,8 @@ def compress(
             rows, cols = operator._rows, operator._cols
             n_cols = cols.shape[0]
             new_core = rows.new_zeros(chosen, rows.shape[0] * n_cols)
-            new_core.index_add_(1, p * n_cols + q, (weight_mixing * value.double()).to(rows))
+            mixed = weight_mixing.to(value.device) * value.double()
+            new_core.index_add_(1, p * n_cols + q, mixed.to(rows))
             new_core = new_core.reshape(chosen, rows.shape[0], n_cols)
             compressed = ProductConvolution.from_factors(new_kernels, rows, new_core, cols,
                                                          metadata)
@@ -177,8 +179,7 @@ def compress(
                                                          metadata)
         else:
             compressed = ProductConvolution(
-                new_kernels, _combine_weights(operator, weight_mixing).to(operator.device),
-                metadata,
+                new_kernels, _combine_weights(operator, weight_mixing), metadata
             )
     compressed.metadata.pop("grid", None)
     compressed.compression_error = error
