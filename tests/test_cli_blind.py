@@ -59,6 +59,19 @@ def test_estimate_writes_map_and_figure(tmp_path, image_file, capsys):
     assert "4x4 gaussian1 map" in capsys.readouterr().out
 
 
+def test_saved_maps_keep_the_source_and_its_pixel_size(tmp_path, image_file):
+    weights = _weights(tmp_path / "g1.pt", "gaussian1")
+    calibrated = tmp_path / "calibrated.tif"
+    psfmap.io.write_image(calibrated, tifffile.imread(image_file), pixel_size=0.1)
+    for command in (["estimate"], ["deblur", "--iterations", "1", "-o",
+                                   str(tmp_path / "restored.tif")]):
+        saved = tmp_path / f"{command[0]}.psfmap"
+        assert main([*command, str(calibrated), "--weights", str(weights), "--grid", "2x2",
+                     "--save-map", str(saved), "--quiet"]) == 0
+        metadata = PSFMap.load(saved).metadata
+        assert metadata["source"] == "calibrated.tif" and metadata["pixel_size"] == 0.1
+
+
 def test_deblur_writes_restored_image(tmp_path, image_file):
     weights = _weights(tmp_path / "g1.pt", "gaussian1")
     out = tmp_path / "restored.tif"

@@ -127,7 +127,7 @@ def run(args) -> int:
         maps = estimate(frames, load_estimator(args), **options)
     # one map for the whole image, or shared by every frame of a stack
     psf_map = maps[0] if len(maps) == 1 else maps
-    label_maps(psf_map, Path(args.image).name)
+    label_maps(psf_map, Path(args.image).name, metadata.get("pixel_size"))
     maps = maps * len(frames) if len(maps) == 1 else maps
     with progress_bar(args, len(frames), "deblur") as bar:
 

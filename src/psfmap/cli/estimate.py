@@ -177,13 +177,17 @@ def describe_map(psf_map) -> str:
     return f"{what} ({ranges}; {cells})"
 
 
-def label_maps(psf_map, source: str) -> None:
-    """Record the source file (and the frame, for a stack) in each map's metadata."""
+def label_maps(psf_map, source: str, pixel_size: float | None = None) -> None:
+    """Record the source file, its pixel size (µm, when known) and the frame, for a stack,
+    in each map's metadata."""
+    label = {"source": source}
+    if pixel_size is not None:
+        label["pixel_size"] = float(pixel_size)
     if isinstance(psf_map, list):
         for index, one in enumerate(psf_map):
-            one.metadata.update(source=source, frame=index)
+            one.metadata.update(label, frame=index)
     else:
-        psf_map.metadata["source"] = source
+        psf_map.metadata.update(label)
 
 
 def run(args) -> int:
@@ -194,11 +198,11 @@ def run(args) -> int:
         raise UsageError("nothing to write: give --save-map and/or --figure")
     check_outputs([args.image, args.weights], outputs)
     options = window_options(args)
-    image, _ = read_plane(args.image, args.plane, stack=True)
+    image, metadata = read_plane(args.image, args.plane, stack=True)
     estimator = load_estimator(args)
     start = time.perf_counter()
     psf_map = estimate(image, estimator, **options)
-    label_maps(psf_map, Path(args.image).name)
+    label_maps(psf_map, Path(args.image).name, metadata.get("pixel_size"))
     elapsed = time.perf_counter() - start
     written = write_outputs(args, image, psf_map)
     summary(args, f"estimated {describe_map(psf_map)} in {elapsed:.1f} s -> "
