@@ -110,8 +110,10 @@ def test_stack_is_deblurred_frame_by_frame(blurred_pair):
     per_frame = deblur(tensor, iterations=3, psf_map=result.psf_map)
     assert isinstance(shared, torch.Tensor) and shared.shape == stack.shape
     torch.testing.assert_close(per_frame, torch.from_numpy(result.restored))
-    maps = estimate(stack, OracleEstimator(), window=16, stride=16, median=0)
-    assert len(maps) == 4 and all(m.grid == (4, 4) for m in maps)
+    done = []
+    maps = estimate(stack, OracleEstimator(), window=16, stride=16, median=0,
+                    callback=done.append)
+    assert len(maps) == 4 and all(m.grid == (4, 4) for m in maps) and done == [0, 1, 2, 3]
 
 
 def test_stack_bad_input_names_the_frame(blurred_pair):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, parse_pair, summary
+from psfmap.cli._common import check_outputs, parse_pair, progress_bar, summary
 
 EXAMPLE = "psfmap estimate cells.tif --model zernike3 --save-map map.psfmap --figure map.png"
 
@@ -201,7 +201,9 @@ def run(args) -> int:
     image, metadata = read_plane(args.image, args.plane, stack=True)
     estimator = load_estimator(args)
     start = time.perf_counter()
-    psf_map = estimate(image, estimator, **options)
+    frames = int(np.prod(image.shape[:-2]))
+    with progress_bar(args, frames, "estimate") as bar:
+        psf_map = estimate(image, estimator, **options, callback=lambda _: bar.update(1))
     label_maps(psf_map, Path(args.image).name, metadata.get("pixel_size"))
     elapsed = time.perf_counter() - start
     written = write_outputs(args, image, psf_map)

@@ -122,6 +122,7 @@ def estimate(
     grid: tuple[int, int] | None = None,
     median: int = 3,
     batch_size: int = 256,
+    callback: Callable[[int], Any] | None = None,
 ):
     """Estimate the spatially-variant PSF map of an image (or of every frame of a stack), blindly.
 
@@ -145,6 +146,8 @@ def estimate(
         Median filter side for the parameter grid (0: none).
     batch_size : int
         Patches per network call.
+    callback : callable, optional
+        ``callback(frame_index)`` after each frame's map (e.g. a progress bar).
 
     Returns
     -------
@@ -157,12 +160,16 @@ def estimate(
     estimator = get_estimator(model)
     tensor = _as_image(image)
     options = dict(grid=grid, median=median, batch_size=batch_size)
+
+    def one_frame(index: int, frame: torch.Tensor) -> PSFMap:
+        psf_map = estimate_psf_map(estimator, frame, window, stride, **options)
+        if callback is not None:
+            callback(index)
+        return psf_map
+
     if tensor.ndim == 2:
-        return estimate_psf_map(estimator, tensor, window, stride, **options)
-    return each_frame(
-        _frames(tensor),
-        lambda _, frame: estimate_psf_map(estimator, frame, window, stride, **options),
-    )
+        return one_frame(0, tensor)
+    return each_frame(_frames(tensor), one_frame)
 
 
 def _tile_bounds(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
