@@ -62,7 +62,8 @@ def test_psf_rl_tv_stack_frame_by_frame(scene, capsys):
 def test_operator_file_and_sparse_smooth_components(scene):
     out = scene["tmp"] / "rl.tif"
     assert main(["deconvolve", str(scene["image"]), "--operator", str(scene["operator_path"]),
-                 "--method", "rl", "--iterations", "4", "-o", str(out), "--quiet"]) == 0  # fmt: skip
+                 "--method", "rl", "--iterations", "4", "-o", str(out),
+                 "--quiet"]) == 0  # fmt: skip
     restored, _ = read_image(out)
     expected = richardson_lucy(scene["blurred"], scene["operator"], iterations=4)
     np.testing.assert_allclose(restored, expected, rtol=1e-4, atol=1e-4)
@@ -114,3 +115,16 @@ def test_bad_command_lines(scene, capsys):
     message = capsys.readouterr().err.strip()
     assert "acts on images of shape (40, 48)" in message and len(message.splitlines()) == 1
     assert not (scene["tmp"] / "out.tif").exists()
+
+
+def test_a_psf_on_a_background_pedestal_is_flagged(scene, capsys):
+    out = scene["tmp"] / "out.tif"
+    arguments = ["--iterations", "2", "-o", str(out), "--quiet"]
+    assert main(["deconvolve", str(scene["image"]), "--psf", str(scene["psf"]), *arguments]) == 0
+    assert capsys.readouterr().err == ""
+    # a raw bead crop: the camera's background level under a small peak
+    raw = scene["tmp"] / "raw_psf.tif"
+    tifffile.imwrite(raw, 100 * scene["psf_array"] + 1.0)
+    assert main(["deconvolve", str(scene["image"]), "--psf", str(raw), *arguments]) == 0
+    warning = capsys.readouterr().err
+    assert "border level" in warning and "subtract the background" in warning

@@ -41,6 +41,11 @@ def summary(args, line: str) -> None:
         print(line)
 
 
+def warn(args, line: str) -> None:
+    """A one-line warning on stderr (shown even with --quiet: it concerns the result)."""
+    print(f"psfmap {args.command}: warning: {line}", file=sys.stderr)
+
+
 def parse_pair(text: str, name: str, cast=int) -> tuple:
     """Parse '4x4' or '4' into a pair."""
     parts = text.lower().replace("×", "x").split("x")

@@ -8,10 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, progress_bar, summary
+from psfmap.cli._common import check_outputs, progress_bar, summary, warn
 
 # frames restored together: at most this many pixels per batch (memory stays bounded)
 BATCH_PIXELS = 4 * 1024 * 1024
+# a measured PSF whose flat border level holds more than this fraction of its flux is mostly
+# background: normalised to unit sum, its peak is a small bump on a flat kernel
+PEDESTAL_WARNING = 0.2
+
+
+def pedestal_fraction(psf: np.ndarray) -> float:
+    """Fraction of the PSF's flux in a flat level at its border: ``median(border) · size / sum``."""
+    border = np.concatenate([psf[0], psf[-1], psf[1:-1, 0], psf[1:-1, -1]])
+    return float(max(np.median(border), 0.0) * psf.size / psf.sum())
 
 
 def add_parser(subparsers):
@@ -24,9 +33,12 @@ def add_parser(subparsers):
     )
     parser.add_argument("image", help="image to restore (TIFF; leading Z/T/C axes are frames)")
     blur = parser.add_mutually_exclusive_group(required=True)
-    blur.add_argument("--psf", help="one PSF image (TIFF, 2-D; a 3-D stack: its brightest plane)")
-    blur.add_argument("--operator", help="operator file written by psfmap (.psfmap/.npz)")
-    blur.add_argument("--psf-map", help="PSF map file (psfmap estimate / identify output)")
+    blur.add_argument("--psf", help="one PSF image at the image's pixel size, background "
+                      "subtracted and cropped (TIFF, 2-D; a 3-D stack: its brightest plane)")
+    blur.add_argument("--operator", help="operator file written by psfmap (psfmap identify, "
+                      "or an operator's .save() in Python; .psfmap/.npz)")
+    blur.add_argument("--psf-map", help="PSF map file (psfmap estimate / deblur --save-map, "
+                      "simulate --save-truth)")
     parser.add_argument(
         "--method",
         choices=("rl", "rl-tv", "sparse-smooth"),
@@ -94,6 +106,11 @@ def _load_operator(args, image_shape: tuple[int, int]):
             raise ValueError(
                 f"--psf {args.psf!r} must be finite and non-negative with positive total intensity"
             )
+        pedestal = pedestal_fraction(psf)
+        if pedestal > PEDESTAL_WARNING:
+            warn(args, f"the border level of --psf {Path(args.psf).name} carries "
+                       f"{100 * pedestal:.0f} % of its flux: subtract the background and crop "
+                       "the PSF around the bead, or the restoration barely sharpens")
         return Convolution(psf / psf.sum()), f"PSF {Path(args.psf).name}{note}"
     if args.operator is not None:
         from psfmap.operators import load

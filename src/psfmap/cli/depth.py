@@ -103,7 +103,8 @@ def _calibrate(args, stack_path: str) -> int:
         args,
         f"calibrated depth on {calibration.metadata['n_used']}/{len(chosen)} slices "
         f"({calibration.formula} formula): z = {calibration.slope:.4g} raw{side} "
-        f"{calibration.intercept:+.4g} µm, RMS error {calibration.rms_error:.3f} µm in "
+        f"{calibration.intercept:+.4g} µm, RMS error {calibration.rms_error:.3f} µm "
+        f"({100 * calibration.rms_error / (z_um[-1] - z_um[0]):.1f} % of the range) in "
         f"{time.perf_counter() - start:.1f} s -> {args.output}",
     )
     return 0

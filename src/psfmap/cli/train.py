@@ -24,7 +24,9 @@ def add_parser(subparsers):
     parser.add_argument("--minutes", type=float, default=None,
                         help="wall-time budget; lowers --steps to what fits (recorded)")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: shipped, else 0)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the config's, 2 for the shipped models; "
+                             "else 1)")
     parser.add_argument("--config", default=None,
                         help="JSON training config to start from (a checkpoint's .json works)")
     parser.add_argument("--no-shared-data", action="store_true",

@@ -34,8 +34,9 @@ from psfmap.restore import DEFAULT_TV as RESTORE_DEFAULT_TV
 DEFAULT_MODEL = "zernike3"
 # Shajkofci & Liebling (2020) run RL-TV for 20 iterations with "λ_TV = 0.1", but their TV term
 # is the divergence of the L1-normalised image (numerically ~0). With the TV term of Dey et al.
-# used here, λ = 0.1 costs 3-4 dB on the Table V protocol against 0.01 (benchmarks/RESULTS.md,
-# blind section), so the default is psfmap.restore's λ = 0.01; pass tv=0.1 for the quoted value.
+# used here, λ = 0.1 costs about 2.5 dB on the blind Table V protocol against 0.01 (3.3-3.6 dB
+# with the exact known PSFs; benchmarks/RESULTS.md), so the default is psfmap.restore's
+# λ = 0.01; pass tv=0.1 for the quoted value.
 DEFAULT_ITERATIONS = 20
 # frames larger than this are restored in tiles: on 4096² and 8192² images tiles of 2048 px
 # were faster (35 vs 42 s, 123 vs 199 s) and lighter (1.3 vs 1.8 GB, 2.7 vs 4.7 GB) than one
@@ -259,9 +260,9 @@ def deblur(
 
        for 20 iterations as in Shajkofci & Liebling (IEEE TIP 2020). Their quoted
        λ_TV = 0.1 multiplies a TV term that is numerically ~0 in their code; with this TV
-       term 0.1 over-smooths (3-4 dB lower ΔSNR on the Table V protocol), so the default is
-       λ = 0.01 (``psfmap.restore.DEFAULT_TV``). The image is scaled to a maximum of 1 for
-       the solver and back.
+       term 0.1 over-smooths (about 2.5 dB lower ΔSNR on the blind Table V protocol), so
+       the default is λ = 0.01 (``psfmap.restore.DEFAULT_TV``). The image is scaled to a
+       maximum of 1 for the solver and back.
 
     A stack ``(..., H, W)`` is deblurred frame by frame, each frame with its own map; all
     maps are estimated before the first restoration, so a frame that cannot be estimated

@@ -118,7 +118,8 @@ class PSFEstimator:
 
     @classmethod
     def pretrained(cls, name: str, *, device: torch.device | str = "cpu") -> PSFEstimator:
-        """A shipped model (``gaussian1``, ``gaussian2``, ``zernike1``, ``zernike3``) on ``device``."""
+        """A shipped model (``gaussian1``, ``gaussian2``, ``zernike1``, ``zernike3``), its
+        network on ``device``."""
         if not isinstance(name, str):
             raise TypeError(f"name must be a model name string, got {describe(name)}")
         path = PRETRAINED / f"{name}.pt"
