@@ -127,6 +127,10 @@ def test_images_of_different_shapes_are_refused(synthetic):
         calibrate(np.zeros((2, 2, 32, 32)))
     with pytest.raises(TypeError, match="list of 2-D images"):
         calibrate("beads.tif")
+    with_nan = np.array(images[1], dtype=np.float32)
+    with_nan[5, 7] = np.nan
+    with pytest.raises(ValueError, match=r"images\[1\] contains NaN"):
+        calibrate([images[0], with_nan])
 
 
 def test_no_beads_is_a_clear_error(rng):

@@ -231,6 +231,11 @@ def test_load_rejects_newer_format_and_corrupted_files(tmp_path):
     corrupted.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ValueError, match="not a readable psfmap file"):
         load(corrupted)
+    text = tmp_path / "notes.psfmap"
+    text.write_text("not an archive")
+    with pytest.raises(ValueError, match=r"not a NumPy \.npz archive") as error:
+        load(text)
+    assert "pickle" not in str(error.value)
     with pytest.raises(ValueError, match="does not exist"):
         load(tmp_path / "missing.psfmap")
     with pytest.raises(ValueError, match="expected 'product_convolution'"):

@@ -107,6 +107,9 @@ def load_container(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"psfmap file {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):  # a text or image file: say so, not NumPy's pickle hint
+        raise ValueError(f"{str(path)!r} is not a readable psfmap file (not a NumPy .npz "
+                         "archive, or a truncated one)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}

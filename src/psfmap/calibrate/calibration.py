@@ -69,6 +69,8 @@ def as_image_list(images: Any, name: str = "images") -> list:
             raise ValueError(
                 f"{name}[{index}] must be a 2-D image (H, W), got shape {tuple(item.shape)}"
             )
+        # checked here so that the message names the image (later steps see one at a time)
+        as_image(item, f"{name}[{index}]")
         shapes.append(tuple(item.shape))
     for index, shape in enumerate(shapes):
         if shape != shapes[0]:

@@ -264,7 +264,8 @@ def model(
     >>> family(family.sample(4)).shape
     torch.Size([4, 33, 33])
     """
-    return PSFFamily(name, size=size or DEFAULT_SIZE, low=low, high=high, optics=optics or None)
+    return PSFFamily(name, size=DEFAULT_SIZE if size is None else size, low=low, high=high,
+                     optics=optics or None)
 
 
 def model_from_config(config: Mapping[str, Any]) -> PSFFamily:

@@ -175,7 +175,7 @@ def coefficient_vector(
             raise ValueError("coefficients must name at least one Noll index")
         for j in coefficients:
             noll_to_nm(j)
-        vector = np.zeros(max(coefficients))
+        vector = np.zeros(max(coefficients), dtype=np.float32)  # float32 like a list
         for j, amplitude in coefficients.items():
             vector[j - 1] = amplitude
         coefficients = vector
