@@ -14,15 +14,19 @@ class LinearOperator:
     image_shape: tuple[int, int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Blur ``x`` ``(..., H, W)``: ``y = H x``, leading axes independent."""
         raise NotImplementedError
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The exact adjoint ``H* y``, such that ``<H x, y> = <x, H* y>`` for all ``x, y``."""
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
 
     def extended(self, margin: int) -> LinearOperator:  # pragma: no cover - abstract
+        """The same blur on the domain grown by ``margin`` pixels on every side (weights
+        edge-replicated), used by the solvers to restore without boundary ringing."""
         raise NotImplementedError
 
     def norm_squared(

@@ -769,25 +769,31 @@ class Convolution(LinearOperator):
         return self._apply(y, "y", conjugate=True)
 
     def psf_at(self, row: int, col: int) -> torch.Tensor:
+        """The PSF, the same at every pixel."""
         return self.psf
 
     def extended(self, margin: int) -> Convolution:
+        """Itself: a convolution acts on images of any size."""
         return self
 
     def compress(self, rank: int | None = None, energy: float | None = None) -> Convolution:
+        """Itself: one kernel is already the lowest rank."""
         return self
 
     def to(self, dtype: torch.dtype | None = None, device: Any = None) -> Convolution:
+        """A copy with the PSF in ``dtype`` on ``device`` (each kept when omitted)."""
         return Convolution(
             self.psf.to(device=device or self.psf.device, dtype=dtype or self.dtype), self.metadata
         )
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write the PSF and metadata to one ``.psfmap`` file (atomic); return the path."""
         meta = {**self.metadata, **dict(metadata or {})}
         return save_container(path, "convolution", {"psf": self.psf.detach().cpu().numpy()}, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Convolution:
+        """Read a file written by :meth:`save` (``ValueError`` for another kind of file)."""
         _, arrays, meta = load_container(path, "convolution")
         if "psf" not in arrays:
             raise ValueError(f"{str(path)!r} is missing the array 'psf'")
