@@ -221,3 +221,30 @@ def test_bad_command_lines(tmp_path, image_file, capsys):
                  str(tmp_path / "d.tif")]) == 2
     assert main(["estimate", str(image_file), "--weights", str(weights), "--plane", "0",
                  "--save-map", str(tmp_path / "y.psfmap")]) == 2
+
+
+def test_outputs_are_checked_first_and_a_failed_run_leaves_none(tmp_path, image_file,
+                                                                 monkeypatch, capsys):
+    weights = _weights(tmp_path / "g1.pt", "gaussian1")
+    image, before = str(image_file), set(tmp_path.iterdir())
+    bad_outputs = [
+        ["--save-map", str(tmp_path / "x.png"), "--figure", str(tmp_path / "x.png")],  # twice
+        ["--save-map", str(tmp_path / "map.tif")],            # a psfmap file under an image name
+        ["--save-map", str(tmp_path / "m.psfmap"), "--figure", str(tmp_path / "f.xyz")],
+        ["--save-map", str(tmp_path)],                        # a folder
+    ]
+    for outputs in bad_outputs:
+        assert main(["estimate", image, "--weights", str(weights), *outputs]) == 2
+    assert main(["deblur", image, "--weights", str(weights), "-o", str(tmp_path / "r.png")]) == 2
+    assert set(tmp_path.iterdir()) == before
+    capsys.readouterr()
+
+    # a failure after the map was written: the map goes too
+    def broken_figure(*_, **__):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(psfmap.figures, "plot_psf_map", broken_figure)
+    assert main(["estimate", image, "--weights", str(weights), "--save-map",
+                 str(tmp_path / "m.psfmap"), "--figure", str(tmp_path / "f.png")]) == 1
+    assert "no display" in capsys.readouterr().err
+    assert set(tmp_path.iterdir()) == before

@@ -83,15 +83,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from psfmap.cli._common import remove_created
+
     try:
         status = args._run(args)
     except UsageError as error:
+        remove_created(args)
         print(f"psfmap {args.command}: usage error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        remove_created(args)
         print(f"psfmap {args.command}: interrupted", file=sys.stderr)
         return 1
     except Exception as error:  # every failure becomes one line unless --debug
+        remove_created(args)
         if args.debug:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)

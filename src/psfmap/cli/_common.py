@@ -10,17 +10,57 @@ from pathlib import Path
 from psfmap.cli import UsageError
 
 
-def check_outputs(inputs: Iterable[str | os.PathLike], outputs: Iterable[str | os.PathLike | None]):
-    """Refuse to write over an input file and to write into a missing folder."""
+def check_outputs(
+    args,
+    inputs: Iterable[str | os.PathLike | None],
+    outputs: Iterable[str | os.PathLike | None] = (),
+    *,
+    images: Iterable[str | os.PathLike | None] = (),
+    figures: Iterable[str | os.PathLike | None] = (),
+    files: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """Check every output before any work, so that a bad one costs nothing and leaves nothing.
+
+    Refuses an output that is an input, a folder, in a missing folder, or named twice, and
+    an extension that does not fit: ``images`` are TIFF, ``figures`` a format matplotlib
+    writes, ``files`` (operators, maps, families) anything but those two. The outputs that do
+    not exist yet are recorded in ``args.created``: :func:`psfmap.cli.main` removes them if
+    the command fails, so a failed run leaves no partial output.
+    """
+    from psfmap.figures import FIGURE_SUFFIXES
+    from psfmap.io import TIFF_SUFFIXES
+
+    kinds = [(outputs, None), (images, "image"), (figures, "figure"), (files, "file")]
+    named = [(path, kind) for group, kind in kinds for path in group if path is not None]
     resolved_inputs = {Path(p).resolve() for p in inputs if p is not None}
-    for output in outputs:
-        if output is None:
-            continue
+    seen = set()
+    for output, kind in named:
         target = Path(output).resolve()
         if target in resolved_inputs:
             raise UsageError(f"output {str(output)!r} is also an input; refusing to overwrite it")
+        if target in seen:
+            raise UsageError(f"output {str(output)!r} is named twice; outputs must differ")
+        seen.add(target)
+        if target.is_dir():
+            raise UsageError(f"output {str(output)!r} is a folder; expected a file name")
         if not target.parent.is_dir():
             raise UsageError(f"output folder {str(Path(output).parent)!r} does not exist")
+        suffix = target.suffix.lower()
+        if kind == "image" and suffix not in TIFF_SUFFIXES:
+            raise UsageError(f"output {str(output)!r} is an image: give it a .tif name")
+        if kind == "figure" and suffix not in FIGURE_SUFFIXES:
+            raise UsageError(f"figure {str(output)!r}: expected one of "
+                             f"{', '.join(FIGURE_SUFFIXES)}")
+        if kind == "file" and suffix in (*TIFF_SUFFIXES, *FIGURE_SUFFIXES):
+            raise UsageError(f"output {str(output)!r} is a psfmap file, not an image or a "
+                             "figure: give it a .psfmap name")
+    args.created = [Path(path) for path, _ in named if not Path(path).exists()]
+
+
+def remove_created(args) -> None:
+    """Remove the outputs a failed command created (see :func:`check_outputs`)."""
+    for path in getattr(args, "created", []):
+        path.unlink(missing_ok=True)
 
 
 def show_progress(args) -> bool:

@@ -107,7 +107,7 @@ def run(args) -> int:
     from psfmap.calibrate import calibrate
     from psfmap.calibrate.figures import plot_family
 
-    check_outputs(args.beads, [args.output, args.figure])
+    check_outputs(args, args.beads, files=[args.output], figures=[args.figure])
     if args.psf_size is not None and (args.psf_size < 5 or args.psf_size % 2 == 0):
         raise UsageError(f"--psf-size must be an odd integer >= 5, got {args.psf_size}")
     images, names, file_meta = load_conditions(args.beads, parse_slices(args.slices))

@@ -101,11 +101,8 @@ def run(args) -> int:
     from psfmap.identify.blind import deblur, each_frame, estimate
     from psfmap.io import write_image
 
-    outputs = [args.output, args.save_map, args.figure]
-    check_outputs([args.image, args.weights, args.psf_map], outputs)
-    named = [Path(o).resolve() for o in outputs if o is not None]
-    if len(set(named)) != len(named):
-        raise UsageError("output files must differ from each other")
+    check_outputs(args, [args.image, args.weights, args.psf_map], images=[args.output],
+                  files=[args.save_map], figures=[args.figure])
     if args.iterations < 1:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
     if args.tv < 0:

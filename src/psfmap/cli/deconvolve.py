@@ -137,10 +137,7 @@ def run(args) -> int:
     method = _method(args)
     inputs = [args.image, args.psf, args.operator, args.psf_map]
     outputs = [args.output, args.sparse_out, args.smooth_out]
-    check_outputs(inputs, outputs)
-    named = [o for o in outputs if o is not None]
-    if len({Path(o).resolve() for o in named}) != len(named):
-        raise UsageError("output files must differ from each other")
+    check_outputs(args, inputs, images=outputs)
     if args.iterations is not None and args.iterations < 1:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
     iterations = args.iterations or (200 if method == "sparse-smooth" else 20)

@@ -77,7 +77,7 @@ def _calibrate(args, stack_path: str) -> int:
 
     if args.z_step is None or args.z_step <= 0:
         raise UsageError("calibrate needs --z-step, the distance between slices in µm (> 0)")
-    check_outputs([stack_path, args.weights], [args.output])
+    check_outputs(args, [stack_path, args.weights], files=[args.output])
     stack, _ = read_image(stack_path)
     stack = np.asarray(stack)
     if stack.ndim != 3:
@@ -124,7 +124,7 @@ def run(args) -> int:
         raise UsageError("--z-step, --slices and --formula apply to 'psfmap depth calibrate' "
                          "(a calibration file carries its formula)")
     image_path = args.target[0]
-    check_outputs([image_path, args.weights, args.calibration], [args.output])
+    check_outputs(args, [image_path, args.weights, args.calibration], images=[args.output])
     calibration = DepthCalibration.load(args.calibration) if args.calibration else None
     image, metadata = read_plane(image_path, args.plane)
     estimator = load_estimator(args)

@@ -196,7 +196,8 @@ def run(args) -> int:
     outputs = [args.save_map, args.figure]
     if all(o is None for o in outputs):
         raise UsageError("nothing to write: give --save-map and/or --figure")
-    check_outputs([args.image, args.weights], outputs)
+    check_outputs(args, [args.image, args.weights], files=[args.save_map],
+                  figures=[args.figure])
     options = window_options(args)
     image, metadata = read_plane(args.image, args.plane, stack=True)
     estimator = load_estimator(args)

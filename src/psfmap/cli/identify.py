@@ -58,7 +58,7 @@ def run(args) -> int:
     from psfmap.cli.calibrate import read_image
     from psfmap.identify.spikes import identify_from_spikes
 
-    check_outputs([args.image, args.family, args.positions], [args.output])
+    check_outputs(args, [args.image, args.family, args.positions], files=[args.output])
     if not Path(args.image).is_file():
         raise ValueError(f"image {args.image!r} does not exist")
     family = OperatorFamily.load(args.family)

@@ -51,9 +51,7 @@ def run(args) -> int:
     grid = parse_pair(args.grid, "--grid")
     if min(grid) < 1:
         raise UsageError(f"--grid must be positive, got {args.grid!r}")
-    if args.save_truth is not None and args.save_truth == args.output:
-        raise UsageError("--save-truth and --output must be different files")
-    check_outputs([args.sharp], [args.output, args.save_truth])
+    check_outputs(args, [args.sharp], images=[args.output], files=[args.save_truth])
     sharp, metadata = read_image(args.sharp)
     if sharp.ndim != 2:
         raise ValueError(

@@ -65,7 +65,7 @@ def run(args) -> int:
         card = checkpoint_card_path(args.output)
     except ValueError as error:
         raise UsageError(f"-o: {error}") from None
-    check_outputs([args.config], [args.output, card])
+    check_outputs(args, [args.config], [args.output, card])
     config = _base_config(args)
     if config.get("model", args.model) != args.model:
         raise UsageError(f"--config is for the model {config['model']!r}, not {args.model!r}")
