@@ -92,6 +92,11 @@ def test_psf_map_file(scene):
     # the default method is the verb's: RL with TV (DEFAULT_TV)
     expected = deconvolve(scene["blurred"], psf_map.operator((40, 48)), iterations=3)
     np.testing.assert_allclose(read_image(out)[0], expected, rtol=1e-5, atol=1e-6)
+    # a map made for another image size is refused, not stretched over this one
+    other = PSFMap("gaussian1", psf_map.params, (80, 96)).save(scene["tmp"] / "other.psfmap")
+    assert main(["deconvolve", str(scene["image"]), "--psf-map", str(other), "-o",
+                 str(scene["tmp"] / "stretched.tif"), "--quiet"]) == 1
+    assert not (scene["tmp"] / "stretched.tif").exists()
 
 
 def test_bad_command_lines(scene, capsys):

@@ -91,14 +91,14 @@ def _given_maps(path: str, image: np.ndarray) -> list:
     for psf_map in maps:
         if psf_map.image_shape != image.shape[-2:]:
             raise ValueError(
-                f"--psf-map covers an image of {psf_map.image_shape}, but frames of "
-                f"{path!r} are {image.shape[-2:]}"
+                f"--psf-map {path!r} covers an image of {psf_map.image_shape}, but the "
+                f"image's frames are {image.shape[-2:]}"
             )
     return maps
 
 
 def run(args) -> int:
-    from psfmap.identify.blind import deblur, each_frame, estimate
+    from psfmap.identify.blind import MIN_TILE, deblur, each_frame, estimate
     from psfmap.io import write_image
 
     check_outputs(args, [args.image, args.weights, args.psf_map], images=[args.output],
@@ -109,8 +109,8 @@ def run(args) -> int:
         raise UsageError(f"--tv must be >= 0, got {args.tv}")
     if args.compress is not None and not 0 < args.compress <= 1:
         raise UsageError(f"--compress must be an energy fraction in (0, 1], got {args.compress}")
-    if args.tile < 0:
-        raise UsageError(f"--tile must be >= 0 pixels (0: one piece), got {args.tile}")
+    if args.tile != 0 and args.tile < MIN_TILE:
+        raise UsageError(f"--tile must be >= {MIN_TILE} pixels (0: one piece), got {args.tile}")
     if args.overlap < 0:
         raise UsageError(f"--overlap must be >= 0 pixels, got {args.overlap}")
     options = window_options(args)

@@ -118,7 +118,13 @@ def _load_operator(args, image_shape: tuple[int, int]):
         return load(args.operator), f"operator {Path(args.operator).name}"
     from psfmap.operators.psf_map import PSFMap
 
-    return PSFMap.load(args.psf_map).operator(image_shape), f"PSF map {Path(args.psf_map).name}"
+    psf_map = PSFMap.load(args.psf_map)
+    if tuple(psf_map.image_shape) != tuple(image_shape):
+        raise ValueError(
+            f"--psf-map {args.psf_map!r} covers an image of {tuple(psf_map.image_shape)}, but "
+            f"the image's frames are {tuple(image_shape)}"
+        )
+    return psf_map.operator(image_shape), f"PSF map {Path(args.psf_map).name}"
 
 
 def _advance(bar, frames: int):

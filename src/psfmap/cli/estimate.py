@@ -56,14 +56,16 @@ def load_estimator(args):
 
 
 def window_options(args) -> dict[str, Any]:
+    """``window``, ``stride``, ``grid``, ``median`` of the sliding window, checked."""
     if args.median < 0:
         raise UsageError(f"--median must be >= 0, got {args.median}")
-    return {
-        "window": args.window,
-        "stride": args.stride,
-        "grid": parse_pair(args.grid, "--grid") if args.grid else None,
-        "median": args.median,
-    }
+    for flag, value in (("--window", args.window), ("--stride", args.stride)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive number of pixels, got {value}")
+    grid = parse_pair(args.grid, "--grid") if args.grid else None
+    if grid is not None and min(grid) < 1:
+        raise UsageError(f"--grid must be at least 1x1, got {args.grid!r}")
+    return {"window": args.window, "stride": args.stride, "grid": grid, "median": args.median}
 
 
 def read_plane(

@@ -38,6 +38,8 @@ DEFAULT_MODEL = "zernike3"
 # with the exact known PSFs; benchmarks/RESULTS.md), so the default is psfmap.restore's
 # λ = 0.01; pass tv=0.1 for the quoted value.
 DEFAULT_ITERATIONS = 20
+# smaller tiles would spend most of their time in the overlap (tile 1: one solve per pixel)
+MIN_TILE = 32
 # frames larger than this are restored in tiles: on 4096² and 8192² images tiles of 2048 px
 # were faster (35 vs 42 s, 123 vs 199 s) and lighter (1.3 vs 1.8 GB, 2.7 vs 4.7 GB) than one
 # piece, the result within RL-TV's own sensitivity to rounding (benchmarks/RESULTS.md)
@@ -205,6 +207,12 @@ def _restore_frame(
     boxes = [(rows, cols) for rows in _tile_bounds(height, tile or height, overlap)
              for cols in _tile_bounds(width, tile or width, overlap)]
     psfs = psf_map.psfs()  # rendered once for all the tiles
+    smallest = min(min(rows[3] - rows[2], cols[3] - cols[2]) for rows, cols in boxes)
+    if smallest < max(psfs.shape[-2:]):
+        raise ValueError(
+            f"a tile with its overlap spans {smallest} px, less than the PSF "
+            f"({max(psfs.shape[-2:])} px): use a larger tile or overlap"
+        )
     restored = torch.empty_like(frame)
     for (top, bottom, outer_top, outer_bottom), (left, right, outer_left, outer_right) in boxes:
         region = (outer_top, outer_bottom, outer_left, outer_right)
@@ -293,9 +301,9 @@ def deblur(
         works on the whole field and is slower than the tiled one (4096²: 7.1 s against
         1.55 s per forward and adjoint). Default: no compression.
     tile : int or None
-        Restore frames larger than ``tile × tile`` pixels in tiles of at most that size,
-        each with ``overlap`` pixels of context on every side: the memory then depends on the
-        tile size, not on the frame size. The map is still estimated on the whole frame and
+        Restore frames larger than ``tile × tile`` pixels (``tile`` ≥ 32) in tiles of at
+        most that size, each with ``overlap`` pixels of context on every side (together at
+        least a PSF wide): the memory then depends on the tile size, not on the frame size. The map is still estimated on the whole frame and
         every tile is restored with the whole-frame operator restricted to it
         (``PSFMap.operator(region=...)``), so the PSF at every pixel is the same; only the
         solver's view ends at the tile's context border. Default 2048 (smaller frames are
@@ -318,8 +326,10 @@ def deblur(
     tv = check_positive(tv, "tv", allow_zero=True)
     if compress is not None and not 0 < float(compress) <= 1:
         raise ValueError(f"compress must be an energy fraction in (0, 1], got {compress!r}")
-    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
-        raise ValueError(f"tile must be a positive number of pixels, got {tile!r}")
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int)
+                             or tile < MIN_TILE):
+        raise ValueError(f"tile must be a number of pixels >= {MIN_TILE} (or None: one piece), "
+                         f"got {tile!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
         raise ValueError(f"overlap must be a number of pixels >= 0, got {overlap!r}")
     if bool((tensor < 0).any()):
