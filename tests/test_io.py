@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 from skimage.color import rgb2gray
@@ -55,6 +56,20 @@ def test_png_rgb_and_rgba_become_grey_luminance(tmp_path, rng):
     rgba = np.dstack([rgb, np.full((10, 12), 7, np.uint8)])
     Image.fromarray(rgba).save(tmp_path / "d.png")
     np.testing.assert_allclose(read_image(tmp_path / "d.png")[0], grey)
+
+
+def test_rgb_tiffs_become_grey_and_complex_ones_are_refused(tmp_path, rng):
+    rgb = (rng.random((10, 12, 3)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "c.tif", rgb, photometric="rgb")
+    grey, meta = read_image(tmp_path / "c.tif")
+    assert grey.shape == (10, 12) and meta["axes"] == "YX"
+    np.testing.assert_allclose(grey, rgb2gray(rgb) * 255, rtol=1e-10)
+    stack = np.stack([rgb, rgb[::-1]])  # a time series of colour frames
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="rgb")
+    assert read_image(tmp_path / "s.tif")[0].shape == (2, 10, 12)
+    tifffile.imwrite(tmp_path / "z.tif", rgb[..., 0].astype(np.complex64))
+    with pytest.raises(ValueError, match="complex pixels"):
+        read_image(tmp_path / "z.tif")
 
 
 def test_grey_png_keeps_dtype(tmp_path):

@@ -51,8 +51,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     ----------
     path : str or path
         ``.tif``/``.tiff`` (plain, ImageJ or OME; all pages of the first series),
-        ``.png``, ``.jpg``/``.jpeg`` (RGB(A) converted to grey luminance
-        ``0.2125 R + 0.7154 G + 0.0721 B``, alpha dropped).
+        ``.png``, ``.jpg``/``.jpeg``. Colour (RGB(A) PNG, JPEG or TIFF) is converted to grey
+        luminance ``0.2125 R + 0.7154 G + 0.0721 B``, alpha dropped.
 
     Returns
     -------
@@ -94,10 +94,11 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def to_grey(array: np.ndarray) -> np.ndarray:
-    """Channel-last colour ``(H, W, C)`` to grey ``(H, W)``: alpha dropped, RGB to luminance
-    ``0.2125 R + 0.7154 G + 0.0721 B`` (float64), a single channel kept as it is."""
+    """Channel-last colour ``(..., H, W, C)`` to grey ``(..., H, W)``: alpha dropped, RGB to
+    luminance ``0.2125 R + 0.7154 G + 0.0721 B`` (float64), a single channel kept as it is.
+    A 2-D array is returned as it is."""
     array = np.asarray(array)
-    if array.ndim != 3:
+    if array.ndim < 3:
         return array
     if array.shape[2] in (2, 4):  # grey+alpha or RGBA: drop alpha
         array = array[..., :-1]
@@ -137,6 +138,11 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         series = tif.series[0]
         array = series.asarray()
         axes = series.axes
+        if np.iscomplexobj(array):
+            raise _ReadError(f"cannot read {str(path)!r}: complex pixels ({array.dtype}); "
+                             "expected a real-valued image")
+        if axes.endswith("S") and array.shape[-1] in (2, 3, 4):  # RGB(A) samples per pixel
+            array, axes = to_grey(array), axes[:-1]
         metadata: dict[str, Any] = {"axes": axes, "pixel_size": None, "format": "tiff"}
         if tif.is_ome and tif.ome_metadata:
             metadata["format"] = "ome-tiff"

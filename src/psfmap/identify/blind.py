@@ -303,8 +303,9 @@ def deblur(
     tile : int or None
         Restore frames larger than ``tile × tile`` pixels (``tile`` ≥ 32) in tiles of at
         most that size, each with ``overlap`` pixels of context on every side (together at
-        least a PSF wide): the memory then depends on the tile size, not on the frame size. The map is still estimated on the whole frame and
-        every tile is restored with the whole-frame operator restricted to it
+        least a PSF wide): the memory then depends on the tile size, not on the frame size.
+        The map is still estimated on the whole frame and every tile is restored with the
+        whole-frame operator restricted to it
         (``PSFMap.operator(region=...)``), so the PSF at every pixel is the same; only the
         solver's view ends at the tile's context border. Default 2048 (smaller frames are
         restored in one piece); None: always one piece.
