@@ -42,6 +42,22 @@ def test_simulate_is_reproducible_and_quiet(tmp_path, sharp_file, capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_a_run_without_seed_records_the_one_it_drew_and_zernike_uses_the_pixel_size(
+        tmp_path, sharp_file):
+    first = tmp_path / "first.tif"
+    assert main(["simulate", str(sharp_file), "--model", "zernike1", "--grid", "2",
+                 "--photons", "100", "-o", str(first), "--save-truth",
+                 str(tmp_path / "truth.psfmap"), "--quiet"]) == 0
+    seed = read_image(first)[1]["description"]["seed"]
+    assert isinstance(seed, int)
+    again = tmp_path / "again.tif"
+    assert main(["simulate", str(sharp_file), "--model", "zernike1", "--grid", "2",
+                 "--photons", "100", "--seed", str(seed), "-o", str(again), "--quiet"]) == 0
+    np.testing.assert_array_equal(read_image(first)[0], read_image(again)[0])
+    # the pupil was sampled at the image's 0.1 µm pixels, not the family's default 0.2
+    assert PSFMap.load(tmp_path / "truth.psfmap").family.optics["pixel_size"] == 0.1
+
+
 def test_help_shows_an_example(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["simulate", "--help"])

@@ -46,6 +46,7 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from psfmap.io import read_image, write_image
+    from psfmap.psf import model as psf_model
     from psfmap.simulate import simulate
 
     grid = parse_pair(args.grid, "--grid")
@@ -63,9 +64,13 @@ def run(args) -> int:
     if offset < 0:
         raise ValueError("SHARP has negative values; expected a non-negative intensity image")
     pixel_size = metadata.get("pixel_size")
+    family = psf_model(args.model)
+    if family.kind == "zernike" and pixel_size is not None:
+        # the pupil is sampled at the image's own pixels (a Gaussian width is in pixels anyway)
+        family = psf_model(args.model, pixel_size=float(pixel_size))
     result = simulate(
         image,
-        model=args.model,
+        model=family,
         field=args.field,
         grid=grid,
         photons=args.photons,
@@ -82,7 +87,7 @@ def run(args) -> int:
         result.blurred,
         pixel_size=pixel_size,
         metadata={"psfmap": "simulate", "model": args.model, "field": args.field,
-                  "grid": list(grid), "photons": args.photons, "seed": args.seed},
+                  "grid": list(grid), "photons": args.photons, "seed": result.seed},
         inputs=[args.sharp],
     )
     if args.save_truth is not None:
@@ -92,6 +97,6 @@ def run(args) -> int:
     summary(
         args,
         f"simulated {args.model} blur ({args.field}, {grid[0]}x{grid[1]} grid, {noise}) on "
-        f"{image.shape[0]}x{image.shape[1]} image -> {args.output}{truth}",
+        f"{image.shape[0]}x{image.shape[1]} image, seed {result.seed} -> {args.output}{truth}",
     )
     return 0

@@ -139,7 +139,8 @@ def simulate(
     quantum_efficiency, read_noise, offset : float
         Camera model (see :func:`psfmap.simulate.noise.poisson_gaussian`).
     seed : int, optional
-        Seeds the random field (``smooth_random``) and the noise.
+        Seeds the random field (``smooth_random``) and the noise; when omitted a fresh seed
+        is drawn and recorded (``Simulation.seed``), so every run can be replayed.
     low, high : sequence of float, optional
         Parameter range covered by the field (default: the family's range).
     angle : float
@@ -172,6 +173,8 @@ def simulate(
         raise ValueError(f"sharp is empty, got {describe(sharp)}")
     if bool((image < 0).any()):
         raise ValueError("sharp has negative values; expected a non-negative intensity image")
+    if seed is None:  # a fresh draw, recorded in the result so that the run can be replayed
+        seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
     if isinstance(model, PSFFamily):
         family = model
     elif isinstance(model, str):
