@@ -147,9 +147,9 @@ def test_stack_gets_one_map_per_frame(tmp_path, image_file, capsys):
 
 def test_depth_map_and_calibrate(tmp_path, image_file, capsys):
     weights = _weights(tmp_path / "z3.pt", "zernike3")
-    stack = np.stack([tifffile.imread(image_file) for _ in range(3)])
-    stack[1] = np.roll(stack[1], 5, axis=1)
-    stack[2] = stack[2][:, ::-1]
+    plane = tifffile.imread(image_file)
+    # five slices: the twin-invariant fit has four numbers (slope, step, intercept, axis)
+    stack = np.stack([plane, np.roll(plane, 5, axis=1), plane[:, ::-1], plane[::-1], plane.T])
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     raw = tmp_path / "depth_raw.tif"
     assert main(["depth", str(image_file), "--weights", str(weights), "-o", str(raw),
@@ -161,7 +161,7 @@ def test_depth_map_and_calibrate(tmp_path, image_file, capsys):
     # an untrained network may give the same raw depth for all slices: then a clear error
     if status == 0:
         calibration = DepthCalibration.load(calibration_file)
-        assert calibration.z_range == (0.0, pytest.approx(0.2))
+        assert calibration.z_range == (0.0, pytest.approx(0.4))
         cells = tmp_path / "depth_um.tif"
         assert main(["depth", str(image_file), "--weights", str(weights), "--calibration",
                      str(calibration_file), "--cells", "-o", str(cells), "--quiet"]) == 0
@@ -248,3 +248,17 @@ def test_outputs_are_checked_first_and_a_failed_run_leaves_none(tmp_path, image_
                  str(tmp_path / "m.psfmap"), "--figure", str(tmp_path / "f.png")]) == 1
     assert "no display" in capsys.readouterr().err
     assert set(tmp_path.iterdir()) == before
+
+
+def test_estimation_flags_with_a_given_map_and_bad_windows_are_usage_errors(tmp_path,
+                                                                            image_file):
+    saved = tmp_path / "m.psfmap"
+    PSFMap("gaussian1", np.ones((2, 2, 1)), (64, 64)).save(saved)
+    out = str(tmp_path / "r.tif")
+    for extra in (["--model", "gaussian1"], ["--window", "32"], ["--median", "0"]):
+        assert main(["deblur", str(image_file), "--psf-map", str(saved), *extra,
+                     "-o", out]) == 2
+    for bad in (["--window", "0"], ["--stride", "-4"], ["--grid", "0x3"]):
+        assert main(["estimate", str(image_file), *bad, "--save-map",
+                     str(tmp_path / "e.psfmap")]) == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cells.tif", "m.psfmap"]

@@ -133,3 +133,11 @@ def test_a_psf_on_a_background_pedestal_is_flagged(scene, capsys):
     assert main(["deconvolve", str(scene["image"]), "--psf", str(raw), *arguments]) == 0
     warning = capsys.readouterr().err
     assert "border level" in warning and "subtract the background" in warning
+
+
+def test_an_early_stop_by_tol_is_reported(scene, capsys):
+    out = scene["tmp"] / "early.tif"
+    assert main(["deconvolve", str(scene["image"]), "--psf", str(scene["psf"]), "--tol", "10",
+                 "--iterations", "30", "-o", str(out)]) == 0
+    assert "30 iterations, stopped by --tol at 1" in capsys.readouterr().out
+    assert read_image(out)[1]["description"]["iterations_run"] == 1

@@ -262,6 +262,7 @@ def test_deconvolve_dispatches(rng):
         ({"tv": -0.1}, "tv"),
         ({"background": -1.0}, "background"),
         ({"background": np.ones((3, 3))}, "background"),
+        ({"background": 1.0}, "at or above every pixel"),  # the image is all ones
         ({"tol": float("nan")}, "tol"),
         ({"intensity_scale": -1.0}, "intensity_scale"),
     ],

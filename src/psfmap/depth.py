@@ -362,10 +362,14 @@ def calibrate_depth(
         params.append(_image_params(psf_map))
     params_array = np.asarray(params)
     usable = np.all(np.isfinite(params_array), axis=1)
-    if usable.sum() < 2:
+    # slope and intercept (+ the step of the twin-invariant formula, + a searched axis): with
+    # no more images than that the fit is exact whatever the data, and its error says nothing
+    fitted = (2 if formula == "paper" else 3) + (axis_offset is None)
+    if usable.sum() <= fitted:
         raise ValueError(
             f"only {int(usable.sum())} of {len(stack)} images hold texture to estimate a PSF "
-            "from; a depth calibration needs at least 2"
+            f"from; this calibration fits {fitted} numbers and needs at least {fitted + 1} "
+            "(more slices, or a known axis_offset)"
         )
     params_array, z = params_array[usable], z[usable]
     if axis_offset is None:

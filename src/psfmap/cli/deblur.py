@@ -12,6 +12,7 @@ import numpy as np
 from psfmap.cli import UsageError, command_parser
 from psfmap.cli._common import check_outputs, progress_bar, summary
 from psfmap.cli.estimate import (
+    DEFAULT_MEDIAN,
     add_map_output_arguments,
     add_window_arguments,
     describe_map,
@@ -114,6 +115,15 @@ def run(args) -> int:
     if args.overlap < 0:
         raise UsageError(f"--overlap must be >= 0 pixels, got {args.overlap}")
     options = window_options(args)
+    if args.psf_map is not None:
+        estimation = {"--model": args.model, "--weights": args.weights, "--window": args.window,
+                      "--stride": args.stride, "--grid": args.grid}
+        given = [flag for flag, value in estimation.items() if value is not None]
+        if args.median != DEFAULT_MEDIAN:
+            given.append("--median")
+        if given:
+            raise UsageError(f"{', '.join(given)} choose how a map is estimated; with --psf-map "
+                             "the map is given")
     image, metadata = read_plane(args.image, args.plane, stack=True)
     start = time.perf_counter()
     frames = image.reshape(-1, *image.shape[-2:])

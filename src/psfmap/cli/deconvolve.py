@@ -71,6 +71,8 @@ def add_parser(subparsers):
 
 def _method(args) -> str:
     method = args.method or "rl-tv"
+    if args.tv is not None and not 0 <= args.tv < float("inf"):
+        raise UsageError(f"--tv must be a weight >= 0, got {args.tv}")
     if args.tv is not None and method != "rl-tv":
         raise UsageError(f"--tv applies to --method rl-tv, not {method}")
     sparse_only = {
@@ -127,11 +129,13 @@ def _load_operator(args, image_shape: tuple[int, int]):
     return psf_map.operator(image_shape), f"PSF map {Path(args.psf_map).name}"
 
 
-def _advance(bar, frames: int):
-    """Progress callback: one solver iteration moves the bar by the frames in the batch."""
+def _advance(bar, frames: int, reached: list[int]):
+    """Progress callback: one solver iteration moves the bar by the frames in the batch and
+    is recorded in ``reached`` (with --tol the solver may stop early)."""
 
-    def callback(*_):
+    def callback(iteration, *_):
         bar.update(frames)
+        reached.append(int(iteration))
 
     return callback
 
@@ -163,10 +167,11 @@ def run(args) -> int:
     spikes = np.empty_like(frames) if method == "sparse-smooth" else None
     background = np.empty_like(frames) if method == "sparse-smooth" else None
     start = time.perf_counter()
+    reached: list[int] = []
     with progress_bar(args, len(frames) * iterations, f"deconvolve ({method})") as bar:
         for first in range(0, len(frames), batch):
             chunk = frames[first : first + batch]
-            advance = _advance(bar, len(chunk))
+            advance = _advance(bar, len(chunk), reached)
             part = slice(first, first + len(chunk))
             if method == "sparse-smooth":
                 weights = {
@@ -193,6 +198,8 @@ def run(args) -> int:
                     callback=advance,
                 )
     elapsed = time.perf_counter() - start
+    ran = max(reached, default=iterations)
+    stopped = f", stopped by --tol at {ran}" if ran < iterations else ""
 
     pixel_size = metadata.get("pixel_size")
     axes = metadata.get("axes")
@@ -202,6 +209,7 @@ def run(args) -> int:
         source=Path(args.image).name,
         method=method,
         iterations=iterations,
+        iterations_run=ran,
         blur=source,
     )
     if axes:
@@ -225,6 +233,6 @@ def run(args) -> int:
     summary(
         args,
         f"deconvolved {len(frames)} frame(s) of {shape[0]}x{shape[1]} with {method} "
-        f"({iterations} iterations, {source}) in {elapsed:.1f} s -> {args.output}",
+        f"({iterations} iterations{stopped}, {source}) in {elapsed:.1f} s -> {args.output}",
     )
     return 0

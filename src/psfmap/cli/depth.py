@@ -75,7 +75,7 @@ def _calibrate(args, stack_path: str) -> int:
     from psfmap.depth import calibrate_depth
     from psfmap.io import read_image
 
-    if args.z_step is None or args.z_step <= 0:
+    if args.z_step is None or not 0 < args.z_step < float("inf"):
         raise UsageError("calibrate needs --z-step, the distance between slices in µm (> 0)")
     check_outputs(args, [stack_path, args.weights], files=[args.output])
     stack, _ = read_image(stack_path)

@@ -13,6 +13,9 @@ import numpy as np
 from psfmap.cli import UsageError, command_parser
 from psfmap.cli._common import check_outputs, parse_pair, progress_bar, summary
 
+# median filter of the map's parameter grid, as psfmap.estimate
+DEFAULT_MEDIAN = 3
+
 EXAMPLE = "psfmap estimate cells.tif --model zernike3 --save-map map.psfmap --figure map.png"
 
 
@@ -41,7 +44,8 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     )
     window.add_argument("--grid", default=None, help="number of windows, e.g. 13x13")
     parser.add_argument(
-        "--median", type=int, default=3, help="median filter side on the parameter grid (0: off)"
+        "--median", type=int, default=DEFAULT_MEDIAN,
+        help=f"median filter side on the parameter grid (0: off; default {DEFAULT_MEDIAN})"
     )
 
 

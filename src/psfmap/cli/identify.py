@@ -72,6 +72,8 @@ def run(args) -> int:
         array = array[args.slice]
     elif array.ndim != 2:
         raise ValueError(f"image {args.image!r} has shape {array.shape}; expected a 2-D image")
+    elif args.slice is not None:
+        raise UsageError(f"--slice applies to a stack; {args.image!r} is a 2-D image")
     positions = read_positions(args.positions) if args.positions else None
     operator = identify_from_spikes(
         array, family, positions, cone=args.cone, k=args.threshold

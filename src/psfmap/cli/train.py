@@ -59,7 +59,9 @@ def run(args) -> int:
         raise UsageError(f"--model must be one of {', '.join(FAMILIES)}, got {args.model!r}")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    if args.minutes is not None and args.minutes <= 0:
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.minutes is not None and not args.minutes > 0:
         raise UsageError(f"--minutes must be > 0, got {args.minutes}")
     try:
         card = checkpoint_card_path(args.output)
