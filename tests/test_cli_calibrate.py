@@ -73,3 +73,10 @@ def test_cli_errors(files, capsys):
     assert "selects no slice" in capsys.readouterr().err
     assert main(["identify", stack, "--family", stack, "-o", str(files / "o.psfmap")]) == 1
     assert "psfmap file" in capsys.readouterr().err  # a TIFF is not an operator family
+    empty = files / "empty.csv"
+    empty.write_text("")
+    assert main(["identify", stack, "--family", stack, "--positions", str(empty), "-o",
+                 str(files / "o.psfmap")]) == 1
+    assert "positions file" in capsys.readouterr().err
+    assert main(["calibrate", stack, "--pixel-size", "-0.1", "-o", str(files / "f.psfmap")]) == 2
+    assert main(["calibrate", stack, "--min-beads", "0", "-o", str(files / "f.psfmap")]) == 2

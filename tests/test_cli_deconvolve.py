@@ -141,3 +141,15 @@ def test_an_early_stop_by_tol_is_reported(scene, capsys):
                  "--iterations", "30", "-o", str(out)]) == 0
     assert "30 iterations, stopped by --tol at 1" in capsys.readouterr().out
     assert read_image(out)[1]["description"]["iterations_run"] == 1
+
+
+def test_the_input_description_is_nested_not_mixed_in(scene):
+    simulated = scene["tmp"] / "simulated.tif"
+    write_image(simulated, scene["blurred"], pixel_size=0.065,
+                metadata={"psfmap": "simulate", "field": "tilt"})
+    out = scene["tmp"] / "restored.tif"
+    assert main(["deconvolve", str(simulated), "--psf", str(scene["psf"]), "--iterations", "1",
+                 "-o", str(out), "--quiet"]) == 0
+    description = read_image(out)[1]["description"]
+    assert description["psfmap_command"] == "deconvolve" and "field" not in description
+    assert description["input"] == {"psfmap": "simulate", "field": "tilt"}

@@ -193,8 +193,13 @@ def test_wrong_model_newer_format_and_bad_files(saved, tmp_path):
         PSFEstimator.load(newer)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not a psfmap CNN weights file") as error:
         PSFEstimator.load(junk)
+    assert "weights_only" not in str(error.value)  # no torch advice about unsafe loading
+    card = tmp_path / "card.json"  # the JSON card beside the weights, passed by mistake
+    card.write_text(json.dumps({"config": {}}))
+    with pytest.raises(ValueError, match="not a psfmap CNN weights file"):
+        PSFEstimator.load(card)
     with pytest.raises(ValueError, match="does not exist"):
         PSFEstimator.load(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="no pretrained model"):
@@ -291,3 +296,7 @@ def test_cli_train_never_writes_over_its_config_or_its_weights(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.json"]
     with pytest.raises(ValueError, match="ends in .json"):
         train({"model": "gaussian1"}, tmp_path / "weights.json")
+    for text in ("{not json", "[1, 2]"):
+        source.write_text(text)
+        assert main(["train", "--model", "gaussian1", "--config", str(source), "-o",
+                     str(tmp_path / "w.pt"), "--quiet"]) == 2

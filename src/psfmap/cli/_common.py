@@ -81,6 +81,20 @@ def summary(args, line: str) -> None:
         print(line)
 
 
+def provenance(metadata: dict, **step) -> dict:
+    """The JSON description of an output: this step's settings, the input's axes, and the
+    input's own description nested under ``input`` (so a restored image of a simulated one
+    does not look simulated itself)."""
+    described = dict(step)
+    earlier = {k: v for k, v in (metadata.get("description") or {}).items()
+               if k not in ("pixel_size", "axes")}
+    if earlier:
+        described["input"] = earlier
+    if metadata.get("axes"):
+        described["axes"] = metadata["axes"]
+    return described
+
+
 def warn(args, line: str) -> None:
     """A one-line warning on stderr (shown even with --quiet: it concerns the result)."""
     print(f"psfmap {args.command}: warning: {line}", file=sys.stderr)

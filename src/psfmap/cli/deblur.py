@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, progress_bar, summary
+from psfmap.cli._common import check_outputs, progress_bar, provenance, summary
 from psfmap.cli.estimate import (
     DEFAULT_MEDIAN,
     add_map_output_arguments,
@@ -147,11 +147,9 @@ def run(args) -> int:
 
         restored = np.stack(each_frame(frames, restore))
     elapsed = time.perf_counter() - start
-    description = {
-        k: v for k, v in (metadata.get("description") or {}).items() if k != "pixel_size"
-    }
     axes = metadata.get("axes")
-    description.update(
+    description = provenance(
+        metadata,
         psfmap_command="deblur",
         source=Path(args.image).name,
         model=maps[0].family.name,
@@ -160,8 +158,6 @@ def run(args) -> int:
         grid=list(maps[0].grid),
         compress=args.compress,
     )
-    if axes:
-        description["axes"] = axes
     write_image(
         args.output,
         restored.reshape(image.shape),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, progress_bar, summary, warn
+from psfmap.cli._common import check_outputs, progress_bar, provenance, summary, warn
 
 # frames restored together: at most this many pixels per batch (memory stays bounded)
 BATCH_PIXELS = 4 * 1024 * 1024
@@ -203,8 +203,8 @@ def run(args) -> int:
 
     pixel_size = metadata.get("pixel_size")
     axes = metadata.get("axes")
-    kept = {k: v for k, v in (metadata.get("description") or {}).items() if k != "pixel_size"}
-    kept.update(
+    kept = provenance(
+        metadata,
         psfmap_command="deconvolve",
         source=Path(args.image).name,
         method=method,
@@ -212,8 +212,6 @@ def run(args) -> int:
         iterations_run=ran,
         blur=source,
     )
-    if axes:
-        kept["axes"] = axes
     if method == "rl-tv":
         kept["tv"] = DEFAULT_TV if args.tv is None else args.tv
     written = [(args.output, restored)]

@@ -41,7 +41,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def read_positions(path: str) -> np.ndarray:
     if not Path(path).is_file():
         raise ValueError(f"positions file {path!r} does not exist")
-    delimiter = "," if Path(path).read_text().count(",") else None
+    text = Path(path).read_text()
+    if not text.strip():
+        raise ValueError(f"positions file {path!r} is empty; expected rows of 'row, col'")
+    delimiter = "," if text.count(",") else None
     try:
         positions = np.loadtxt(path, delimiter=delimiter, ndmin=2)
     except ValueError as error:
@@ -61,6 +64,7 @@ def run(args) -> int:
     check_outputs(args, [args.image, args.family, args.positions], files=[args.output])
     if not Path(args.image).is_file():
         raise ValueError(f"image {args.image!r} does not exist")
+    positions = read_positions(args.positions) if args.positions else None
     family = OperatorFamily.load(args.family)
     array, _ = read_image(args.image)
     array = np.asarray(array)
@@ -74,7 +78,6 @@ def run(args) -> int:
         raise ValueError(f"image {args.image!r} has shape {array.shape}; expected a 2-D image")
     elif args.slice is not None:
         raise UsageError(f"--slice applies to a stack; {args.image!r} is a 2-D image")
-    positions = read_positions(args.positions) if args.positions else None
     operator = identify_from_spikes(
         array, family, positions, cone=args.cone, k=args.threshold
     )

@@ -43,8 +43,15 @@ def _base_config(args) -> dict:
         path = Path(args.config)
         if not path.is_file():
             raise UsageError(f"--config {args.config!r} does not exist")
-        text = json.loads(path.read_text())
-        return dict(text.get("config", text))
+        try:
+            text = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UsageError(f"--config {args.config!r} is not valid JSON ({error})") from None
+        config = text.get("config", text) if isinstance(text, dict) else None
+        if not isinstance(config, dict):
+            raise UsageError(f"--config {args.config!r} must hold a JSON object (a training "
+                             "config, or a checkpoint's .json card)")
+        return dict(config)
     shipped = PRETRAINED / f"{args.model}.json"
     if shipped.is_file():
         return dict(json.loads(shipped.read_text())["config"])

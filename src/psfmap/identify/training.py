@@ -17,6 +17,7 @@ import json
 import math
 import platform
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -235,6 +236,9 @@ def load_checkpoint(path: str | Path) -> tuple[PSFRegressor, dict[str, Any], dic
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"weights file {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; say so, not torch's advice
+        raise ValueError(f"{str(path)!r} is not a psfmap CNN weights file (a .pt written by "
+                         "psfmap train)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets one clear message
