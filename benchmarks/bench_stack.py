@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,9 +27,9 @@ from _timing import best_time  # noqa: E402 - benchmarks/ is on sys.path when ru
 
 import psfmap
 from psfmap.identify.cnn import pretrained_names
+from psfmap.identify.training_data import SHARED_DATA
 
-STACK = (Path(__file__).resolve().parents[2] / "shared" / "data" / "blurred"
-         / "widefield_dapi_zstack.tif")
+STACK = SHARED_DATA / "blurred" / "widefield_dapi_zstack.tif"
 MODEL = "gaussian1"
 ITERATIONS = 20
 ENERGY = 0.9999  # compress=: energy fraction of the operator kept

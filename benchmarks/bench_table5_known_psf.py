@@ -18,13 +18,12 @@ Run: ``.venv/bin/python benchmarks/bench_table5_known_psf.py [--images 8] [--see
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from psfmap.identify.training_data import SHARED_DATA
 from psfmap.metrics import snr, ssim
 
 PAPER_GT = {"zernike1": 2.14, "gaussian1": 2.24}
@@ -32,9 +31,7 @@ SIZE = 256
 ITERATIONS = 20
 PEAK_PHOTONS = 1000.0
 READ_NOISE = 2.0  # photo-electrons RMS
-SHARED = Path(
-    os.environ.get("PSFMAP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED = SHARED_DATA
 
 
 def sharp_images(count: int, rng: np.random.Generator) -> list[np.ndarray]:

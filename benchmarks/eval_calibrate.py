@@ -31,6 +31,7 @@ from psfmap.calibrate.synthetic import (
     field_error,
 )
 from psfmap.identify.spikes import identify_from_spikes
+from psfmap.identify.training_data import SHARED_DATA
 from psfmap.metrics import relative_operator_error
 from psfmap.operators import from_psf_grid
 
@@ -257,7 +258,7 @@ def multimode_fibre(data: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--figure", type=Path,
                         default=HERE / "figures" / "calibration_leica.png")
     parser.add_argument("--threads", type=int, default=2)

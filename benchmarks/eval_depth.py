@@ -41,9 +41,9 @@ from psfmap.depth import (
     fit_depth,
     fit_psf_params,
 )
+from psfmap.identify.training_data import SHARED_DATA
 
-STACK = (Path(__file__).resolve().parents[2] / "shared" / "data" / "beads"
-         / "psfextractor_astigmatic_beads_zstack.tif")
+STACK = SHARED_DATA / "beads" / "psfextractor_astigmatic_beads_zstack.tif"
 Z_STEP = 0.100
 PIXEL = 0.0635
 

@@ -47,13 +47,13 @@ from bench_table5_known_psf import quadrant_operator
 import psfmap
 from psfmap.identify.cnn import PSFEstimator
 from psfmap.identify.psf_map_estimation import resample_params
-from psfmap.identify.training_data import MICR_BINNING, sum_bin
+from psfmap.identify.training_data import MICR_BINNING, SHARED_DATA, sum_bin
 from psfmap.metrics import snr, ssim
 from psfmap.operators import Convolution, PSFMap
 from psfmap.operators.grid import cell_centres
 from psfmap.restore import richardson_lucy
 
-SHARP = Path(__file__).resolve().parents[2] / "shared" / "data" / "sharp"
+SHARP = SHARED_DATA / "sharp"
 SIZE = 256
 AIRYSCAN = "airyscan_TCYX.tif"
 

@@ -262,3 +262,15 @@ def test_estimation_flags_with_a_given_map_and_bad_windows_are_usage_errors(tmp_
         assert main(["estimate", str(image_file), *bad, "--save-map",
                      str(tmp_path / "e.psfmap")]) == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cells.tif", "m.psfmap"]
+
+
+def test_depth_calibrate_refuses_too_few_slices_before_any_work(tmp_path, image_file, capsys):
+    plane = tifffile.imread(image_file)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([plane] * 6), photometric="minisblack")
+    weights = _weights(tmp_path / "z3.pt", "zernike3")
+    for formula, slices, needed in (("paper", "0:3", 4), ("twin-invariant", "0:4", 5)):
+        assert main(["depth", "calibrate", str(tmp_path / "stack.tif"), "--weights",
+                     str(weights), "--z-step", "0.1", "--slices", slices, "--formula", formula,
+                     "-o", str(tmp_path / "c.psfmap")]) == 2
+        assert f"needs at least {needed} slices" in capsys.readouterr().err
+    assert not (tmp_path / "c.psfmap").exists()

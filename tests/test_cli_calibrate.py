@@ -78,5 +78,10 @@ def test_cli_errors(files, capsys):
     assert main(["identify", stack, "--family", stack, "--positions", str(empty), "-o",
                  str(files / "o.psfmap")]) == 1
     assert "positions file" in capsys.readouterr().err
+    empty.write_text("# row, col\n")
+    assert main(["identify", stack, "--family", stack, "--positions", str(empty), "-o",
+                 str(files / "o.psfmap")]) == 1
+    error = capsys.readouterr().err
+    assert "holds no rows" in error and len(error.strip().splitlines()) == 1
     assert main(["calibrate", stack, "--pixel-size", "-0.1", "-o", str(files / "f.psfmap")]) == 2
     assert main(["calibrate", stack, "--min-beads", "0", "-o", str(files / "f.psfmap")]) == 2

@@ -127,6 +127,10 @@ def test_a_psf_on_a_background_pedestal_is_flagged(scene, capsys):
     arguments = ["--iterations", "2", "-o", str(out), "--quiet"]
     assert main(["deconvolve", str(scene["image"]), "--psf", str(scene["psf"]), *arguments]) == 0
     assert capsys.readouterr().err == ""
+    tight = scene["tmp"] / "tight_psf.tif"  # a clean PSF cropped close: bright edges, dark corners
+    tifffile.imwrite(tight, gaussian(9, 2.0).numpy())
+    assert main(["deconvolve", str(scene["image"]), "--psf", str(tight), *arguments]) == 0
+    assert capsys.readouterr().err == ""
     # a raw bead crop: the camera's background level under a small peak
     raw = scene["tmp"] / "raw_psf.tif"
     tifffile.imwrite(raw, 100 * scene["psf_array"] + 1.0)

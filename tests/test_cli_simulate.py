@@ -139,3 +139,12 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     assert PSFMap.load(output / "estimated.psfmap").family.name == "zernike3"
     out = capsys.readouterr().out
     assert "SNR" in out and "zernike3" in out
+
+
+def test_a_zernike_pupil_keeps_its_own_pixel_size_for_an_implausible_file(tmp_path, capsys):
+    tiny = write_image(tmp_path / "tiny.tif", np.ones((32, 32), np.float32), pixel_size=0.02)
+    assert main(["simulate", str(tiny), "--model", "zernike1", "--grid", "2", "--seed", "0",
+                 "-o", str(tmp_path / "b.tif"), "--save-truth", str(tmp_path / "t.psfmap"),
+                 "--quiet"]) == 0
+    assert "outside 0.03-0.4 µm" in capsys.readouterr().err
+    assert PSFMap.load(tmp_path / "t.psfmap").family.optics["pixel_size"] == 0.2

@@ -171,7 +171,7 @@ def test_calibrate_depth_and_depth_map_with_a_stand_in_estimator(rng):
     with pytest.raises(ValueError, match="one depth per image"):
         calibrate_depth(images, z_um[:3], model=DepthOracle())
     # three images fit slope, intercept and axis exactly: an error of 0 that means nothing
-    with pytest.raises(ValueError, match="fits 3 numbers and needs at least 4"):
+    with pytest.raises(ValueError, match="fits 3 numbers and needs at least 4 images;"):
         calibrate_depth(images[:3], z_um[:3], model=DepthOracle(), window=16, stride=16)
     known_axis = calibrate_depth(images[:3], z_um[:3], model=DepthOracle(), window=16,
                                  stride=16, axis_offset=0.0)

@@ -66,7 +66,17 @@ def test_rgb_tiffs_become_grey_and_complex_ones_are_refused(tmp_path, rng):
     np.testing.assert_allclose(grey, rgb2gray(rgb) * 255, rtol=1e-10)
     stack = np.stack([rgb, rgb[::-1]])  # a time series of colour frames
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="rgb")
-    assert read_image(tmp_path / "s.tif")[0].shape == (2, 10, 12)
+    np.testing.assert_allclose(read_image(tmp_path / "s.tif")[0],
+                               np.stack([grey, grey[::-1]]), rtol=1e-10)
+    rgba = np.concatenate([stack, np.full((2, 10, 12, 1), 9, np.uint8)], axis=-1)
+    tifffile.imwrite(tmp_path / "a.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    np.testing.assert_allclose(read_image(tmp_path / "a.tif")[0],
+                               np.stack([grey, grey[::-1]]), rtol=1e-10)
+    tifffile.imwrite(tmp_path / "p.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate")  # planar: (3, H, W) on disk
+    planar, meta = read_image(tmp_path / "p.tif")
+    np.testing.assert_allclose(planar, grey, rtol=1e-10)
+    assert meta["axes"] == "YX"
     tifffile.imwrite(tmp_path / "z.tif", rgb[..., 0].astype(np.complex64))
     with pytest.raises(ValueError, match="complex pixels"):
         read_image(tmp_path / "z.tif")

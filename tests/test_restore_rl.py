@@ -291,6 +291,10 @@ def test_bad_images_and_operators():
         richardson_lucy(np.ones((30, 30)), grid_operator((32, 36)))
     with pytest.raises(TypeError, match="forward"):
         richardson_lucy(np.ones((16, 16)), "gaussian")
+    # a dark frame of a stack, at the background level everywhere, stays zero: no error
+    stack = np.stack([np.full((16, 16), 3.0), 3.0 + np.eye(16)])
+    restored = richardson_lucy(stack, operator, iterations=2, background=3.0)
+    assert np.all(restored[0] == 0) and restored[1].max() > 0
     # the verb takes a PSF array and checks it before normalising it to unit sum
     with pytest.raises(ValueError, match="operator has negative values"):
         deconvolve(np.ones((16, 16)), -gaussian(5, 1.0).numpy())

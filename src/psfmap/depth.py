@@ -290,6 +290,12 @@ def _image_params(psf_map) -> np.ndarray:
     return family.from_linear(np.median(linear, axis=0))
 
 
+def depth_images_needed(formula: str, search_axis: bool = True) -> int:
+    """Fewest images for a calibration with a residual: one more than the numbers it fits
+    (slope and intercept, the step of ``"twin-invariant"``, the axis offset when searched)."""
+    return (2 if formula == "paper" else 3) + int(search_axis) + 1
+
+
 def calibrate_depth(
     images: Any,
     z_um: Any,
@@ -362,14 +368,13 @@ def calibrate_depth(
         params.append(_image_params(psf_map))
     params_array = np.asarray(params)
     usable = np.all(np.isfinite(params_array), axis=1)
-    # slope and intercept (+ the step of the twin-invariant formula, + a searched axis): with
-    # no more images than that the fit is exact whatever the data, and its error says nothing
-    fitted = (2 if formula == "paper" else 3) + (axis_offset is None)
-    if usable.sum() <= fitted:
+    needed = depth_images_needed(formula, axis_offset is None)
+    if usable.sum() < needed:
+        where = ("" if usable.all() else
+                 f" ({int(usable.sum())} of {len(stack)} hold texture to estimate a PSF from)")
         raise ValueError(
-            f"only {int(usable.sum())} of {len(stack)} images hold texture to estimate a PSF "
-            f"from; this calibration fits {fitted} numbers and needs at least {fitted + 1} "
-            "(more slices, or a known axis_offset)"
+            f"this calibration fits {needed - 1} numbers and needs at least {needed} images"
+            f"{where}; with fewer the fit is exact and its error says nothing"
         )
     params_array, z = params_array[usable], z[usable]
     if axis_offset is None:

@@ -100,9 +100,9 @@ def to_grey(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim < 3:
         return array
-    if array.shape[2] in (2, 4):  # grey+alpha or RGBA: drop alpha
+    if array.shape[-1] in (2, 4):  # grey+alpha or RGBA: drop alpha
         array = array[..., :-1]
-    if array.shape[2] == 3:
+    if array.shape[-1] == 3:
         return array.astype(np.float64) @ _LUMINANCE
     return array[..., 0]
 
@@ -141,8 +141,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         if np.iscomplexobj(array):
             raise _ReadError(f"cannot read {str(path)!r}: complex pixels ({array.dtype}); "
                              "expected a real-valued image")
-        if axes.endswith("S") and array.shape[-1] in (2, 3, 4):  # RGB(A) samples per pixel
-            array, axes = to_grey(array), axes[:-1]
+        if "S" in axes and array.shape[axes.index("S")] in (2, 3, 4):  # RGB(A) samples
+            array = to_grey(np.moveaxis(array, axes.index("S"), -1))  # planar or contiguous
+            axes = axes.replace("S", "")
         metadata: dict[str, Any] = {"axes": axes, "pixel_size": None, "format": "tiff"}
         if tif.is_ome and tif.ome_metadata:
             metadata["format"] = "ome-tiff"

@@ -110,7 +110,7 @@ def run(args) -> int:
     check_outputs(args, args.beads, files=[args.output], figures=[args.figure])
     if args.psf_size is not None and (args.psf_size < 5 or args.psf_size % 2 == 0):
         raise UsageError(f"--psf-size must be an odd integer >= 5, got {args.psf_size}")
-    if args.pixel_size is not None and not args.pixel_size > 0:
+    if args.pixel_size is not None and not 0 < args.pixel_size < float("inf"):
         raise UsageError(f"--pixel-size must be a length in µm > 0, got {args.pixel_size}")
     if args.min_beads < 1:
         raise UsageError(f"--min-beads must be >= 1, got {args.min_beads}")

@@ -106,8 +106,8 @@ def run(args) -> int:
                   files=[args.save_map], figures=[args.figure])
     if args.iterations < 1:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
-    if args.tv < 0:
-        raise UsageError(f"--tv must be >= 0, got {args.tv}")
+    if not 0 <= args.tv < float("inf"):
+        raise UsageError(f"--tv must be a weight >= 0, got {args.tv}")
     if args.compress is not None and not 0 < args.compress <= 1:
         raise UsageError(f"--compress must be an energy fraction in (0, 1], got {args.compress}")
     if args.tile != 0 and args.tile < MIN_TILE:

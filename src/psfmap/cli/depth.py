@@ -66,13 +66,13 @@ def _slices(text: str | None, n: int) -> range:
     except ValueError:
         raise UsageError(f"--slices must look like 20:45, got {text!r}") from None
     chosen = range(n)[slice(first, stop)]
-    if len(chosen) < 2:
-        raise UsageError(f"--slices {text!r} selects {len(chosen)} of {n} slices; need >= 2")
+    if not chosen:
+        raise UsageError(f"--slices {text!r} selects none of the {n} slices")
     return chosen
 
 
 def _calibrate(args, stack_path: str) -> int:
-    from psfmap.depth import calibrate_depth
+    from psfmap.depth import calibrate_depth, depth_images_needed
     from psfmap.io import read_image
 
     if args.z_step is None or not 0 < args.z_step < float("inf"):
@@ -83,6 +83,10 @@ def _calibrate(args, stack_path: str) -> int:
     if stack.ndim != 3:
         raise ValueError(f"{stack_path!r} must be a z-stack (Z, H, W), got shape {stack.shape}")
     chosen = _slices(args.slices, stack.shape[0])
+    needed = depth_images_needed(args.formula)
+    if len(chosen) < needed:
+        raise UsageError(f"the {args.formula} calibration needs at least {needed} slices "
+                         f"(it fits {needed - 1} numbers), got {len(chosen)}")
     z_um = args.z_start + args.z_step * np.asarray(chosen, dtype=np.float64)
     estimator = load_estimator(args)
     options = window_options(args)

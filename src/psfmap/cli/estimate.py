@@ -12,9 +12,7 @@ import numpy as np
 
 from psfmap.cli import UsageError, command_parser
 from psfmap.cli._common import check_outputs, parse_pair, progress_bar, summary
-
-# median filter of the map's parameter grid, as psfmap.estimate
-DEFAULT_MEDIAN = 3
+from psfmap.identify.blind import DEFAULT_MEDIAN
 
 EXAMPLE = "psfmap estimate cells.tif --model zernike3 --save-map map.psfmap --figure map.png"
 

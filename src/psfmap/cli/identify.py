@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,12 @@ def read_positions(path: str) -> np.ndarray:
         raise ValueError(f"positions file {path!r} is empty; expected rows of 'row, col'")
     delimiter = "," if text.count(",") else None
     try:
-        positions = np.loadtxt(path, delimiter=delimiter, ndmin=2)
+        with warnings.catch_warnings():  # NumPy warns of a file with no rows: one error instead
+            warnings.simplefilter("error")
+            positions = np.loadtxt(path, delimiter=delimiter, ndmin=2)
+    except UserWarning:
+        raise ValueError(f"positions file {path!r} holds no rows; expected 'row, col' lines")\
+            from None
     except ValueError as error:
         raise ValueError(f"positions file {path!r} is not a table of numbers ({error})") from None
     if positions.shape[1] != 2:

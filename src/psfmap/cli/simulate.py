@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, parse_pair, summary
+from psfmap.cli._common import check_outputs, parse_pair, summary, warn
+
+# pixel sizes (µm) at which a file's own sampling is used for a Zernike pupil: below, the NA 0.8
+# pupil spans too few frequency samples; above, the PSF is under a pixel and the supersampled
+# grid grows without bound
+ZERNIKE_PIXEL_SIZES = (0.03, 0.4)
 
 EXAMPLE = (
     "psfmap simulate sharp.tif --model zernike3 --field tilt --grid 4x4 --photons 1000 "
@@ -67,7 +72,13 @@ def run(args) -> int:
     family = psf_model(args.model)
     if family.kind == "zernike" and pixel_size is not None:
         # the pupil is sampled at the image's own pixels (a Gaussian width is in pixels anyway)
-        family = psf_model(args.model, pixel_size=float(pixel_size))
+        low, high = ZERNIKE_PIXEL_SIZES
+        if low <= pixel_size <= high:
+            family = psf_model(args.model, pixel_size=float(pixel_size))
+        else:
+            warn(args, f"the input's pixel size {pixel_size:g} µm is outside {low}-{high} µm, "
+                       f"where the {args.model} optics (NA {family.optics['na']}) are sampled "
+                       f"sensibly; using the family's {family.optics['pixel_size']} µm")
     result = simulate(
         image,
         model=family,

@@ -38,6 +38,8 @@ DEFAULT_MODEL = "zernike3"
 # with the exact known PSFs; benchmarks/RESULTS.md), so the default is psfmap.restore's
 # λ = 0.01; pass tv=0.1 for the quoted value.
 DEFAULT_ITERATIONS = 20
+# side of the median filter of a map's parameter grid (Shajkofci & Liebling smooth the map)
+DEFAULT_MEDIAN = 3
 # smaller tiles would spend most of their time in the overlap (tile 1: one solve per pixel)
 MIN_TILE = 32
 # frames larger than this are restored in tiles: on 4096² and 8192² images tiles of 2048 px
@@ -123,7 +125,7 @@ def estimate(
     stride: int | None = None,
     *,
     grid: tuple[int, int] | None = None,
-    median: int = 3,
+    median: int = DEFAULT_MEDIAN,
     batch_size: int = 256,
     callback: Callable[[int], Any] | None = None,
 ):
@@ -208,7 +210,7 @@ def _restore_frame(
              for cols in _tile_bounds(width, tile or width, overlap)]
     psfs = psf_map.psfs()  # rendered once for all the tiles
     smallest = min(min(rows[3] - rows[2], cols[3] - cols[2]) for rows, cols in boxes)
-    if smallest < max(psfs.shape[-2:]):
+    if len(boxes) > 1 and smallest < max(psfs.shape[-2:]):
         raise ValueError(
             f"a tile with its overlap spans {smallest} px, less than the PSF "
             f"({max(psfs.shape[-2:])} px): use a larger tile or overlap"
@@ -248,7 +250,7 @@ def deblur(
     window: int | None = None,
     stride: int | None = None,
     grid: tuple[int, int] | None = None,
-    median: int = 3,
+    median: int = DEFAULT_MEDIAN,
     psf_map: Any = None,
     compress: float | None = None,
     tile: int | None = DEFAULT_TILE,

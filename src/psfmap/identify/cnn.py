@@ -21,6 +21,7 @@ Examples
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,14 @@ class PSFEstimator:
         return next(self.network.parameters()).device
 
     def to(self, device: torch.device | str) -> PSFEstimator:
-        """Move the network to ``device`` (e.g. ``"cuda"``) in place; return ``self``."""
-        self.network.to(torch.device(device))
-        return self
+        """This estimator on ``device`` (e.g. ``"cuda"``): ``self`` when already there, else
+        a copy (estimators are shared, e.g. by the cache behind ``psfmap.estimate``)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        moved = PSFEstimator(copy.deepcopy(self.network).to(device), self.config)
+        moved.metrics = self.metrics
+        return moved
 
     # ------------------------------------------------------------ loading
     @classmethod

@@ -272,11 +272,11 @@ def _check_background(background: Any, y: torch.Tensor) -> torch.Tensor:
             f"background of shape {tuple(b.shape)} does not broadcast to the image shape "
             f"{tuple(y.shape)}; expected a number or an array of the image's shape"
         )
-    # a positive background above every pixel leaves no signal: RL would return zeros
-    if bool(((y <= b) & (b > 0)).flatten(-2).all(-1).any()):
+    # a positive background above every pixel leaves no signal: RL would return zeros (a dark
+    # frame of a stack is fine: it stays zero, as an all-zero frame does)
+    if bool(((y <= b) & (b > 0)).all()):
         raise ValueError(
-            f"background (up to {float(b.max()):.4g}) is at or above every pixel of the image "
-            "(or of one of its frames); expected a level below the signal, e.g. the camera "
-            "offset"
+            f"background (up to {float(b.max()):.4g}) is at or above every pixel of the image; "
+            "expected a level below the signal, e.g. the camera offset"
         )
     return b

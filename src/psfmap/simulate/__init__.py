@@ -67,8 +67,8 @@ class Simulation:
         The parameters of the cells (same as ``psf_map.params``).
     noise : NoiseModel or None
         The camera noise model used (``None``: no noise).
-    seed : int or None
-        The seed of the random field and of the noise.
+    seed : int
+        The seed of the random field and of the noise (drawn when none was given).
     settings : dict
         ``model``, ``field``, ``grid`` and ``seed`` (JSON-able, stored in the PSF map).
     """
