@@ -128,6 +128,17 @@ def test_stack_bad_input_names_the_frame(blurred_pair):
         deblur(stack, psf_map=[one, one])
     with pytest.raises(TypeError, match=r"psf_map\[1\] must be a PSFMap"):
         deblur(stack, psf_map=[one, "map", one])
+    # a map made for another image size would be stretched over the wrong field
+    with pytest.raises(ValueError, match=r"psf_map covers an image of \(64, 64\)"):
+        deblur(blurred[:48, :48], psf_map=one)
+
+
+def test_deblur_reads_a_saved_map_file(blurred_pair, tmp_path):
+    _, blurred = blurred_pair
+    one = estimate(blurred, OracleEstimator())
+    path = one.save(tmp_path / "map.psfmap")
+    from_file = deblur(blurred, iterations=2, psf_map=str(path))
+    np.testing.assert_array_equal(from_file, deblur(blurred, iterations=2, psf_map=one))
     with pytest.raises(ValueError, match="empty"):
         deblur(np.zeros((0, 64, 64), dtype=np.float32), OracleEstimator())
     with pytest.raises(ValueError, match="2-D array"):

@@ -90,11 +90,7 @@ def _given_maps(path: str, image: np.ndarray) -> list:
             f"map{'' if frames == 1 else f' or {frames} (one per frame)'}"
         )
     for psf_map in maps:
-        if psf_map.image_shape != image.shape[-2:]:
-            raise ValueError(
-                f"--psf-map {path!r} covers an image of {psf_map.image_shape}, but the "
-                f"image's frames are {image.shape[-2:]}"
-            )
+        psf_map.check_covers(image.shape[-2:], f"--psf-map {path!r}")
     return maps
 
 

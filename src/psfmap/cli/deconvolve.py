@@ -125,11 +125,7 @@ def _load_operator(args, image_shape: tuple[int, int]):
     from psfmap.operators.psf_map import PSFMap
 
     psf_map = PSFMap.load(args.psf_map)
-    if tuple(psf_map.image_shape) != tuple(image_shape):
-        raise ValueError(
-            f"--psf-map {args.psf_map!r} covers an image of {tuple(psf_map.image_shape)}, but "
-            f"the image's frames are {tuple(image_shape)}"
-        )
+    psf_map.check_covers(image_shape, f"--psf-map {args.psf_map!r}")
     return psf_map.operator(image_shape), f"PSF map {Path(args.psf_map).name}"
 
 

@@ -20,6 +20,7 @@ the next.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -231,14 +232,24 @@ def _restore_frame(
     return restored
 
 
-def _maps_for_frames(psf_map: Any, count: int) -> list:
-    """One map per frame from a map (used for all frames) or a sequence of ``count`` maps."""
+def _maps_for_frames(psf_map: Any, count: int, frame_shape: tuple[int, int]) -> list:
+    """One map per frame from a map (used for all frames), a sequence of ``count`` maps, or
+    a file of either; each must cover frames of ``frame_shape``."""
+    if isinstance(psf_map, (str, os.PathLike)):
+        from psfmap.operators.psf_map import load_psf_maps
+
+        psf_map = load_psf_maps(psf_map)
+        psf_map = psf_map[0] if len(psf_map) == 1 else psf_map
     if isinstance(psf_map, PSFMap):
-        return [psf_map] * count
-    maps = list(psf_map)
-    if len(maps) != count:
-        raise ValueError(f"psf_map holds {len(maps)} maps for a stack of {count} frames")
-    return psf_map_list(maps, "deblur with", name="psf_map")
+        maps = [psf_map] * count
+    else:
+        maps = list(psf_map)
+        if len(maps) != count:
+            raise ValueError(f"psf_map holds {len(maps)} maps for a stack of {count} frames")
+        maps = psf_map_list(maps, "deblur with", name="psf_map")
+    for index, one in enumerate(maps[:1] if isinstance(psf_map, PSFMap) else maps):
+        one.check_covers(frame_shape, "psf_map" if len(maps) == 1 else f"psf_map[{index}]")
+    return maps
 
 
 def deblur(
@@ -290,9 +301,10 @@ def deblur(
         λ_TV (0: plain Richardson–Lucy); default 0.01.
     window, stride, grid, median, batch_size
         Passed to :func:`estimate`.
-    psf_map : PSFMap or sequence of PSFMap, optional
+    psf_map : PSFMap, sequence of PSFMap, or path, optional
         Use this map instead of estimating one; for a stack, one map for every frame or one
-        map per frame.
+        map per frame; a path reads them (:func:`psfmap.load_psf_maps`). Each must have been
+        made for images of this frame size (``PSFMap.check_covers``).
     compress : float, optional
         Restore with the operator compressed to this fraction of its energy
         (:func:`psfmap.operators.compress`, e.g. 0.9999): the fewest kernels ``u_i ⋆ (v_i ·)``
@@ -344,7 +356,7 @@ def deblur(
         )
         maps = maps if tensor.ndim > 2 else [maps]
     else:
-        maps = _maps_for_frames(psf_map, len(frames))
+        maps = _maps_for_frames(psf_map, len(frames), tuple(tensor.shape[-2:]))
     restored = each_frame(
         frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv, compress,
                                                     tile, overlap)

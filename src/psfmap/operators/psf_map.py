@@ -160,6 +160,15 @@ class PSFMap:
         kernels = self.family(params)
         return kernels.reshape(gy, gx, *kernels.shape[-2:])
 
+    def check_covers(self, image_shape: tuple[int, int], name: str = "psf_map") -> None:
+        """Raise ``ValueError`` unless the map was made for images of ``image_shape``: a map
+        used on another size would be stretched over the wrong field."""
+        if tuple(self.image_shape) != tuple(int(n) for n in image_shape):
+            raise ValueError(
+                f"{name} covers an image of {tuple(self.image_shape)}, but the image's frames "
+                f"are {tuple(int(n) for n in image_shape)}"
+            )
+
     def operator(
         self,
         image_shape: Any = None,
