@@ -81,6 +81,10 @@ def test_projection_on_the_cone(synthetic):
     assert np.all(family.cone_coefficients(outside) >= 0)
     with pytest.raises(ValueError, match="gamma must have shape"):
         family.project(np.ones((1, 1, 1, 7)))
+    assert gammas[0].shape[0] != gammas[0].shape[1]  # so a transposed Γ has another shape
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        family.operator(gammas[0].T)
+    np.testing.assert_array_equal(family.project(gammas[0].ravel()), family.project(gammas[0]))
 
 
 def test_save_and_load_round_trip(synthetic, tmp_path):

@@ -94,6 +94,9 @@ def test_refuses_to_overwrite_an_input(tmp_path):
     path = write_image(tmp_path / "in.tif", np.ones((4, 4), np.float32))
     with pytest.raises(ValueError, match="also an input"):
         write_image(tmp_path / "in.tif", np.zeros((4, 4), np.float32), inputs=[path])
+    for single in (path, str(path)):  # one path, not a list of them
+        with pytest.raises(ValueError, match="also an input"):
+            write_image(path, np.zeros((4, 4), np.float32), inputs=single)
     np.testing.assert_array_equal(read_image(path)[0], 1)
 
 

@@ -236,7 +236,7 @@ def write_image(
         JSON-able values stored in the TIFF description (plain TIFF only).
     axes : str, optional
         Axis letters for OME-TIFF (default ``"YX"``, ``"ZYX"``, ... by dimension).
-    inputs : iterable of paths
+    inputs : path or iterable of paths
         Files this run read; writing over one of them is refused.
 
     Returns
@@ -254,6 +254,8 @@ def write_image(
             ".tif, .tiff or .ome.tif"
         )
     target = path.resolve()
+    if isinstance(inputs, (str, os.PathLike)):  # one path, not an iterable of its characters
+        inputs = [inputs]
     for source in inputs:
         if source is not None and Path(source).resolve() == target:
             raise ValueError(f"output {str(path)!r} is also an input; refusing to overwrite it")

@@ -175,10 +175,13 @@ class OperatorFamily:
         array = _as_float64(gamma, "gamma")
         expected = (self.n_eigen_psfs, self.n_spatial)
         if array.shape != expected:
-            if array.size == np.prod(expected):
+            # a flat vector (the lifted problem's unknown, C order) is accepted; a matrix of
+            # another shape (e.g. transposed) is not silently reshaped
+            if array.ndim == 1 and array.size == np.prod(expected):
                 array = array.reshape(expected)
             else:
-                raise ValueError(f"gamma must have shape (I, J) = {expected}, got {array.shape}")
+                raise ValueError(f"gamma must have shape (I, J) = {expected} (or be flat, "
+                                 f"I·J = {int(np.prod(expected))}), got {array.shape}")
         if not np.isfinite(array).all():
             raise ValueError("gamma contains NaN or infinite values; expected finite numbers")
         return array
