@@ -94,6 +94,16 @@ def test_predict_returns_the_input_kind_dtype_and_device(estimator):
     assert on_cpu.device == torch.device("cpu")
 
 
+def test_predict_does_not_depend_on_the_intensity_scale(estimator):
+    p = estimator.patch_size
+    texture = np.random.default_rng(2).gamma(2.0, size=(2, p, p))
+    reference, validity = estimator.predict(texture)
+    for scale in (1e-9, 1e20):  # below and above what float32 squares without trouble
+        params, scaled_validity = estimator.predict(texture * scale)
+        np.testing.assert_allclose(params, reference, rtol=1e-5)
+        np.testing.assert_allclose(scaled_validity, validity, atol=1e-5)
+
+
 def test_pretrained_predicts_the_size_of_its_own_errors(estimator):
     family = estimator.family
     assert estimator.has_uncertainty

@@ -197,7 +197,11 @@ class PSFEstimator:
                 f"the {self.family.name} weights have no uncertainty head, so return_std is "
                 "not available; fit one with psfmap.identify.training.fit_uncertainty"
             )
-        inputs = tensor.to(dtype=torch.float32, device=self.device)
+        # each window scaled to a maximum of 1 in its own precision first: the network works in
+        # float32, where 1e-7-scale or 1e20-scale pixels would underflow or overflow
+        scale = tensor.abs().amax(dim=(-2, -1), keepdim=True)
+        inputs = (tensor / torch.where(scale > 0, scale, torch.ones_like(scale))).to(
+            dtype=torch.float32, device=self.device)
         offsets = subpatch_offsets(side, p)
         if len(offsets) > 1:
             inputs = torch.stack([inputs[:, y:y + p, x:x + p] for y in offsets for x in offsets],
