@@ -39,7 +39,8 @@ def hat_profiles(n_cells: int, length: int) -> np.ndarray:
 
 def _image_shape(image_shape: Any) -> tuple[int, int]:
     # the last two entries, so that ``image.shape`` of a stack works
-    if not hasattr(image_shape, "__len__") or len(image_shape) < 2:
+    if isinstance(image_shape, str) or not hasattr(image_shape, "__len__") \
+            or len(image_shape) < 2:
         raise ValueError(f"image_shape must be (H, W), got {image_shape!r}")
     return check_pair(tuple(image_shape)[-2:], "image_shape")
 

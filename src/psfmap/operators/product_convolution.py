@@ -163,6 +163,12 @@ class ProductConvolution(LinearOperator):
             raise ValueError(f"weights must cover a non-empty image, got {height}x{width}")
         self.image_shape = (int(height), int(width))
         self.kernel_shape = (int(kernels.shape[1]), int(kernels.shape[2]))
+        if self.kernel_shape[0] // 2 >= height or self.kernel_shape[1] // 2 >= width:
+            # the 'same' crop of a linear convolution needs the kernel's half-width inside
+            raise ValueError(
+                f"kernels of {self.kernel_shape} px reach past an image of {height}x{width}: "
+                f"a kernel side must be below twice the image's (crop the PSFs)"
+            )
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.compression_error: float | None = None
         self.fft_shape = same_fft_shape(self.image_shape, self.kernel_shape)
