@@ -229,3 +229,18 @@ def test_top_level_verb_and_subpackage_share_the_name():
     result = psfmap.simulate(np.ones((16, 16)), "gaussian1", "constant", (2, 2), size=5)
     assert result.psf_map.grid == (2, 2)
     assert psfmap.simulate.cells((8, 8), 1, seed=0).shape == (8, 8)
+
+
+def test_seeds_are_checked_and_generators_give_a_replayable_seed():
+    sharp = cells((32, 32), n_cells=2, seed=0)
+    for bad, error in ((-1, ValueError), (2**70, ValueError), (True, TypeError),
+                       ("3", TypeError)):
+        with pytest.raises(error, match="seed"):
+            simulate(sharp, "gaussian1", "tilt", (2, 2), seed=bad)
+    with pytest.raises(ValueError, match="seed"):
+        cells((32, 32), seed=-5)
+    drawn = simulate(sharp, "gaussian1", "smooth_random", (2, 2), photons=50,
+                     seed=torch.Generator().manual_seed(3))
+    replay = simulate(sharp, "gaussian1", "smooth_random", (2, 2), photons=50, seed=drawn.seed)
+    assert isinstance(drawn.seed, int)
+    np.testing.assert_array_equal(drawn.blurred, replay.blurred)

@@ -124,3 +124,26 @@ class ArrayKind:
         if self.numpy_dtype is not None and np.issubdtype(self.numpy_dtype, np.floating):
             array = array.astype(self.numpy_dtype, copy=False)
         return array
+
+
+def check_seed(seed: Any, name: str = "seed", *, draw: bool = False) -> Any:
+    """A seed: ``None``, an integer in ``[0, 2⁶³)``, or a generator.
+
+    With ``draw``, a ``torch.Generator`` or NumPy ``Generator`` draws an integer seed, which is
+    returned so that it can be recorded and the run replayed; otherwise a NumPy generator is
+    returned as it is.
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, torch.Generator):
+        if not draw:
+            raise TypeError(f"{name} must be an integer or a numpy.random.Generator here, "
+                            "got a torch.Generator")
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=seed))
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 2**31 - 1)) if draw else seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= 0 or a generator, got {describe(seed)}")
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"{name} must be an integer in [0, 2**63), got {seed!r}")
+    return int(seed)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from psfmap._validation import check_positive, describe
+from psfmap._validation import check_positive, check_seed, describe
 from psfmap.calibrate.detection import (
     as_image,
     default_saturation,
@@ -279,6 +279,7 @@ def calibrate(
         smoothing parameters) and the clean patches in ``.patches`` (not saved).
     """
     items = as_image_list(images)
+    check_seed(seed)  # before the work, not at the randomized SVD
     height, width = (int(n) for n in items[0].shape)
     if psf_sigma is None:
         psf_sigma = estimate_psf_sigma(items[0], saturation=saturation)

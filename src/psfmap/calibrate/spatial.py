@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from psfmap._validation import check_positive
+from psfmap._validation import check_positive, check_seed
 from psfmap.calibrate._threads import single_thread
 
 
@@ -204,6 +204,7 @@ def randomized_svd(
     matrix = np.asarray(matrix, dtype=np.float64)
     m, n = matrix.shape
     rank = int(min(rank, m, n))
+    seed = check_seed(seed)
     generator = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     width = min(rank + oversample, m, n)
     with single_thread():

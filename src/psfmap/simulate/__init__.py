@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from psfmap._callable_module import make_callable
-from psfmap._validation import ArrayKind, as_tensor, check_finite, check_ndim, describe
+from psfmap._validation import ArrayKind, as_tensor, check_finite, check_ndim, check_seed, describe
 from psfmap.operators.product_convolution import ProductConvolution
 from psfmap.operators.psf_map import PSFMap
 from psfmap.simulate.fields import FIELDS, parameter_field
@@ -173,7 +173,10 @@ def simulate(
         raise ValueError(f"sharp is empty, got {describe(sharp)}")
     if bool((image < 0).any()):
         raise ValueError("sharp has negative values; expected a non-negative intensity image")
-    if seed is None:  # a fresh draw, recorded in the result so that the run can be replayed
+    # an integer, recorded in the result so that the run can be replayed: a generator draws
+    # one, and without a seed a fresh one is drawn
+    seed = check_seed(seed, draw=True)
+    if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
     if isinstance(model, PSFFamily):
         family = model

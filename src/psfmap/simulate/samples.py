@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from psfmap._validation import check_pair
+from psfmap._validation import check_pair, check_seed
 
 BUNDLED = {
     "neuron": "confocal_neuron_mip.tif",
@@ -81,7 +81,7 @@ def beads(
         raise ValueError(f"min_separation must be a finite number >= 0, got {min_separation!r}")
     if 2 * margin >= min(height, width):
         raise ValueError(f"margin {margin} leaves no room in a {height}x{width} field")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     positions: list[tuple[int, int]] = []
     for _ in range(max(100, 50 * n_beads)):
         if len(positions) == n_beads:
@@ -111,7 +111,7 @@ def random_points(
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density!r}")
     low, high = _amplitude_range(amplitude)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     mask = rng.random((height, width)) < density
     return np.where(mask, rng.uniform(low, high, size=(height, width)), 0.0)
 
@@ -136,7 +136,7 @@ def cells(
         raise ValueError(f"radius must be a pair (low, high), got {radius!r}") from None
     if r_low <= 0 or r_high < r_low:
         raise ValueError(f"radius must satisfy 0 < low <= high, got {radius!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     image = np.zeros((height, width))
     texture = ndimage.gaussian_filter(rng.random((height, width)), 1.0)
