@@ -153,7 +153,7 @@ class DepthOracle:
         return params, validity
 
 
-def test_calibrate_depth_and_depth_map_with_a_stand_in_estimator(rng):
+def test_calibrate_depth_and_depth_map_with_a_stand_in_estimator(rng, tmp_path):
     z_um = np.linspace(-1.0, 1.0, 7)
     texture = 0.01 * rng.standard_normal((32, 32))
     images = [0.5 + 0.4 * z + texture for z in z_um]  # mean encodes depth
@@ -163,6 +163,9 @@ def test_calibrate_depth_and_depth_map_with_a_stand_in_estimator(rng):
     depth = depth_map(images[5], DepthOracle(), window=16, stride=16, median=0,
                       calibration=calibration)
     np.testing.assert_allclose(depth, z_um[5], atol=0.05)
+    saved = calibration.save(tmp_path / "depth.psfmap")  # a calibration file works as well
+    np.testing.assert_array_equal(depth_map(images[5], DepthOracle(), window=16, stride=16,
+                                            median=0, calibration=str(saved)), depth)
     full = depth_map(torch.from_numpy(images[1]), DepthOracle(), calibration=calibration,
                      full_size=True)
     assert isinstance(full, torch.Tensor) and full.shape == (32, 32)
@@ -176,6 +179,16 @@ def test_calibrate_depth_and_depth_map_with_a_stand_in_estimator(rng):
     known_axis = calibrate_depth(images[:3], z_um[:3], model=DepthOracle(), window=16,
                                  stride=16, axis_offset=0.0)
     assert known_axis.metadata["n_used"] == 3
+    with pytest.raises(ValueError, match="not all equal"):
+        calibrate_depth(images, np.zeros(7), model=DepthOracle())
+    with pytest.raises(ValueError, match="images is empty"):
+        calibrate_depth([], [], model=DepthOracle())
+    with pytest.raises(ValueError, match="one 2-D image"):
+        depth_map(np.stack(images[:2]), DepthOracle())
+    with pytest.raises(ValueError, match="fits 3 numbers and needs at least 3 depths"):
+        fit_depth(np.ones((2, 3)), [0.0, 1.0], formula="twin-invariant")
+    with pytest.raises(ValueError, match="formula must be one of"):
+        DepthCalibration(slope=1.0, intercept=0.0, formula="foo")
 
 
 class _GaussianOracle(DepthOracle):

@@ -31,6 +31,7 @@ is linear in the defocus once ``step`` (fitted too) cancels the jump ``2b`` at f
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,9 @@ class DepthCalibration:
     formula: str = "paper"
     step: float = 0.0
 
+    def __post_init__(self) -> None:
+        _check_formula(self.formula)
+
     def apply(self, raw_depth: Any) -> Any:
         """Convert raw depths of :func:`astigmatic_depth` to micrometres (``"paper"`` only)."""
         if self.formula != "paper":
@@ -201,7 +205,9 @@ def fit_depth_calibration(
 
     Parameters
     ----------
-    raw_depths, z_um : 1-D arrays of equal length (>= 2, raw depths not all equal)
+    raw_depths, z_um : 1-D arrays of equal length (at least as many as the fitted numbers:
+        2, or 3 with ``side``; neither all equal). With no more points than that the fit is
+        exact and ``rms_error`` 0 says nothing.
         Raw depths of :func:`astigmatic_depth`, or ``s`` of :func:`twin_invariant_depth`.
     side : 1-D array, optional
         The side of focus of :func:`twin_invariant_depth`: fits a ``"twin-invariant"``
@@ -217,10 +223,15 @@ def fit_depth_calibration(
         raise ValueError(
             f"z_um must have one depth per raw depth ({raw.size}), got {z.size} values"
         )
-    if raw.size < 2:
-        raise ValueError(f"an affine calibration needs at least 2 depths, got {raw.size}")
+    unknowns = 2 if side is None else 3
+    if raw.size < unknowns:
+        raise ValueError(f"this calibration fits {unknowns} numbers and needs at least "
+                         f"{unknowns} depths, got {raw.size}")
     if not (np.all(np.isfinite(raw)) and np.all(np.isfinite(z))):
         raise ValueError("raw depths and z_um must be finite numbers")
+    if np.ptp(z) == 0:
+        raise ValueError("every z_um is the same; a depth calibration needs images at several "
+                         "known depths")
     if np.ptp(raw) == 0:
         raise ValueError(
             "every raw depth is the same; the images do not resolve depth, so no affine "
@@ -353,9 +364,14 @@ def calibrate_depth(
         stack = list(images)
     else:
         raise TypeError(f"images must be a stack or a list of 2-D images, got {describe(images)}")
+    if not stack:
+        raise ValueError("images is empty; expected a z-stack of images at known depths")
     z = np.asarray(z_um, dtype=np.float64).reshape(-1)
     if z.size != len(stack):
         raise ValueError(f"z_um must give one depth per image ({len(stack)}), got {z.size}")
+    if not np.all(np.isfinite(z)) or np.ptp(z) == 0:
+        raise ValueError("z_um must be finite and not all equal: a calibration needs images at "
+                         "several known depths")
     params = []
     for image in stack:
         try:
@@ -411,8 +427,8 @@ def depth_map(
         A ``zernike3`` estimator.
     window, stride, grid, median
         Sliding-window settings (see :func:`psfmap.estimate`).
-    calibration : DepthCalibration, optional
-        Converts raw depth to micrometres.
+    calibration : DepthCalibration or path, optional
+        Converts raw depth to micrometres (a path is read with ``DepthCalibration.load``).
     full_size : bool
         Interpolate the cell grid to the image size (bilinear, same weights as the blur
         operator) instead of returning ``(gy, gx)``.
@@ -432,6 +448,14 @@ def depth_map(
             f"{estimator.family.name!r} model"
         )
     tensor = as_tensor(image, "image")
+    if tensor.ndim != 2:
+        raise ValueError(f"image must be one 2-D image (H, W), got shape {tuple(tensor.shape)}; "
+                         "map a stack plane by plane")
+    if isinstance(calibration, (str, os.PathLike)):
+        calibration = DepthCalibration.load(calibration)
+    elif calibration is not None and not isinstance(calibration, DepthCalibration):
+        raise TypeError(f"calibration must be a DepthCalibration or its file, got "
+                        f"{describe(calibration)}")
     psf_map = estimate(tensor, estimator, window, stride, grid=grid, median=median)
     params = np.asarray(psf_map.params, dtype=np.float64)
     depth = (astigmatic_depth(params) if calibration is None
