@@ -162,6 +162,10 @@ def test_undersampled_camera_integrates_pixels():
         (lambda: psf.zernike(9, [np.inf], na=0.5, wavelength=0.5, pixel_size=0.1), "coefficients"),
         (lambda: psf.zernike(9, {0: 0.1}, na=0.5, wavelength=0.5, pixel_size=0.1), "Noll"),
         (lambda: psf.zernike(3, [0.0], na=0.1, wavelength=0.5, pixel_size=0.01), "pupil"),
+        # nanometres for micrometres: refused before a 77,000² grid is allocated
+        (lambda: psf.zernike(33, {4: 0.1}, na=0.8, wavelength=0.55, pixel_size=100),
+         "pixel sizes are in µm"),
+        (lambda: psf.model("gaussian1", size=0), "size"),
         (lambda: psf.model("nope"), "unknown PSF model"),
         (lambda: psf.model("gaussian1")(torch.ones(2, 2)), "params"),
         (lambda: psf.model("gaussian1")(torch.tensor([[float("nan")]])), "params"),

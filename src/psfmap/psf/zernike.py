@@ -90,6 +90,10 @@ def zernike_polynomial(j: int, rho: torch.Tensor, theta: torch.Tensor) -> torch.
     return torch.where(rho <= 1, value, torch.zeros_like(value))
 
 
+# largest FFT grid side of the supersampled pupil (8192²: 1 GB per complex128 field)
+MAX_PUPIL_GRID = 8192
+
+
 def supersampling(na: float, wavelength: float, pixel_size: float) -> int:
     """Odd number of sub-samples per pixel so the fine grid is ≥ 2× finer than Nyquist."""
     factor = max(1, math.ceil(8 * na * pixel_size / wavelength - 1e-9))
@@ -111,6 +115,12 @@ def _pupil_basis(
     fine_pitch = pixel_size / supersample
     grid = scipy_fft.next_fast_len(2 * size * supersample, real=False)
     grid += grid % 2
+    if grid > MAX_PUPIL_GRID:
+        raise ValueError(
+            f"pixel_size={pixel_size} µm with NA={na}, wavelength={wavelength} µm needs "
+            f"{supersample} sub-samples per pixel (an FFT grid of {grid}²); pixel sizes are in "
+            "µm (0.1, not 100), and a pixel this much larger than the PSF images it as a point"
+        )
     freqs = torch.fft.fftfreq(grid, d=fine_pitch, dtype=torch.float64)
     cutoff = na / wavelength
     radius_in_samples = cutoff * grid * fine_pitch
