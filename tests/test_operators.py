@@ -10,6 +10,7 @@ from scipy.signal import fftconvolve
 
 from psfmap._container import FORMAT_VERSION
 from psfmap.operators import Convolution, ProductConvolution, from_psf_grid, hat_profiles, load
+from psfmap.operators.compression import compress
 from psfmap.psf import gaussian
 
 
@@ -270,6 +271,7 @@ def test_load_rejects_newer_format_and_corrupted_files(tmp_path):
         (lambda: Convolution(torch.rand(5, 5)).forward("image"), "NumPy array or torch tensor"),
         (lambda: _grid_operator()[1].compress(rank=0), "rank"),
         (lambda: _grid_operator()[1].compress(energy=1.5), "energy"),
+        (lambda: compress("operator"), "ProductConvolution"),
     ],
 )
 def test_bad_input_raises_clear_errors(call, message):
@@ -410,3 +412,8 @@ def test_compressing_a_grid_with_more_cells_than_kernel_pixels():
                                                              rel=1e-6)
         torch.testing.assert_close(compressed.forward(x), reference.forward(x), rtol=0,
                                    atol=1e-8)
+
+
+def test_compressing_a_plain_convolution_returns_it():
+    single = Convolution(torch.rand(5, 5) + 0.1)
+    assert compress(single, rank=1) is single and single.compress(energy=0.9) is single

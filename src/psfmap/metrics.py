@@ -15,16 +15,19 @@ import torch
 from psfmap._validation import as_tensor, check_finite, check_positive, describe
 
 
-def _pair(reference: Any, estimate: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    ref = check_finite(as_tensor(reference, "reference", dtype=torch.float64), "reference")
-    est = check_finite(as_tensor(estimate, "estimate", dtype=torch.float64), "estimate")
+def _pair(
+    reference: Any, estimate: Any, names: tuple[str, str] = ("reference", "estimate")
+) -> tuple[torch.Tensor, torch.Tensor]:
+    first, second = names
+    ref = check_finite(as_tensor(reference, first, dtype=torch.float64), first)
+    est = check_finite(as_tensor(estimate, second, dtype=torch.float64), second)
     if ref.shape != est.shape:
         raise ValueError(
-            f"reference and estimate must have the same shape, got {tuple(ref.shape)} "
+            f"{first} and {second} must have the same shape, got {tuple(ref.shape)} "
             f"and {tuple(est.shape)}"
         )
     if ref.numel() == 0:
-        raise ValueError("reference is empty; expected at least one value")
+        raise ValueError(f"{first} is empty; expected at least one value")
     return ref, est.to(ref.device)
 
 
@@ -152,7 +155,9 @@ def r2(true_params: Any, predicted_params: Any, *, average: bool = True) -> floa
     average : bool
         Return the mean of the per-parameter values (default) or the array ``(N,)``.
     """
-    truth, predicted = _pair(true_params, predicted_params)
+    truth, predicted = _pair(true_params, predicted_params, ("true_params", "predicted_params"))
+    if truth.ndim == 0:
+        raise ValueError("true_params must hold samples (K,) or (..., N), got a single number")
     if truth.ndim == 1:
         truth, predicted = truth[:, None], predicted[:, None]
     truth = truth.reshape(-1, truth.shape[-1])

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from psfmap.operators.product_convolution import ProductConvolution
+from psfmap.operators.product_convolution import Convolution, ProductConvolution
 
 _PIXEL_CHUNK = 1 << 20
 
@@ -128,10 +128,14 @@ def compress(
     ProductConvolution
         With ``compression_error`` set and ``metadata['compressed_from'] = I``.
     """
+    if not isinstance(operator, (ProductConvolution, Convolution)):
+        raise TypeError(f"operator must be a ProductConvolution, got {type(operator).__name__}")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank must be a positive integer, got {rank!r}")
     if energy is not None and not (0 < float(energy) <= 1 and math.isfinite(float(energy))):
         raise ValueError(f"energy must be in (0, 1], got {energy!r}")
+    if isinstance(operator, Convolution):  # one kernel: already the lowest rank
+        return operator
     if rank is None and energy is None:
         energy = 0.999
     with torch.no_grad():

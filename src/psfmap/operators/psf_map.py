@@ -252,8 +252,8 @@ def _single_map(path, arrays: Mapping[str, Any], metadata: Mapping[str, Any]) ->
 
 def psf_map_list(maps: Any, action: str, name: str = "maps") -> list[PSFMap]:
     """``maps`` as a list, refused when empty (``no PSF maps to <action>``) or when an item
-    is not a :class:`PSFMap` (``<name>[i] must be a PSFMap``)."""
-    maps = list(maps)
+    is not a :class:`PSFMap` (``<name>[i] must be a PSFMap``); one map is a list of one."""
+    maps = [maps] if isinstance(maps, PSFMap) else list(maps)
     if not maps:
         raise ValueError(f"no PSF maps to {action}")
     for index, psf_map in enumerate(maps):
