@@ -135,6 +135,12 @@ def test_images_of_different_shapes_are_refused(synthetic):
     with_nan[5, 7] = np.nan
     with pytest.raises(ValueError, match=r"images\[1\] contains NaN"):
         calibrate([images[0], with_nan])
+    for option, match in (({"grid_step": 0}, "grid_step"), ({"background_degree": -1},
+                          "background_degree"), ({"saturation": -1.0}, "saturation"),
+                          ({"metadata": "x"}, "metadata"), ({"progress": 3}, "progress"),
+                          ({"n_eigen": 0}, "n_eigen"), ({"spatial_rank": -2}, "spatial_rank")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            calibrate(images, **option)
 
 
 def test_no_beads_is_a_clear_error(rng):

@@ -212,6 +212,27 @@ def _rejections(rejected: Mapping[str, int]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
+def _check_calibration_options(grid_step, background_degree, saturation, metadata, progress,
+                               ranks):
+    def is_int(value):
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    for name, rank in ranks.items():
+        if rank is not None and (not is_int(rank) or rank < 1):
+            raise ValueError(f"{name} must be a positive integer (or None: chosen by energy), "
+                             f"got {rank!r}")
+    if not is_int(grid_step) or grid_step < 1:
+        raise ValueError(f"grid_step must be a positive number of pixels, got {grid_step!r}")
+    if not is_int(background_degree) or background_degree < 0:
+        raise ValueError(f"background_degree must be an integer >= 0, got {background_degree!r}")
+    if saturation is not None:
+        check_positive(saturation, "saturation")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict, got {describe(metadata)}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, got {describe(progress)}")
+
+
 def calibrate(
     images: Any,
     *,
@@ -279,7 +300,10 @@ def calibrate(
         smoothing parameters) and the clean patches in ``.patches`` (not saved).
     """
     items = as_image_list(images)
-    check_seed(seed)  # before the work, not at the randomized SVD
+    # checked before the work, not where each is first used minutes later
+    check_seed(seed)
+    _check_calibration_options(grid_step, background_degree, saturation, metadata, progress,
+                               {"n_eigen": n_eigen, "spatial_rank": spatial_rank})
     height, width = (int(n) for n in items[0].shape)
     if psf_sigma is None:
         psf_sigma = estimate_psf_sigma(items[0], saturation=saturation)
