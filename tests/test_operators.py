@@ -272,6 +272,9 @@ def test_load_rejects_newer_format_and_corrupted_files(tmp_path):
         (lambda: _grid_operator()[1].compress(rank=0), "rank"),
         (lambda: _grid_operator()[1].compress(energy=1.5), "energy"),
         (lambda: compress("operator"), "ProductConvolution"),
+        (lambda: Convolution(torch.rand(5, 5)).forward(torch.rand(9, 9, dtype=torch.float16)),
+         "float32 or float64"),
+        (lambda: _grid_operator()[1].adjoint(torch.rand(128, 128, dtype=torch.complex64)), "real"),
     ],
 )
 def test_bad_input_raises_clear_errors(call, message):

@@ -51,6 +51,12 @@ _PLAN_CACHE_BYTES = 256 * 2**20
 
 def _as_image(x: Any, name: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
     tensor = x if isinstance(x, torch.Tensor) else as_tensor(x, name)
+    if tensor.is_complex():
+        raise TypeError(f"{name} must be real, got a {tensor.dtype} tensor")
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        # the FFTs need float32 or float64; the verbs (deconvolve, deblur...) convert for you
+        raise TypeError(f"{name} is {tensor.dtype}; operators work in float32 or float64 "
+                        "(convert with .float())")
     if not tensor.dtype.is_floating_point:
         tensor = tensor.to(torch.get_default_dtype())
     if tensor.ndim < 2:
