@@ -9,6 +9,7 @@ import torch
 import psfmap
 from psfmap.identify.blind import BlindResult, deblur, estimate
 from psfmap.operators.psf_map import PSFMap
+from psfmap.restore import richardson_lucy
 
 TRUE_WIDTH = 1.6
 
@@ -277,3 +278,15 @@ def test_array_likes_are_read_like_numpy(blurred_pair):
     np.testing.assert_array_equal(restored, deblur(blurred, psf_map=psf_map, iterations=3))
     with pytest.raises(TypeError, match="numeric"):
         deblur(LazyArray(np.array([["a", "b"]])), psf_map=psf_map)
+
+
+def test_deblur_computes_in_float64_for_a_float64_image():
+    sharp = psfmap.simulate.samples.bundled_sample("neuron")[:96, :96].astype(np.float64)
+    psf_map = PSFMap(psfmap.psf.model("gaussian1", size=11),
+                     np.array([[[1.0], [2.0]], [[1.5], [2.5]]]), image_shape=(96, 96))
+    operator = psf_map.operator(dtype=torch.float64)
+    blurred = operator(torch.from_numpy(sharp)).numpy().clip(0, None)
+    restored = deblur(blurred, psf_map=psf_map, iterations=5, tv=0.0)
+    expected = richardson_lucy(blurred, operator, iterations=5)
+    assert restored.dtype == np.float64
+    np.testing.assert_allclose(restored, expected, rtol=1e-9, atol=1e-12 * blurred.max())

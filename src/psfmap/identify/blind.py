@@ -209,7 +209,8 @@ def _restore_frame(
     # one piece: a single tile of the frame's size (its region is the whole field)
     boxes = [(rows, cols) for rows in _tile_bounds(height, tile or height, overlap)
              for cols in _tile_bounds(width, tile or width, overlap)]
-    psfs = psf_map.psfs()  # rendered once for all the tiles
+    # rendered once for all the tiles; float64 honoured: the solver runs in the image's precision
+    psfs = psf_map.psfs(dtype=torch.float64 if frame.dtype == torch.float64 else None)
     smallest = min(min(rows[3] - rows[2], cols[3] - cols[2]) for rows, cols in boxes)
     if len(boxes) > 1 and smallest < max(psfs.shape[-2:]):
         raise ValueError(
