@@ -125,8 +125,9 @@ def test_save_load_and_newer_format(tmp_path):
                             .tobytes().decode())
     newer = tmp_path / "newer.psfmap"
     header["version"] = 99
-    np.savez(newer, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
-    with pytest.raises(ValueError, match="newer"):
+    with open(newer, "wb") as handle:  # a file object: np.savez would append .npz to a path
+        np.savez(handle, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+    with pytest.raises(ValueError, match="newer than the version"):
         DepthCalibration.load(newer)
     # another kind of psfmap file -> clear error
     other = PSFMap("gaussian1", np.ones((1, 1, 1)), (8, 8))

@@ -189,7 +189,7 @@ def test_wrong_model_newer_format_and_bad_files(saved, tmp_path):
     payload["version"] = CHECKPOINT_VERSION + 1
     newer = tmp_path / "newer.pt"
     torch.save(payload, newer)
-    with pytest.raises(ValueError, match="newer"):
+    with pytest.raises(ValueError, match="newer than the version"):
         PSFEstimator.load(newer)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")

@@ -225,9 +225,16 @@ def test_load_rejects_newer_format_and_corrupted_files(tmp_path):
     header["version"] = FORMAT_VERSION + 1
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     newer = tmp_path / "newer.psfmap"
-    np.savez(newer, **arrays)
-    with pytest.raises(ValueError, match="newer"):
+    with open(newer, "wb") as handle:  # a file object: np.savez would append .npz to a path
+        np.savez(handle, **arrays)
+    with pytest.raises(ValueError, match="newer than the version"):
         load(newer)
+    for crafted in ({**header, "version": "2.0"}, [header], {**header, "metadata": "x"}):
+        arrays["__header__"] = np.frombuffer(json.dumps(crafted).encode(), np.uint8)
+        with open(tmp_path / "crafted.psfmap", "wb") as handle:
+            np.savez(handle, **arrays)
+        with pytest.raises(ValueError, match="has a corrupted psfmap"):
+            load(tmp_path / "crafted.psfmap")
     corrupted = tmp_path / "corrupted.psfmap"
     corrupted.write_bytes(path.read_bytes()[:40])
     with pytest.raises(ValueError, match="not a readable psfmap file"):

@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from psfmap.metrics import snr
-from psfmap.operators import Convolution, ProductConvolution, from_psf_grid
+from psfmap.operators import Convolution, ProductConvolution, PSFMap, from_psf_grid
 from psfmap.psf import gaussian, zernike
 from psfmap.restore import DEFAULT_TV, deconvolve, richardson_lucy, total_variation
 from psfmap.restore._domain import CroppedOperator
@@ -295,6 +295,13 @@ def test_bad_images_and_operators():
     stack = np.stack([np.full((16, 16), 3.0), 3.0 + np.eye(16)])
     restored = richardson_lucy(stack, operator, iterations=2, background=3.0)
     assert np.all(restored[0] == 0) and restored[1].max() > 0
+    # the verb takes a PSF map as it takes a PSF grid; one made for another size is refused
+    psf_map = PSFMap("gaussian1", np.full((2, 2, 1), 1.2), (40, 40))
+    image = np.ones((40, 40))
+    np.testing.assert_array_equal(deconvolve(image, psf_map, iterations=2),
+                                  deconvolve(image, psf_map.operator(), iterations=2))
+    with pytest.raises(ValueError, match="operator covers an image of"):
+        deconvolve(np.ones((40, 48)), psf_map)
     # the verb takes a PSF array and checks it before normalising it to unit sum
     with pytest.raises(ValueError, match="operator has negative values"):
         deconvolve(np.ones((16, 16)), -gaussian(5, 1.0).numpy())

@@ -32,6 +32,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     path = Path(path)
     if not path.parent.exists():
         raise ValueError(f"output folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"output {str(path)!r} is a folder; expected a file name")
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     tmp_path = Path(tmp_name)
@@ -62,6 +64,8 @@ def _jsonable(value: Any) -> Any:
 
 def check_version(found: Any, supported: int, path: str | os.PathLike, what: str) -> int:
     """Refuse a file written by a newer psfmap (format ``found`` > ``supported``)."""
+    if isinstance(found, bool) or not isinstance(found, (int, type(None))):
+        raise ValueError(f"{str(path)!r} has a corrupted {what} version {found!r}")
     version = int(found or 0)
     if version > supported:
         raise ValueError(
@@ -122,6 +126,8 @@ def load_container(
         header = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"{str(path)!r} has a corrupted psfmap header") from None
+    if not isinstance(header, dict) or not isinstance(header.get("metadata", {}), dict):
+        raise ValueError(f"{str(path)!r} has a corrupted psfmap header (not a JSON object)")
     if header.get("format") != FORMAT_NAME:
         raise ValueError(f"{str(path)!r} is not a psfmap file")
     check_version(header.get("version", 0), FORMAT_VERSION, path, "psfmap format")

@@ -41,8 +41,9 @@ def as_tensor(
             raise TypeError(f"{name} must be numeric, got {describe(value)}")
         if np.iscomplexobj(array):
             raise TypeError(f"{name} must be real, got complex values")
-        if not array.flags.c_contiguous:
-            array = np.ascontiguousarray(array)
+        if not array.flags.c_contiguous or not array.flags.writeable:
+            # torch warns about (and cannot guard) a read-only buffer: a copy is cheaper
+            array = np.array(array, order="C")
         tensor = torch.from_numpy(array)
         if isinstance(value, (list, tuple, float, int)) and dtype is None:
             # Python numbers and lists follow torch's default dtype (float32), like torch.tensor

@@ -48,6 +48,17 @@ VALIDITY_THRESHOLD = 0.5
 DEPTH_FORMULAS = ("paper", "twin-invariant")
 
 
+def _finite_offset(axis_offset: Any) -> float:
+    """The axis offset as a finite number of radians (a NaN would make every depth NaN)."""
+    try:
+        value = float(axis_offset)
+    except (TypeError, ValueError):
+        raise TypeError(f"axis_offset must be a number of radians, got {axis_offset!r}") from None
+    if not math.isfinite(value) or isinstance(axis_offset, (str, bool)):
+        raise ValueError(f"axis_offset must be a finite number of radians, got {axis_offset!r}")
+    return value
+
+
 def astigmatic_depth(params: Any, axis_offset: float = 0.0) -> Any:
     """Raw depth ``z = a1 (2 ((a3 − axis_offset) mod π) / π − 1)`` from Z-3 parameters.
 
@@ -66,7 +77,7 @@ def astigmatic_depth(params: Any, axis_offset: float = 0.0) -> Any:
     kind = ArrayKind(params)
     tensor = _z3_params(params)
     focus, axis = tensor[..., 0], tensor[..., 2]
-    axis = torch.remainder(axis - float(axis_offset), math.pi)
+    axis = torch.remainder(axis - _finite_offset(axis_offset), math.pi)
     return kind.restore(focus * (2 * axis / math.pi - 1))
 
 
@@ -81,7 +92,7 @@ def twin_invariant_depth(params: Any, axis_offset: float = 0.0) -> tuple[Any, An
     kind = ArrayKind(params)
     tensor = _z3_params(params)
     focus, cylinder, axis = tensor.unbind(-1)
-    turn = torch.cos(2 * (axis - float(axis_offset)))
+    turn = torch.cos(2 * (axis - _finite_offset(axis_offset)))
     raw = (2 * math.sqrt(3) * focus + math.sqrt(6) * cylinder) * turn
     return kind.restore(raw), kind.restore(torch.sign(turn))
 

@@ -59,9 +59,10 @@ def deconvolve(
     ----------
     image : ndarray or Tensor (..., H, W)
         Non-negative image; leading axes (T, Z, ...) are independent frames.
-    operator : linear operator, PSF (h, w) or PSF grid (gy, gx, h, w)
+    operator : linear operator, PSF (h, w), PSF grid (gy, gx, h, w) or PSFMap
         Anything with ``forward``/``adjoint``; a PSF array becomes ``Convolution(psf)``, a PSF
-        grid ``from_psf_grid(psfs, image.shape[-2:])``.
+        grid ``from_psf_grid(psfs, image.shape[-2:])``, a ``PSFMap`` (e.g. from
+        ``psfmap.estimate``) its ``.operator()``.
     method : {"rl", "rl-tv", "sparse-smooth"}
         ``"rl"``: :func:`richardson_lucy` with ``tv=0``; ``"rl-tv"``: with ``tv`` (default 0.01);
         ``"sparse-smooth"``: :func:`sparse_smooth`, returning ``smooth + sparse``.
