@@ -166,6 +166,9 @@ def test_undersampled_camera_integrates_pixels():
         (lambda: psf.zernike(33, {4: 0.1}, na=0.8, wavelength=0.55, pixel_size=100),
          "pixel sizes are in µm"),
         (lambda: psf.model("gaussian1", size=0), "size"),
+        (lambda: psf.model("zernike3").sample(-1), "n must be"),
+        (lambda: psf.model("zernike3").to_linear(np.zeros((4, 2))), r"\(\.\.\., 3\)"),
+        (lambda: psf.model_from_config("gaussian1"), "config must be"),
         (lambda: psf.model("nope"), "unknown PSF model"),
         (lambda: psf.model("gaussian1")(torch.ones(2, 2)), "params"),
         (lambda: psf.model("gaussian1")(torch.tensor([[float("nan")]])), "params"),
@@ -202,3 +205,9 @@ def test_linear_coordinates_of_the_astigmatism_axis():
     bounded = psf.model("zernike3", size=15, high=(0.4, 0.3, 1.0))
     assert bounded.periodic == []
     np.testing.assert_array_equal(bounded.to_linear(params), params)
+
+
+def test_an_empty_batch_gives_no_psfs():
+    for name in ("gaussian1", "zernike3"):
+        family = psf.model(name)
+        assert family(np.zeros((0, family.n_params))).shape == (0, family.size, family.size)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap._validation import as_tensor, check_finite, check_positive
+from psfmap._validation import as_tensor, check_finite, check_positive, describe
 from psfmap.psf.gaussian import gaussian_batch
 from psfmap.psf.zernike import zernike_batch
 
@@ -138,6 +138,8 @@ class PSFFamily:
                 f"params must have shape (B, {self.n_params}) for {self.names}, "
                 f"got {tuple(tensor.shape)}"
             )
+        if batch.shape[0] == 0:  # no PSFs (the FFT backends refuse an empty batch)
+            return batch.new_zeros((0, self.size, self.size))
         # a few dozen PSFs at a time: each one is rendered supersampled (Gaussian) or through a
         # padded pupil (Zernike), 0.5-2.5 MB of temporaries per PSF; each block is copied
         # out at once, as it may be a view that keeps its padded buffer alive
@@ -179,6 +181,8 @@ class PSFFamily:
         ``bounds = (low, high)`` (arrays of length N) replaces the family range, e.g. to train
         a little beyond it; the same generator state gives the same unit draws either way.
         """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a number of samples >= 0, got {n!r}")
         dtype = dtype or torch.get_default_dtype()
         unit = torch.rand(n, self.n_params, generator=generator, dtype=torch.float64)
         low, high = (self.low, self.high) if bounds is None else bounds
@@ -207,6 +211,14 @@ class PSFFamily:
                 return [[self.names.index("cylinder"), axis]]
         return []
 
+    def _columns(self, values: Any, name: str) -> np.ndarray:
+        """A float64 copy of ``values (..., N)``, N the family's number of parameters."""
+        array = np.array(values, dtype=np.float64, copy=True)
+        if array.ndim < 1 or array.shape[-1] != self.n_params:
+            raise ValueError(f"{name} must have shape (..., {self.n_params}) for {self.names}, "
+                             f"got {array.shape}")
+        return array
+
     def to_linear(self, params: Any) -> np.ndarray:
         r"""Parameters ``(..., N)`` -> coordinates in which they can be averaged ``(..., N)``.
 
@@ -218,7 +230,7 @@ class PSFFamily:
         coefficients is the phase of the mean aberration. Other columns are unchanged
         (identity for Gaussian and defocus-only families). :meth:`from_linear` inverts it.
         """
-        values = np.array(params, dtype=np.float64, copy=True)
+        values = self._columns(params, "params")
         for magnitude, angle in self.periodic:
             cylinder, axis = values[..., magnitude].copy(), values[..., angle].copy()
             values[..., magnitude] = cylinder * np.cos(2 * axis)
@@ -227,7 +239,7 @@ class PSFFamily:
 
     def from_linear(self, values: Any) -> np.ndarray:
         """Inverse of :meth:`to_linear`: ``C = |(a6, a5)|``, ``φ`` back in ``[low, low + π)``."""
-        params = np.array(values, dtype=np.float64, copy=True)
+        params = self._columns(values, "values")
         for magnitude, angle in self.periodic:
             cosine, sine = params[..., magnitude].copy(), params[..., angle].copy()
             low = float(self.low[angle])
@@ -270,6 +282,9 @@ def model(
 
 def model_from_config(config: Mapping[str, Any]) -> PSFFamily:
     """Rebuild a family from :meth:`PSFFamily.config` output."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a PSF model config (a dict from PSFFamily.config()), "
+                        f"got {describe(config)}")
     try:
         return PSFFamily(
             config["name"],
