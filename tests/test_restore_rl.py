@@ -260,6 +260,8 @@ def test_deconvolve_dispatches(rng):
         ({"tv": float("nan")}, "tv"),
         ({"tv": float("inf")}, "tv"),
         ({"tv": -0.1}, "tv"),
+        ({"tv": "0.1"}, "tv must be a number"),
+        ({"tv": True}, "tv must be a number"),
         ({"background": -1.0}, "background"),
         ({"background": np.ones((3, 3))}, "background"),
         ({"background": 1.0}, "at or above every pixel"),  # the image is all ones

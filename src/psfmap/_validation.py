@@ -86,6 +86,8 @@ def check_pair(value: Any, name: str, axes: str = "(H, W)") -> tuple[int, int]:
 
 def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
     """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or >= 0)."""
+    if isinstance(value, (str, bytes, bool)):  # float("0.1") and float(True) would pass
+        raise TypeError(f"{name} must be a number, got {describe(value)}")
     try:
         number = float(value)
     except (TypeError, ValueError):
