@@ -30,7 +30,13 @@ EXAMPLE = (
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from psfmap.identify.blind import DEFAULT_ITERATIONS, DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_TV
+    from psfmap.identify.blind import (
+        DEFAULT_ITERATIONS,
+        DEFAULT_OVERLAP,
+        DEFAULT_TILE,
+        DEFAULT_TV,
+        MIN_TILE,
+    )
 
     parser = command_parser(
         subparsers,
@@ -61,8 +67,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tile", type=int, default=DEFAULT_TILE, metavar="PIXELS",
         help="restore frames larger than PIXELS x PIXELS in tiles of at most that size (with "
-        f"--overlap px of context): memory bounded by the tile (at least 32; default "
-        f"{DEFAULT_TILE}; 0: always one piece)",
+        f"--overlap px of context): memory bounded by the tile (at least {MIN_TILE}; "
+        f"default {DEFAULT_TILE}; 0: always one piece)",
     )
     parser.add_argument(
         "--overlap", type=int, default=DEFAULT_OVERLAP, metavar="PIXELS",
