@@ -290,3 +290,11 @@ def test_deblur_computes_in_float64_for_a_float64_image():
     expected = richardson_lucy(blurred, operator, iterations=5)
     assert restored.dtype == np.float64
     np.testing.assert_allclose(restored, expected, rtol=1e-9, atol=1e-12 * blurred.max())
+
+
+def test_a_grid_is_a_pair_or_one_integer_never_a_truncated_float(blurred_pair):
+    _, blurred = blurred_pair
+    assert estimate(blurred, OracleEstimator(), grid=3).grid == (3, 3)
+    for bad in ((2.5, 3), (0, 2), "3x3"):
+        with pytest.raises(ValueError, match="grid must be"):
+            estimate(blurred, OracleEstimator(), grid=bad)

@@ -163,3 +163,13 @@ def test_imagej_pixel_size_from_shared_data(shared_data):
     assert array.shape == (34, 512, 512)
     assert meta["axes"] == "ZYX"
     assert meta["pixel_size"] == pytest.approx(0.108, rel=1e-3)
+
+
+def test_metadata_numbers_from_numpy_are_written_and_a_bad_pixel_size_is_refused(tmp_path):
+    image = np.ones((4, 4), np.float32)
+    path = write_image(tmp_path / "a.tif", image,
+                       metadata={"iterations": np.int64(20), "tv": np.float32(0.5)})
+    assert read_image(path)[1]["description"] == {"iterations": 20, "tv": 0.5}
+    with pytest.raises(TypeError, match="pixel_size"):
+        write_image(tmp_path / "b.tif", image, metadata={"pixel_size": "abc"})
+    assert not (tmp_path / "b.tif").exists()

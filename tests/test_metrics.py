@@ -107,6 +107,13 @@ def test_relative_operator_error_scaled_operator_is_exact():
         (lambda: metrics.relative_operator_error(Convolution(gaussian(5, 1.0)),
                                                  Convolution(gaussian(5, 1.0))), "image_shape"),
         (lambda: metrics.snr(np.array([]), np.array([])), "empty"),
+        (lambda: metrics.r2(np.ones(3), np.ones(4)), "true_params and predicted_params"),
+        (lambda: metrics.r2(1.0, 1.0), "single number"),
+        (lambda: metrics.ssim(np.ones((16, 16)), np.ones((16, 16)), data_range=1, k1=-0.1),
+         "k1"),
+        (lambda: metrics.relative_operator_error(
+            Convolution(gaussian(5, 1.0)), Convolution(gaussian(5, 1.0)),
+            image_shape=(-32, 32)), "image_shape"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(call, message):

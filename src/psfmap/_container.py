@@ -50,11 +50,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with NumPy numbers and arrays turned into plain JSON types (dict keys to str)."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -86,7 +87,7 @@ def save_container(
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "kind": kind,
-        "metadata": _jsonable(dict(metadata or {})),
+        "metadata": jsonable(dict(metadata or {})),
     }
     payload = {name: np.ascontiguousarray(np.asarray(a)) for name, a in arrays.items()}
     if "__header__" in payload:

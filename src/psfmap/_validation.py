@@ -73,15 +73,27 @@ def check_ndim(tensor: torch.Tensor, name: str, ndim: int | tuple[int, ...], wha
         raise ValueError(f"{name} must have shape {what}, got shape {tuple(tensor.shape)}")
 
 
-def check_pair(value: Any, name: str, axes: str = "(H, W)") -> tuple[int, int]:
-    """Parse a pair of positive integers: an image shape ``(H, W)``, a grid ``(gy, gx)``..."""
+def check_pair(
+    value: Any, name: str, axes: str = "(H, W)", *, square: bool = False
+) -> tuple[int, int]:
+    """Parse a pair of positive integers: an image shape ``(H, W)``, a grid ``(gy, gx)``...
+
+    With ``square``, one integer ``n`` means ``(n, n)`` (a grid of n × n cells). Values that
+    are not whole numbers (``2.5``) are refused rather than truncated.
+    """
+    if square and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
     try:
-        first, second = (int(v) for v in value)
+        first, second = value
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a pair {axes}, got {value!r}") from None
-    if first < 1 or second < 1:
-        raise ValueError(f"{name} must be two positive integers {axes}, got {value!r}")
-    return first, second
+    pair = []
+    for item in (first, second):
+        if isinstance(item, (bool, str)) or not isinstance(item, (int, float, np.number)) \
+                or not float(item).is_integer() or item < 1:
+            raise ValueError(f"{name} must be two positive integers {axes}, got {value!r}")
+        pair.append(int(item))
+    return pair[0], pair[1]
 
 
 def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap._container import atomic_write
+from psfmap._container import atomic_write, jsonable
 from psfmap._validation import check_positive, describe
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -274,13 +274,16 @@ def write_image(
                                PhysicalSizeY=pixel_size, PhysicalSizeYUnit="µm")
         options: dict[str, Any] = {"ome": True, "metadata": description}
     else:
-        description = dict(metadata or {})
+        try:  # NumPy numbers and arrays become plain JSON, as in every psfmap file
+            description = jsonable(dict(metadata or {}))
+            json.dumps(description)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"metadata must be JSON-able ({error})") from None
+        if "pixel_size" in description and pixel_size is None:
+            # read back as the image's pixel size: it must be one
+            pixel_size = check_positive(description["pixel_size"], "metadata['pixel_size'] (µm)")
         if pixel_size is not None:
             description["pixel_size"] = pixel_size
-        try:
-            json.dumps(description)
-        except TypeError as error:
-            raise ValueError(f"metadata must be JSON-able ({error})") from None
         options = {"ome": False, "metadata": description}
         if pixel_size is not None:
             options["resolution"] = (1e4 / pixel_size, 1e4 / pixel_size)

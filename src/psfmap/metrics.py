@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap._validation import as_tensor, check_finite, check_positive, describe
+from psfmap._validation import as_tensor, check_finite, check_pair, check_positive, describe
 
 
 def _pair(
@@ -120,6 +120,7 @@ def ssim(
     if ref.ndim < 2:
         raise ValueError(f"reference must be an image (..., H, W), got {describe(reference)}")
     peak = _data_range(ref, data_range)
+    k1, k2 = check_positive(k1, "k1"), check_positive(k2, "k2")
     window = _gaussian_window(check_positive(sigma, "sigma"), 3.5, ref.dtype, ref.device)
     if min(ref.shape[-2:]) < window.numel():
         raise ValueError(
@@ -209,6 +210,7 @@ def relative_operator_error(
     shape = shape or getattr(operator2, "image_shape", None)
     if shape is None or len(tuple(shape)) != 2:
         raise ValueError("image_shape=(H, W) is needed for operators of any image size")
+    shape = check_pair(shape, "image_shape")
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
     dtype = getattr(operator1, "dtype", torch.float32)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from psfmap._validation import as_tensor, check_finite, describe
+from psfmap._validation import as_tensor, check_finite, check_pair, describe
 
 # a window whose standard deviation is below this fraction of the image's dynamic range is
 # flat: no texture, hence no blur information, whatever the network says
@@ -254,10 +254,7 @@ def estimate_psf_map(
     if grid is not None:
         if stride is not None:
             raise ValueError("give either stride or grid, not both")
-        try:
-            gy, gx = (_positive_int(v, "grid") for v in grid)
-        except TypeError:
-            raise ValueError(f"grid must be a pair of positive integers, got {grid!r}") from None
+        gy, gx = check_pair(grid, "grid", "(gy, gx)", square=True)
         if gy > height or gx > width:
             raise ValueError(f"grid {grid!r} has more cells than the image {height}x{width}")
     else:

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from psfmap._callable_module import make_callable
-from psfmap._validation import ArrayKind, as_tensor, check_finite, check_ndim, check_seed, describe
+from psfmap._validation import (
+    ArrayKind,
+    as_tensor,
+    check_finite,
+    check_ndim,
+    check_pair,
+    check_seed,
+    describe,
+)
 from psfmap.operators.product_convolution import ProductConvolution
 from psfmap.operators.psf_map import PSFMap
 from psfmap.simulate.fields import FIELDS, parameter_field
@@ -84,16 +92,7 @@ class Simulation:
 
 
 def _grid(grid: Any) -> tuple[int, int]:
-    if isinstance(grid, (int, np.integer)) and not isinstance(grid, bool):
-        grid = (grid, grid)
-    try:
-        gy, gx = (int(v) for v in grid)
-    except (TypeError, ValueError):
-        raise ValueError(f"grid must be a pair (gy, gx) of positive integers, got {grid!r}")\
-            from None
-    if gy < 1 or gx < 1:
-        raise ValueError(f"grid must be a pair (gy, gx) of positive integers, got {grid!r}")
-    return gy, gx
+    return check_pair(grid, "grid", "(gy, gx)", square=True)
 
 
 def simulate(
