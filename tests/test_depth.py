@@ -104,6 +104,10 @@ def test_twin_invariant_depth_survives_focus_astigmatism_mix_ups(rng):
                      axis_offset=best_axis_offset(params[~twins], z[~twins])).rms_error < 0.03
     with pytest.raises(ValueError, match="use .depth"):
         calibration.apply(raw)
+    with pytest.raises(ValueError, match="axis_offset must be a finite"):
+        astigmatic_depth(np.ones((2, 3)), axis_offset=float("nan"))
+    with pytest.raises(TypeError, match="axis_offset must be a number"):
+        twin_invariant_depth(np.ones((2, 3)), axis_offset="0.5")
     with pytest.raises(ValueError, match="formula must be one of"):
         fit_depth(params, z, formula="linear")
     with pytest.raises(ValueError, match="side must be"):

@@ -114,6 +114,9 @@ def test_relative_operator_error_scaled_operator_is_exact():
         (lambda: metrics.relative_operator_error(
             Convolution(gaussian(5, 1.0)), Convolution(gaussian(5, 1.0)),
             image_shape=(-32, 32)), "image_shape"),
+        (lambda: metrics.relative_operator_error(
+            Convolution(gaussian(5, 1.0)), Convolution(gaussian(5, 1.0)),
+            image_shape=(32, 32), seed=-1), "seed"),
     ],
 )
 def test_bad_input_is_a_clear_value_error(call, message):

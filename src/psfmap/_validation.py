@@ -81,23 +81,25 @@ def check_pair(
     With ``square``, one integer ``n`` means ``(n, n)`` (a grid of n × n cells). Values that
     are not whole numbers (``2.5``) are refused rather than truncated.
     """
+    given = value
     if square and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (value, value)
     try:
         first, second = value
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair {axes}, got {value!r}") from None
+        raise ValueError(f"{name} must be a pair {axes}, got {given!r}") from None
     pair = []
     for item in (first, second):
         if isinstance(item, (bool, str)) or not isinstance(item, (int, float, np.number)) \
                 or not float(item).is_integer() or item < 1:
-            raise ValueError(f"{name} must be two positive integers {axes}, got {value!r}")
+            raise ValueError(f"{name} must be two positive integers {axes}, got {given!r}")
         pair.append(int(item))
     return pair[0], pair[1]
 
 
 def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
-    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or >= 0)."""
+    """``value`` as a float: ``TypeError`` unless it is a number (not a string or a bool),
+    ``ValueError`` unless it is finite and > 0 (or >= 0)."""
     if isinstance(value, (str, bytes, bool)):  # float("0.1") and float(True) would pass
         raise TypeError(f"{name} must be a number, got {describe(value)}")
     try:
@@ -157,8 +159,19 @@ def check_seed(seed: Any, name: str = "seed", *, draw: bool = False) -> Any:
         return int(torch.randint(0, 2**31 - 1, (1,), generator=seed))
     if isinstance(seed, np.random.Generator):
         return int(seed.integers(0, 2**31 - 1)) if draw else seed
+    if isinstance(seed, np.random.SeedSequence):  # e.g. a spawned child: NumPy takes it as is
+        return int(seed.generate_state(1)[0] >> 1) if draw else seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"{name} must be an integer >= 0 or a generator, got {describe(seed)}")
     if not 0 <= int(seed) < 2**63:
         raise ValueError(f"{name} must be an integer in [0, 2**63), got {seed!r}")
     return int(seed)
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int: a Python or NumPy integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

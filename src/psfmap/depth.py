@@ -50,11 +50,13 @@ DEPTH_FORMULAS = ("paper", "twin-invariant")
 
 def _finite_offset(axis_offset: Any) -> float:
     """The axis offset as a finite number of radians (a NaN would make every depth NaN)."""
+    if isinstance(axis_offset, (str, bytes, bool)):
+        raise TypeError(f"axis_offset must be a number of radians, got {axis_offset!r}")
     try:
         value = float(axis_offset)
     except (TypeError, ValueError):
         raise TypeError(f"axis_offset must be a number of radians, got {axis_offset!r}") from None
-    if not math.isfinite(value) or isinstance(axis_offset, (str, bool)):
+    if not math.isfinite(value):
         raise ValueError(f"axis_offset must be a finite number of radians, got {axis_offset!r}")
     return value
 

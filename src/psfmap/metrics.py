@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap._validation import as_tensor, check_finite, check_pair, check_positive, describe
+from psfmap._validation import (
+    as_tensor,
+    check_finite,
+    check_int,
+    check_pair,
+    check_positive,
+    check_seed,
+    describe,
+)
 
 
 def _pair(
@@ -211,10 +219,12 @@ def relative_operator_error(
     if shape is None or len(tuple(shape)) != 2:
         raise ValueError("image_shape=(H, W) is needed for operators of any image size")
     shape = check_pair(shape, "image_shape")
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-        raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
+    check_int(n_images, "n_images")
+    seed = check_seed(seed)
+    if not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {describe(seed)}")
     dtype = getattr(operator1, "dtype", torch.float32)
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(seed)
     images = torch.rand((n_images, *tuple(shape)), generator=generator, dtype=torch.float64)
     images = images.to(dtype=dtype, device=getattr(operator1, "device", "cpu"))
     with torch.no_grad():

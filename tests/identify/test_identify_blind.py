@@ -129,21 +129,32 @@ def test_stack_bad_input_names_the_frame(blurred_pair):
         deblur(stack, psf_map=[one, one])
     with pytest.raises(TypeError, match=r"psf_map\[1\] must be a PSFMap"):
         deblur(stack, psf_map=[one, "map", one])
+    with pytest.raises(ValueError, match="empty"):
+        deblur(np.zeros((0, 64, 64), dtype=np.float32), OracleEstimator())
+    with pytest.raises(ValueError, match="2-D array"):
+        estimate(np.ones(64), OracleEstimator())
     # a map made for another image size would be stretched over the wrong field
-    with pytest.raises(ValueError, match=r"psf_map covers an image of \(64, 64\)"):
+    with pytest.raises(ValueError, match=r"^psf_map covers an image of \(64, 64\)"):
         deblur(blurred[:48, :48], psf_map=one)
+    with pytest.raises(ValueError, match=r"^psf_map covers"):  # one map for all the frames
+        deblur(stack[:, :48, :48], psf_map=one)
+    with pytest.raises(ValueError, match=r"^psf_map\[1\] covers"):
+        deblur(stack[:2, :48, :48], psf_map=[PSFMap(one.family, one.params, (48, 48)), one])
 
 
 def test_deblur_reads_a_saved_map_file(blurred_pair, tmp_path):
+    from psfmap.operators.psf_map import save_psf_maps
+
     _, blurred = blurred_pair
     one = estimate(blurred, OracleEstimator())
     path = one.save(tmp_path / "map.psfmap")
     from_file = deblur(blurred, iterations=2, psf_map=str(path))
     np.testing.assert_array_equal(from_file, deblur(blurred, iterations=2, psf_map=one))
-    with pytest.raises(ValueError, match="empty"):
-        deblur(np.zeros((0, 64, 64), dtype=np.float32), OracleEstimator())
-    with pytest.raises(ValueError, match="2-D array"):
-        estimate(np.ones(64), OracleEstimator())
+    stack = np.stack([blurred, blurred[::-1]])
+    maps = estimate(stack, OracleEstimator())
+    stack_file = save_psf_maps(tmp_path / "maps.psfmap", maps)
+    np.testing.assert_array_equal(deblur(stack, iterations=2, psf_map=stack_file),
+                                  deblur(stack, iterations=2, psf_map=maps))
 
 
 def _shipped(name: str):

@@ -152,8 +152,8 @@ def test_psf_maps_of_a_stack_round_trip(tmp_path):
     # a one-map file reads as a list of one; a stack file is not one map
     single = load_psf_maps(maps[1].save(tmp_path / "one.psfmap"))
     assert len(single) == 1 and np.all(single[0].params == 2.0)
-    alone = load_psf_maps(save_psf_maps(tmp_path / "alone.psfmap", maps[1]))  # not in a list
-    assert len(alone) == 1 and np.all(alone[0].params == 2.0)
+    alone = save_psf_maps(tmp_path / "alone.psfmap", maps[1])  # one map, not in a list
+    assert len(load_psf_maps(alone)) == 1 and np.all(PSFMap.load(alone).params == 2.0)
     with pytest.raises(ValueError, match="PSF maps of 3 frames"):
         PSFMap.load(path)
     assert psfmap.load_psf_maps is load_psf_maps and psfmap.save_psf_maps is save_psf_maps

@@ -299,9 +299,14 @@ def test_bad_images_and_operators():
     assert np.all(restored[0] == 0) and restored[1].max() > 0
     # the verb takes a PSF map as it takes a PSF grid; one made for another size is refused
     psf_map = PSFMap("gaussian1", np.full((2, 2, 1), 1.2), (40, 40))
-    image = np.ones((40, 40))
+    image = np.ones((40, 40), dtype=np.float32)
     np.testing.assert_array_equal(deconvolve(image, psf_map, iterations=2),
                                   deconvolve(image, psf_map.operator(), iterations=2))
+    # a float64 image gets float64 PSFs, as with the map's float64 operator
+    np.testing.assert_array_equal(
+        deconvolve(image.astype(np.float64), psf_map, iterations=2),
+        deconvolve(image.astype(np.float64), psf_map.operator(dtype=torch.float64),
+                   iterations=2))
     with pytest.raises(ValueError, match="operator covers an image of"):
         deconvolve(np.ones((40, 48)), psf_map)
     # the verb takes a PSF array and checks it before normalising it to unit sum

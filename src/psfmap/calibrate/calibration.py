@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from psfmap._validation import check_positive, check_seed, describe
+from psfmap._validation import check_int, check_positive, check_seed, describe
 from psfmap.calibrate.detection import (
     as_image,
     default_saturation,
@@ -214,17 +214,11 @@ def _rejections(rejected: Mapping[str, int]) -> str:
 
 def _check_calibration_options(grid_step, background_degree, saturation, metadata, progress,
                                ranks):
-    def is_int(value):
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
     for name, rank in ranks.items():
-        if rank is not None and (not is_int(rank) or rank < 1):
-            raise ValueError(f"{name} must be a positive integer (or None: chosen by energy), "
-                             f"got {rank!r}")
-    if not is_int(grid_step) or grid_step < 1:
-        raise ValueError(f"grid_step must be a positive number of pixels, got {grid_step!r}")
-    if not is_int(background_degree) or background_degree < 0:
-        raise ValueError(f"background_degree must be an integer >= 0, got {background_degree!r}")
+        if rank is not None:
+            check_int(rank, name)
+    check_int(grid_step, "grid_step")
+    check_int(background_degree, "background_degree", minimum=0)
     if saturation is not None:
         check_positive(saturation, "saturation")
     if metadata is not None and not isinstance(metadata, Mapping):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from psfmap._validation import check_seed
 from psfmap.psf.zernike import zernike
 
 
@@ -132,6 +133,7 @@ class ZernikeFieldFamily:
 
         Bead brightness varies by ±25 % around ``photons``.
         """
+        seed = check_seed(seed)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         render = self.psf_size + 8 + (self.psf_size + 8 + 1) % 2
         half = render // 2
@@ -218,7 +220,7 @@ def synthetic_calibration_set(
     # beads spaced so that about n_beads fit: area per bead ~ (1.6 × spacing)²
     spacing = max(1.3 * psf_size, 0.8 * np.sqrt(image_shape[0] * image_shape[1] / n_beads))
     images, positions = [], []
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     for condition in conditions:
         image, where = model.bead_image(
             condition, n_beads, photons=photons, min_distance=spacing, seed=rng

@@ -146,8 +146,8 @@ def estimate(
         estimator.
     window, stride : int, optional
         Window side and step in pixels (defaults: the model's patch size, half of it).
-    grid : (int, int), optional
-        Number of windows per axis instead of ``stride``.
+    grid : (int, int) or int, optional
+        Number of windows per axis instead of ``stride`` (one integer: the same on both).
     median : int
         Median filter side for the parameter grid (0: none).
     batch_size : int
@@ -248,8 +248,11 @@ def _maps_for_frames(psf_map: Any, count: int, frame_shape: tuple[int, int]) -> 
         if len(maps) != count:
             raise ValueError(f"psf_map holds {len(maps)} maps for a stack of {count} frames")
         maps = psf_map_list(maps, "deblur with", name="psf_map")
-    for index, one in enumerate(maps[:1] if isinstance(psf_map, PSFMap) else maps):
-        one.check_covers(frame_shape, "psf_map" if len(maps) == 1 else f"psf_map[{index}]")
+    if isinstance(psf_map, PSFMap):  # one map for every frame
+        psf_map.check_covers(frame_shape, "psf_map")
+    else:
+        for index, one in enumerate(maps):
+            one.check_covers(frame_shape, f"psf_map[{index}]")
     return maps
 
 

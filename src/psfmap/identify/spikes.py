@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from psfmap._validation import check_int
 from psfmap.calibrate.calibration import estimate_psf_sigma
 from psfmap.calibrate.detection import as_image, default_saturation, detect_beads
 from psfmap.calibrate.family import OperatorFamily
@@ -242,11 +243,10 @@ def identify_from_spikes(
     """
     if not isinstance(family, OperatorFamily):
         raise TypeError(f"family must be an OperatorFamily, got {type(family).__name__}")
-    if cone and (isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer))
-                 or iterations < 1):
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-    if max_beads is not None and (isinstance(max_beads, bool) or max_beads < 1):
-        raise ValueError(f"max_beads must be a positive number of beads, got {max_beads!r}")
+    if cone:
+        check_int(iterations, "iterations")
+    if max_beads is not None:
+        check_int(max_beads, "max_beads")
     level = saturation if saturation is not None else default_saturation(image)
     array = as_image(image)
     if array.shape != tuple(family.image_shape):

@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from psfmap._validation import check_int
 from psfmap.operators.product_convolution import Convolution, ProductConvolution
 
 _PIXEL_CHUNK = 1 << 20
@@ -126,12 +127,14 @@ def compress(
     Returns
     -------
     ProductConvolution
-        With ``compression_error`` set and ``metadata['compressed_from'] = I``.
+        With ``compression_error`` set and ``metadata['compressed_from'] = I``; a
+        ``Convolution`` (one kernel) is returned as it is.
     """
     if not isinstance(operator, (ProductConvolution, Convolution)):
-        raise TypeError(f"operator must be a ProductConvolution, got {type(operator).__name__}")
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        raise TypeError(f"operator must be a ProductConvolution or a Convolution, got "
+                        f"{type(operator).__name__}")
+    if rank is not None:
+        rank = check_int(rank, "rank")
     if energy is not None and not (0 < float(energy) <= 1 and math.isfinite(float(energy))):
         raise ValueError(f"energy must be in (0, 1], got {energy!r}")
     if isinstance(operator, Convolution):  # one kernel: already the lowest rank

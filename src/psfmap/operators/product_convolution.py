@@ -54,9 +54,9 @@ def _as_image(x: Any, name: str, image_shape: tuple[int, int] | None) -> torch.T
     if tensor.is_complex():
         raise TypeError(f"{name} must be real, got a {tensor.dtype} tensor")
     if tensor.dtype in (torch.float16, torch.bfloat16):
-        # the FFTs need float32 or float64; the verbs (deconvolve, deblur...) convert for you
-        raise TypeError(f"{name} is {tensor.dtype}; operators work in float32 or float64 "
-                        "(convert with .float())")
+        # the FFTs need float32 or float64: half precision is computed in float32, as a NumPy
+        # float16 array is (as_tensor)
+        tensor = tensor.float()
     if not tensor.dtype.is_floating_point:
         tensor = tensor.to(torch.get_default_dtype())
     if tensor.ndim < 2:
@@ -169,15 +169,15 @@ class ProductConvolution(LinearOperator):
             raise ValueError(f"weights must cover a non-empty image, got {height}x{width}")
         self.image_shape = (int(height), int(width))
         self.kernel_shape = (int(kernels.shape[1]), int(kernels.shape[2]))
-        if self.kernel_shape[0] // 2 >= height or self.kernel_shape[1] // 2 >= width:
-            # the 'same' crop of a linear convolution needs the kernel's half-width inside
-            raise ValueError(
-                f"kernels of {self.kernel_shape} px reach past an image of {height}x{width}: "
-                f"a kernel side must be below twice the image's (crop the PSFs)"
-            )
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.compression_error: float | None = None
         self.fft_shape = same_fft_shape(self.image_shape, self.kernel_shape)
+        if any(k > n for k, n in zip(self.kernel_shape, self.fft_shape)):
+            # a kernel wider than the padded FFT grid cannot be placed on it (about 2H + 1 px)
+            raise ValueError(
+                f"kernels of {self.kernel_shape} px are more than twice the image "
+                f"{height}x{width}; crop the PSFs to at most about twice the image's side"
+            )
         self._supports = self._weight_supports()
         self._tile_shapes = [self._tile_fft_shape(box) for box in self._supports]
         self.strategy = "tiles" if self._tiles_are_cheaper() else "fourier-sum"
@@ -789,8 +789,11 @@ class Convolution(LinearOperator):
         return self
 
     def compress(self, rank: int | None = None, energy: float | None = None) -> Convolution:
-        """Itself: one kernel is already the lowest rank."""
-        return self
+        """Itself (one kernel is already the lowest rank), after the checks of
+        :func:`psfmap.operators.compress`."""
+        from psfmap.operators.compression import compress
+
+        return compress(self, rank, energy)
 
     def to(self, dtype: torch.dtype | None = None, device: Any = None) -> Convolution:
         """A copy with the PSF in ``dtype`` on ``device`` (each kept when omitted)."""

@@ -252,8 +252,8 @@ def _single_map(path, arrays: Mapping[str, Any], metadata: Mapping[str, Any]) ->
 
 def psf_map_list(maps: Any, action: str, name: str = "maps") -> list[PSFMap]:
     """``maps`` as a list, refused when empty (``no PSF maps to <action>``) or when an item
-    is not a :class:`PSFMap` (``<name>[i] must be a PSFMap``); one map is a list of one."""
-    maps = [maps] if isinstance(maps, PSFMap) else list(maps)
+    is not a :class:`PSFMap` (``<name>[i] must be a PSFMap``)."""
+    maps = list(maps)
     if not maps:
         raise ValueError(f"no PSF maps to {action}")
     for index, psf_map in enumerate(maps):
@@ -262,13 +262,16 @@ def psf_map_list(maps: Any, action: str, name: str = "maps") -> list[PSFMap]:
     return maps
 
 
-def save_psf_maps(path: str | os.PathLike, maps: Sequence[PSFMap]) -> Path:
-    """Write the PSF maps of the frames of a stack to one psfmap file (kind ``psf_map_stack``).
+def save_psf_maps(path: str | os.PathLike, maps: Sequence[PSFMap] | PSFMap) -> Path:
+    """Write the PSF maps of the frames of a stack to one psfmap file (kind ``psf_map_stack``);
+    one map (not in a list) is saved as :meth:`PSFMap.save` does, readable by both loaders.
 
     The maps must share their family, grid and image shape (as the maps that
     :func:`psfmap.estimate` gives for the frames of one stack do); each keeps its own
     parameters, validity and metadata. Read them back with :func:`load_psf_maps`.
     """
+    if isinstance(maps, PSFMap):
+        return maps.save(path)
     maps = psf_map_list(maps, "save")
     first = maps[0]
     for index, psf_map in enumerate(maps[1:], start=1):

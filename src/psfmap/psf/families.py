@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap._validation import as_tensor, check_finite, check_positive, describe
+from psfmap._validation import as_tensor, check_finite, check_int, check_positive, describe
 from psfmap.psf.gaussian import gaussian_batch
 from psfmap.psf.zernike import zernike_batch
 
@@ -181,8 +181,7 @@ class PSFFamily:
         ``bounds = (low, high)`` (arrays of length N) replaces the family range, e.g. to train
         a little beyond it; the same generator state gives the same unit draws either way.
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be a number of samples >= 0, got {n!r}")
+        n = check_int(n, "n", minimum=0)
         dtype = dtype or torch.get_default_dtype()
         unit = torch.rand(n, self.n_params, generator=generator, dtype=torch.float64)
         low, high = (self.low, self.high) if bounds is None else bounds

@@ -116,10 +116,13 @@ def _pupil_basis(
     grid = scipy_fft.next_fast_len(2 * size * supersample, real=False)
     grid += grid % 2
     if grid > MAX_PUPIL_GRID:
+        # a pixel many times the resolution is most often nanometres given as micrometres
+        units = ("; pixel sizes are in µm (0.1, not 100)"
+                 if pixel_size > 2 * wavelength / na else "")
         raise ValueError(
-            f"pixel_size={pixel_size} µm with NA={na}, wavelength={wavelength} µm needs "
-            f"{supersample} sub-samples per pixel (an FFT grid of {grid}²); pixel sizes are in "
-            "µm (0.1, not 100), and a pixel this much larger than the PSF images it as a point"
+            f"size={size} px at pixel_size={pixel_size} µm with {supersample} sub-samples per "
+            f"pixel (NA={na}, wavelength={wavelength} µm) needs an FFT grid of {grid}², over "
+            f"the {MAX_PUPIL_GRID}² limit: use a smaller size or oversample{units}"
         )
     freqs = torch.fft.fftfreq(grid, d=fine_pitch, dtype=torch.float64)
     cutoff = na / wavelength

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import torch
+
 from psfmap._validation import describe
 from psfmap.restore._domain import as_operator
 from psfmap.restore.richardson_lucy import richardson_lucy
@@ -87,7 +90,8 @@ def deconvolve(
     shape = getattr(image, "shape", None)
     if shape is None or len(shape) < 2:
         raise ValueError(f"image must be an array of shape (..., H, W), got {describe(image)}")
-    operator = as_operator(operator, tuple(shape[-2:]))
+    dtype = torch.float64 if getattr(image, "dtype", None) in (np.float64, torch.float64) else None
+    operator = as_operator(operator, tuple(shape[-2:]), dtype=dtype)
     if method == "sparse-smooth":
         if tv not in (None, 0, 0.0):
             raise ValueError(f"tv applies to methods rl-tv only, got tv={tv!r} with {method!r}")

@@ -36,14 +36,18 @@ def check_operator(operator: Any, name: str = "operator") -> Any:
     return operator
 
 
-def as_operator(operator: Any, image_shape: tuple[int, int], name: str = "operator") -> Any:
+def as_operator(
+    operator: Any, image_shape: tuple[int, int], name: str = "operator",
+    dtype: torch.dtype | None = None,
+) -> Any:
     """An operator; a PSF (h, w) -> Convolution; a PSF grid (gy, gx, h, w) -> from_psf_grid;
-    a PSFMap made for this image size -> its operator."""
+    a PSFMap made for this image size -> its operator, rendered in ``dtype`` (the image's:
+    float64 PSFs for a float64 image)."""
     from psfmap.operators.psf_map import PSFMap
 
     if isinstance(operator, PSFMap):
         operator.check_covers(image_shape, name)
-        return operator.operator(tuple(image_shape))
+        return operator.operator(tuple(image_shape), dtype=dtype)
     if isinstance(operator, (np.ndarray, torch.Tensor)):
         from psfmap.operators import Convolution, from_psf_grid
 

@@ -105,7 +105,7 @@ def simulate(
     quantum_efficiency: float = 1.0,
     read_noise: float = 0.0,
     offset: float = 0.0,
-    seed: int | None = None,
+    seed: int | torch.Generator | np.random.Generator | None = None,
     low: Any = None,
     high: Any = None,
     angle: float = 0.0,
@@ -137,9 +137,10 @@ def simulate(
         Expected photons at the brightest pixel of ``H f``; ``None`` (default) adds no noise.
     quantum_efficiency, read_noise, offset : float
         Camera model (see :func:`psfmap.simulate.noise.poisson_gaussian`).
-    seed : int, optional
-        Seeds the random field (``smooth_random``) and the noise; when omitted a fresh seed
-        is drawn and recorded (``Simulation.seed``), so every run can be replayed.
+    seed : int, torch.Generator or numpy.random.Generator, optional
+        Seeds the random field (``smooth_random``) and the noise; a generator draws an integer
+        seed, and without one a fresh seed is drawn; either is recorded
+        (``Simulation.seed``), so every run can be replayed.
     low, high : sequence of float, optional
         Parameter range covered by the field (default: the family's range).
     angle : float

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from psfmap._validation import check_pair, check_positive
+from psfmap._validation import check_int, check_pair, check_positive, check_seed
 
 FIELDS = ("constant", "tilt", "radial", "smooth_random")
 
@@ -84,10 +84,9 @@ def smooth_random(shape: Any, seed: Any = None, n_waves: int = 6,
     ``u = ½ + ½ Σ_k a_k cos(2π f_k · p + φ_k) / Σ_k |a_k|`` with ``n_waves`` random waves of
     at most ``max_frequency`` cycles per field of view.
     """
-    if isinstance(n_waves, bool) or not isinstance(n_waves, int) or n_waves < 1:
-        raise ValueError(f"n_waves must be a positive integer, got {n_waves!r}")
+    check_int(n_waves, "n_waves")
     check_positive(max_frequency, "max_frequency")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     frequencies = rng.uniform(-max_frequency, max_frequency, size=(n_waves, 2))
     phases = rng.uniform(0, 2 * np.pi, size=n_waves)
     amplitudes = rng.uniform(0.5, 1.0, size=n_waves)
