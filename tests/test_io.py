@@ -173,3 +173,19 @@ def test_metadata_numbers_from_numpy_are_written_and_a_bad_pixel_size_is_refused
     with pytest.raises(TypeError, match="pixel_size"):
         write_image(tmp_path / "b.tif", image, metadata={"pixel_size": "abc"})
     assert not (tmp_path / "b.tif").exists()
+
+
+def test_deferred_writes_are_all_or_nothing(tmp_path):
+    from psfmap._container import deferred_writes
+
+    old = write_image(tmp_path / "a.tif", np.zeros((4, 4), np.float32))
+    with pytest.raises(RuntimeError), deferred_writes():
+        write_image(old, np.ones((4, 4), np.float32))
+        write_image(tmp_path / "b.tif", np.ones((4, 4), np.float32))
+        raise RuntimeError("a later step fails")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif"]
+    np.testing.assert_array_equal(read_image(old)[0], 0)
+    with deferred_writes():
+        write_image(old, np.ones((4, 4), np.float32))
+        np.testing.assert_array_equal(read_image(old)[0], 0)  # renamed at the end only
+    np.testing.assert_array_equal(read_image(old)[0], 1)

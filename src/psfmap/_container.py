@@ -13,7 +13,9 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,9 @@ import numpy as np
 
 FORMAT_NAME = "psfmap"
 FORMAT_VERSION = 1
+
+# (temporary file, target) pairs written inside `deferred_writes`, renamed when it ends well
+_DEFERRED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("deferred", default=None)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -43,11 +48,36 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        pending = _DEFERRED.get()
+        if pending is None:
+            os.replace(tmp_path, path)
+        else:
+            pending.append((tmp_path, path))
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def deferred_writes() -> Iterator[None]:
+    """All or nothing for a group of writes: inside, :func:`atomic_write` leaves each file
+    under its temporary name; when the block ends well they are all renamed into place, and
+    when it raises they are all removed, so a failed command changes no file, not even one it
+    would have replaced. Files written inside cannot be read back before the block ends."""
+    pending: list[tuple[Path, Path]] = []
+    token = _DEFERRED.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp_path, _ in pending:
+            tmp_path.unlink(missing_ok=True)
+        raise
+    else:
+        for tmp_path, path in pending:
+            os.replace(tmp_path, path)
+    finally:
+        _DEFERRED.reset(token)
 
 
 def jsonable(value: Any) -> Any:

@@ -243,11 +243,17 @@ def test_outputs_are_checked_first_and_a_failed_run_leaves_none(tmp_path, image_
     def broken_figure(*_, **__):
         raise RuntimeError("no display")
 
+    # a first run writes the map; a second one that fails at the figure leaves it untouched
+    saved = tmp_path / "m.psfmap"
+    assert main(["estimate", image, "--weights", str(weights), "--grid", "2x2", "--save-map",
+                 str(saved), "--quiet"]) == 0
+    first = saved.read_bytes()
     monkeypatch.setattr(psfmap.figures, "plot_psf_map", broken_figure)
-    assert main(["estimate", image, "--weights", str(weights), "--save-map",
-                 str(tmp_path / "m.psfmap"), "--figure", str(tmp_path / "f.png")]) == 1
+    assert main(["estimate", image, "--weights", str(weights), "--save-map", str(saved),
+                 "--figure", str(tmp_path / "f.png")]) == 1
     assert "no display" in capsys.readouterr().err
-    assert set(tmp_path.iterdir()) == before
+    assert saved.read_bytes() == first
+    assert set(tmp_path.iterdir()) == before | {saved}  # no figure, no temporary file
 
 
 def test_estimation_flags_with_a_given_map_and_bad_windows_are_usage_errors(tmp_path,

@@ -12,6 +12,7 @@ Exit codes: 0 success, 2 usage error, 1 any other error with a one-line message 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
@@ -83,10 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from psfmap._container import deferred_writes
     from psfmap.cli._common import remove_created
 
+    # the command's files are renamed into place together at the end, or not at all (train
+    # reads its weights' card back to report, so its files are written at once)
+    group = (contextlib.nullcontext() if getattr(args, "reads_own_outputs", False)
+             else deferred_writes())
     try:
-        status = args._run(args)
+        with group:
+            status = args._run(args)
     except UsageError as error:
         remove_created(args)
         print(f"psfmap {args.command}: usage error: {error}", file=sys.stderr)

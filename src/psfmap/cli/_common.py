@@ -25,7 +25,8 @@ def check_outputs(
     an extension that does not fit: ``images`` are TIFF, ``figures`` a format matplotlib
     writes, ``files`` (operators, maps, families) anything but those two. The outputs that do
     not exist yet are recorded in ``args.created``: :func:`psfmap.cli.main` removes them if
-    the command fails, so a failed run leaves no partial output.
+    the command fails (it also defers every write to the end of a command,
+    :func:`psfmap._container.deferred_writes`, except for ``train``).
     """
     from psfmap.figures import FIGURE_SUFFIXES
     from psfmap.io import TIFF_SUFFIXES

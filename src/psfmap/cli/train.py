@@ -32,6 +32,7 @@ def add_parser(subparsers):
     parser.add_argument("--no-shared-data", action="store_true",
                         help="train without ../shared/data/sharp even when it is present")
     parser.add_argument("-o", "--output", required=True, help="weights file to write (.pt)")
+    parser.set_defaults(reads_own_outputs=True)  # the summary reads the written card
     return parser
 
 
