@@ -260,8 +260,12 @@ def test_tiled_deblur_equals_one_piece_for_plain_rl():
     tiled_tv = deblur(blurred, psf_map=psf_map, iterations=10, tile=64)
     assert np.linalg.norm(tiled_tv - whole_tv) < 1e-3 * np.linalg.norm(whole_tv)
     for bad in ({"tile": 0}, {"tile": 16}, {"tile": 1.5}, {"overlap": -1}):
-        with pytest.raises(ValueError, match="tile|overlap"):
+        with pytest.raises((ValueError, TypeError), match="tile|overlap"):
             deblur(blurred, psf_map=psf_map, **bad)
+    # NumPy integers are integers
+    np.testing.assert_array_equal(
+        deblur(blurred, psf_map=psf_map, iterations=np.int64(2), tile=np.int64(64)),
+        deblur(blurred, psf_map=psf_map, iterations=2, tile=64))
     wide = PSFMap(psfmap.psf.model("gaussian1", size=33), widths, image_shape=(192, 160))
     with pytest.raises(ValueError, match="spans 32 px, less than the PSF"):
         deblur(blurred, psf_map=wide, tile=32, overlap=0)

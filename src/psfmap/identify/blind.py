@@ -27,7 +27,14 @@ from typing import Any
 
 import torch
 
-from psfmap._validation import ArrayKind, as_tensor, check_finite, check_positive, describe
+from psfmap._validation import (
+    ArrayKind,
+    as_tensor,
+    check_finite,
+    check_int,
+    check_positive,
+    describe,
+)
 from psfmap.identify.psf_map_estimation import estimate_psf_map
 from psfmap.operators.psf_map import PSFMap, psf_map_list
 from psfmap.restore import DEFAULT_TV as RESTORE_DEFAULT_TV
@@ -340,17 +347,13 @@ def deblur(
     """
     kind = ArrayKind(image)
     tensor = _as_image(image)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    iterations = check_int(iterations, "iterations")
     tv = check_positive(tv, "tv", allow_zero=True)
-    if compress is not None and not 0 < float(compress) <= 1:
+    if compress is not None and not 0 < check_positive(compress, "compress") <= 1:
         raise ValueError(f"compress must be an energy fraction in (0, 1], got {compress!r}")
-    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int)
-                             or tile < MIN_TILE):
-        raise ValueError(f"tile must be a number of pixels >= {MIN_TILE} (or None: one piece), "
-                         f"got {tile!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-        raise ValueError(f"overlap must be a number of pixels >= 0, got {overlap!r}")
+    if tile is not None:
+        tile = check_int(tile, "tile (px; None: one piece)", minimum=MIN_TILE)
+    overlap = check_int(overlap, "overlap (px)", minimum=0)
     if bool((tensor < 0).any()):
         raise ValueError("image has negative values; Richardson–Lucy needs a non-negative image")
     frames = _frames(tensor)

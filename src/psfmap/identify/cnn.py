@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psfmap._validation import ArrayKind, as_tensor, check_finite, describe
+from psfmap._validation import ArrayKind, as_tensor, check_finite, check_int, describe
 from psfmap.identify.network import PSFRegressor
 from psfmap.identify.psf_map_estimation import pool_patches, subpatch_offsets
 from psfmap.identify.training import load_checkpoint
@@ -190,8 +190,7 @@ class PSFEstimator:
                 f"patches must have shape (B, {p}, {p}) for this model (or (B, w, w) with "
                 f"w > {p}), got {tuple(tensor.shape if not single else tensor.shape[1:])}"
             )
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_int(batch_size, "batch_size")
         if return_std and not self.has_uncertainty:
             raise ValueError(
                 f"the {self.family.name} weights have no uncertainty head, so return_std is "

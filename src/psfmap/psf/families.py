@@ -85,8 +85,9 @@ class PSFFamily:
     ):
         if name not in _CATALOGUE:
             raise ValueError(f"unknown PSF model {name!r}; expected one of {', '.join(FAMILIES)}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 3 or size % 2 == 0:
+        if check_int(size, "size", minimum=3) % 2 == 0:
             raise ValueError(f"size must be an odd integer >= 3, got {size!r}")
+        size = int(size)
         names, default_low, default_high, kind = _CATALOGUE[name]
         self.name = name
         self.names = names

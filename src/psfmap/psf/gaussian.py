@@ -17,16 +17,14 @@ from collections.abc import Sequence
 
 import torch
 
-from psfmap._validation import as_tensor, check_finite
+from psfmap._validation import as_tensor, check_finite, check_int
 
 # sub-samples per pixel side; odd so the centre sub-sample sits at the pixel centre
 SUPERSAMPLE = 5
 
 
 def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
-    return size
+    return check_int(size, "size")
 
 
 def pixel_grid(
