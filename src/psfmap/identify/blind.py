@@ -209,7 +209,7 @@ def _restore_frame(
     from psfmap.operators.compression import compress
     from psfmap.restore import richardson_lucy
 
-    scale = float(frame.max())
+    scale = float(frame.detach().max())
     if scale <= 0:
         raise ValueError("image is all zero; nothing to deblur")
     height, width = frame.shape
