@@ -216,7 +216,7 @@ def relative_operator_error(
                             f"{describe(operator)}")
     shape = image_shape or getattr(operator1, "image_shape", None)
     shape = shape or getattr(operator2, "image_shape", None)
-    if shape is None or len(tuple(shape)) != 2:
+    if shape is None:
         raise ValueError("image_shape=(H, W) is needed for operators of any image size")
     shape = check_pair(shape, "image_shape")
     check_int(n_images, "n_images")

@@ -98,7 +98,7 @@ def _load_operator(args, image_shape: tuple[int, int]):
     """The blur operator from --psf / --operator / --psf-map, and a note for the summary."""
     if args.psf is not None:
         from psfmap.io import read_image
-        from psfmap.operators import Convolution
+        from psfmap.restore._domain import as_operator
 
         psf, _ = read_image(args.psf)
         psf = np.asarray(psf, dtype=np.float64)
@@ -108,16 +108,15 @@ def _load_operator(args, image_shape: tuple[int, int]):
             psf, note = psf[plane], f" (PSF plane {plane} of {psf.shape[0]})"
         if psf.ndim != 2:
             raise ValueError(f"--psf must be a 2-D PSF image, got shape {psf.shape}")
-        if not np.all(np.isfinite(psf)) or psf.min() < 0 or psf.sum() <= 0:
-            raise ValueError(
-                f"--psf {args.psf!r} must be finite and non-negative with positive total intensity"
-            )
+        # the verb's own reading of a PSF array: checked (finite, non-negative, not all
+        # zero), then normalised to unit sum
+        operator = as_operator(psf, image_shape, f"--psf {args.psf!r}")
         pedestal = pedestal_fraction(psf)
         if pedestal > PEDESTAL_WARNING:
             warn(args, f"the border level of --psf {Path(args.psf).name} carries "
                        f"{100 * pedestal:.0f} % of its flux: subtract the background and crop "
                        "the PSF around the bead, or the restoration barely sharpens")
-        return Convolution(psf / psf.sum()), f"PSF {Path(args.psf).name}{note}"
+        return operator, f"PSF {Path(args.psf).name}{note}"
     if args.operator is not None:
         from psfmap.operators import load
 

@@ -248,18 +248,15 @@ def _maps_for_frames(psf_map: Any, count: int, frame_shape: tuple[int, int]) -> 
 
         psf_map = load_psf_maps(psf_map)
         psf_map = psf_map[0] if len(psf_map) == 1 else psf_map
-    if isinstance(psf_map, PSFMap):
-        maps = [psf_map] * count
-    else:
-        maps = list(psf_map)
-        if len(maps) != count:
-            raise ValueError(f"psf_map holds {len(maps)} maps for a stack of {count} frames")
-        maps = psf_map_list(maps, "deblur with", name="psf_map")
     if isinstance(psf_map, PSFMap):  # one map for every frame
         psf_map.check_covers(frame_shape, "psf_map")
-    else:
-        for index, one in enumerate(maps):
-            one.check_covers(frame_shape, f"psf_map[{index}]")
+        return [psf_map] * count
+    maps = list(psf_map)
+    if len(maps) != count:
+        raise ValueError(f"psf_map holds {len(maps)} maps for a stack of {count} frames")
+    maps = psf_map_list(maps, "deblur with", name="psf_map")
+    for index, one in enumerate(maps):
+        one.check_covers(frame_shape, f"psf_map[{index}]")
     return maps
 
 

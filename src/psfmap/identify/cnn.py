@@ -198,8 +198,8 @@ class PSFEstimator:
             )
         # each window scaled to a maximum of 1 in its own precision first: the network works in
         # float32, where 1e-7-scale or 1e20-scale pixels would underflow or overflow
-        scale = tensor.abs().amax(dim=(-2, -1), keepdim=True)
-        inputs = (tensor / torch.where(scale > 0, scale, torch.ones_like(scale))).to(
+        peak = tensor.abs().amax(dim=(-2, -1), keepdim=True)
+        inputs = (tensor / torch.where(peak > 0, peak, torch.ones_like(peak))).to(
             dtype=torch.float32, device=self.device)
         offsets = subpatch_offsets(side, p)
         if len(offsets) > 1:

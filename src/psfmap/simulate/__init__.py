@@ -91,10 +91,6 @@ class Simulation:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _grid(grid: Any) -> tuple[int, int]:
-    return check_pair(grid, "grid", "(gy, gx)", square=True)
-
-
 def simulate(
     sharp: Any,
     model: Any = "zernike3",
@@ -175,9 +171,7 @@ def simulate(
         raise ValueError("sharp has negative values; expected a non-negative intensity image")
     # an integer, recorded in the result so that the run can be replayed: a generator draws
     # one, and without a seed a fresh one is drawn
-    seed = check_seed(seed, draw=True)
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+    seed = check_seed(np.random.SeedSequence() if seed is None else seed, draw=True)
     if isinstance(model, PSFFamily):
         family = model
     elif isinstance(model, str):
@@ -185,7 +179,8 @@ def simulate(
     else:
         raise TypeError(f"model must be a model name or a PSFFamily, got {describe(model)}")
     if isinstance(field, str):
-        params = parameter_field(family, field, _grid(grid), low=low, high=high, angle=angle,
+        cells = check_pair(grid, "grid", "(gy, gx)", square=True)
+        params = parameter_field(family, field, cells, low=low, high=high, angle=angle,
                                  seed=seed)
         field_name = field
     else:
