@@ -25,10 +25,10 @@ import json
 
 import numpy as np
 import torch
+from eval_regression import _r2 as table_iii_r2
 from scipy import ndimage
 
 from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.training import r2_score
 from psfmap.identify.training_data import PatchGenerator
 
 RICHNESS = (30.0, 100.0, 300.0, 1000.0)
@@ -42,14 +42,8 @@ def _r2(estimator, batch, mask=None, valid=None) -> tuple[float, int]:
     keep = (batch.valid if valid is None else valid).numpy() > 0.5
     if mask is not None:
         keep &= mask
-    if keep.sum() < 10:
-        return float("nan"), int(keep.sum())
     predicted, _ = estimator.predict(batch.patches)
-    family = estimator.family
-    values = r2_score(family.normalize(batch.params.double()).numpy()[keep],
-                      family.normalize(predicted.double()).numpy()[keep],
-                      [angle for _, angle in estimator.network.periodic])
-    return float(np.mean(values)), int(keep.sum())
+    return table_iii_r2(estimator, batch.params, predicted, keep)[0], int(keep.sum())
 
 
 def _generator(estimator, source: str, seed: int) -> PatchGenerator:
