@@ -44,15 +44,14 @@ def r2_score(
     true: torch.Tensor | np.ndarray,
     predicted: torch.Tensor | np.ndarray,
     periodic: Sequence[int] = (),
-    period: float = 1.0,
 ) -> np.ndarray:
     """Coefficient of determination per column (eq. 15 of Shajkofci & Liebling, TIP 2020).
 
         R² = 1 − Σ (y − ŷ)² / Σ (y − ȳ)²
 
-    For the ``periodic`` columns the residual is wrapped to ``[−period/2, period/2)`` (an
-    axis of 0 and of π describe the same astigmatism). Returns an array of length N; a column
-    without variance gives NaN.
+    For the ``periodic`` columns (normalised to ``[0, 1)``) the residual is wrapped to
+    ``[−½, ½)`` by :func:`wrapped_error` (an axis of 0 and of π describe the same
+    astigmatism). Returns an array of length N; a column without variance gives NaN.
     """
     true = np.asarray(true, dtype=np.float64)
     predicted = np.asarray(predicted, dtype=np.float64)
@@ -61,9 +60,8 @@ def r2_score(
             f"true and predicted must both have shape (B, N), got {true.shape} and "
             f"{predicted.shape}"
         )
-    residual = predicted - true
-    for column in periodic:
-        residual[:, column] = (residual[:, column] + period / 2) % period - period / 2
+    residual = wrapped_error(torch.from_numpy(predicted), torch.from_numpy(true),
+                             periodic).numpy()
     total = ((true - true.mean(0)) ** 2).sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, 1 - (residual**2).sum(0) / total, np.nan)
