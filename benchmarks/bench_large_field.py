@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import psfmap
-from psfmap.identify.blind import DEFAULT_MODEL, DEFAULT_OVERLAP
+from psfmap.blind.verbs import DEFAULT_MODEL, DEFAULT_OVERLAP
 from psfmap.operators import from_psf_grid
 from psfmap.psf import gaussian
 from psfmap.simulate import samples

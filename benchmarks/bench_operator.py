@@ -174,7 +174,7 @@ def main() -> None:
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"image {args.size}x{args.size}, kernels {args.kernel_size}x{args.kernel_size}, "
           f"float32, forward + adjoint, best of {args.repeats}")
-    header = (f"{'weights':>7} {'I':>3} {'strategy':>11} {'op s':>7} {'floor s':>8} "
+    header = (f"{'weights':>7} {'I':>3} {'engine':>11} {'op s':>7} {'floor s':>8} "
               f"{'loop s':>7} {'op/floor':>8} {'loop/op':>7} {'op MB':>7} {'floor MB':>8} "
               f"{'loop MB':>7}")
     print(header, flush=True)
@@ -210,7 +210,7 @@ def run_case(args) -> None:
         for k, method in enumerate(methods):
             megabytes = peak_memory_mb(method, kind, n_kernels, args.size, args.kernel_size)
             memory[k] = f"{megabytes:.0f}"
-    print(f"{kind:>7} {n_kernels:>3} {operator.strategy:>11} {op_time:7.3f} "
+    print(f"{kind:>7} {n_kernels:>3} {operator.engine:>11} {op_time:7.3f} "
           f"{floor_time:8.3f} {loop_time:7.3f} {op_time / floor_time:8.2f} "
           f"{loop_time / op_time:7.2f} {memory[0]:>7} {memory[1]:>8} {memory[2]:>7}")
 

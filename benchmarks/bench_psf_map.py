@@ -19,8 +19,8 @@ import torch
 from _timing import best_time  # noqa: E402 - benchmarks/ is on sys.path when run
 
 import psfmap
-from psfmap.identify.cnn import PSFEstimator, pretrained_names
-from psfmap.identify.psf_map_estimation import estimate_psf_map
+from psfmap.blind.estimator import PSFEstimator, pretrained_names
+from psfmap.blind.psf_maps import estimate_psf_map
 from psfmap.restore import richardson_lucy
 
 SIZE = 1024
@@ -32,8 +32,8 @@ def estimator_for_timing(weights: str | None = None) -> tuple[PSFEstimator, str]
         return PSFEstimator.load(weights, "zernike3"), f"zernike3 weights {weights}"
     if "zernike3" in pretrained_names():
         return PSFEstimator.pretrained("zernike3"), "shipped zernike3"
-    from psfmap.identify.network import PSFRegressor
-    from psfmap.identify.training import TrainConfig
+    from psfmap.blind.network import PSFRegressor
+    from psfmap.training import TrainConfig
 
     config = TrainConfig(model="zernike3").resolved()
     network = PSFRegressor.from_config(config.network)
@@ -56,8 +56,8 @@ def main() -> None:
     )
     image = truth(torch.from_numpy(sharp)).float().clamp_min(0)
 
-    psf_map = estimate_psf_map(estimator, image, grid=GRID, median=3)  # warm-up
-    map_time = best_time(lambda: estimate_psf_map(estimator, image, grid=GRID, median=3), 3)
+    psf_map = estimate_psf_map(image, estimator, grid=GRID, median=3)  # warm-up
+    map_time = best_time(lambda: estimate_psf_map(image, estimator, grid=GRID, median=3), 3)
     operator = psf_map.operator()
     operator_time = best_time(lambda: psf_map.operator(), 1)
     work = image / image.max()

@@ -26,8 +26,8 @@ import torch
 from _timing import best_time  # noqa: E402 - benchmarks/ is on sys.path when run
 
 import psfmap
-from psfmap.identify.cnn import pretrained_names
-from psfmap.identify.training_data import SHARED_DATA
+from psfmap.blind.estimator import pretrained_names
+from psfmap.training import SHARED_DATA
 
 STACK = SHARED_DATA / "blurred" / "widefield_dapi_zstack.tif"
 MODEL = "gaussian1"

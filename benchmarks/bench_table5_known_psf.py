@@ -23,8 +23,8 @@ import time
 import numpy as np
 import torch
 
-from psfmap.identify.training_data import SHARED_DATA
 from psfmap.metrics import snr, ssim
+from psfmap.training import SHARED_DATA
 
 PAPER_GT = {"zernike1": 2.14, "gaussian1": 2.24}
 SIZE = 256

@@ -25,15 +25,15 @@ import torch
 
 from psfmap.calibrate import calibrate, collect_patches, estimate_psf_sigma, fit_family
 from psfmap.calibrate.figures import plot_family
+from psfmap.calibrate.spikes import identify_from_spikes
 from psfmap.calibrate.synthetic import (
     ZernikeFieldFamily,
     conditions_grid,
     field_error,
 )
-from psfmap.identify.spikes import identify_from_spikes
-from psfmap.identify.training_data import SHARED_DATA
 from psfmap.metrics import relative_operator_error
 from psfmap.operators import from_psf_grid
+from psfmap.training import SHARED_DATA
 
 HERE = Path(__file__).resolve().parent
 PSF_SIZE = 21

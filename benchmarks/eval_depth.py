@@ -41,7 +41,7 @@ from psfmap.depth import (
     fit_depth,
     fit_psf_params,
 )
-from psfmap.identify.training_data import SHARED_DATA
+from psfmap.training import SHARED_DATA
 
 STACK = SHARED_DATA / "beads" / "psfextractor_astigmatic_beads_zstack.tif"
 Z_STEP = 0.100
@@ -168,7 +168,7 @@ def main() -> None:
     z_all = np.tile(slices * Z_STEP, len(rows))
     report("baseline: no information (the mean depth)", z_all - z_all.mean(), z_all, 0.0)
     if "cnn" in methods:
-        from psfmap.identify.cnn import PSFEstimator, pretrained_names
+        from psfmap.blind.estimator import PSFEstimator, pretrained_names
 
         if args.weights is not None or "zernike3" in pretrained_names():
             estimator = (PSFEstimator.pretrained("zernike3") if args.weights is None

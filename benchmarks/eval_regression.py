@@ -27,9 +27,14 @@ import time
 import numpy as np
 import torch
 
-from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.training import calibration_by_quartile, r2_score, wrapped_error
-from psfmap.identify.training_data import SOURCES, PatchGenerator
+from psfmap.blind.estimator import PSFEstimator
+from psfmap.training import (
+    SOURCES,
+    PatchGenerator,
+    calibration_by_quartile,
+    r2_score,
+    wrapped_error,
+)
 
 MODELS = ("gaussian1", "gaussian2", "zernike1", "zernike3")
 
@@ -230,7 +235,7 @@ def plain_resnet() -> torch.nn.Module:
     Stem at full resolution, four stages of one basic block (24, 48, 96, 192 channels, the
     last three at stride 2), global pooling, linear head.
     """
-    from psfmap.identify.network import BasicBlock
+    from psfmap.blind.network import BasicBlock
 
     layers = [torch.nn.Conv2d(1, 24, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(24),
               torch.nn.ReLU()]

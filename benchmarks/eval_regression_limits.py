@@ -28,8 +28,8 @@ import torch
 from eval_regression import _r2 as table_iii_r2
 from scipy import ndimage
 
-from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.training_data import PatchGenerator
+from psfmap.blind.estimator import PSFEstimator
+from psfmap.training import PatchGenerator
 
 RICHNESS = (30.0, 100.0, 300.0, 1000.0)
 PHOTONS = (100.0, 1000.0, 10000.0, 100000.0, 1000000.0)

@@ -45,13 +45,13 @@ import torch
 from bench_table5_known_psf import quadrant_operator
 
 import psfmap
-from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.psf_map_estimation import resample_params
-from psfmap.identify.training_data import MICR_BINNING, SHARED_DATA, sum_bin
+from psfmap.blind.estimator import PSFEstimator
+from psfmap.blind.psf_maps import resample_params
 from psfmap.metrics import snr, ssim
 from psfmap.operators import Convolution, PSFMap
 from psfmap.operators.grid import cell_centres
 from psfmap.restore import richardson_lucy
+from psfmap.training import MICR_BINNING, SHARED_DATA, sum_bin
 
 SHARP = SHARED_DATA / "sharp"
 SIZE = 256

@@ -27,8 +27,8 @@ from eval_table5 import (
 )
 
 import psfmap
-from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.psf_map_estimation import resample_params
+from psfmap.blind.estimator import PSFEstimator
+from psfmap.blind.psf_maps import resample_params
 
 
 def inside_one_quadrant(psf_map) -> np.ndarray:

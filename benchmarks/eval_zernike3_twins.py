@@ -31,9 +31,8 @@ import argparse
 import numpy as np
 import torch
 
-from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.training import r2_score
-from psfmap.identify.training_data import PatchGenerator
+from psfmap.blind.estimator import PSFEstimator
+from psfmap.training import PatchGenerator, r2_score
 
 SQRT2 = 2**0.5
 

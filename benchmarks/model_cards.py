@@ -18,11 +18,11 @@ import argparse
 import json
 from pathlib import Path
 
-from psfmap.identify.cnn import PRETRAINED
-from psfmap.identify.training import UNCERTAINTY_HELD_OUT
-from psfmap.identify.training_data import (
+from psfmap.blind.estimator import PRETRAINED
+from psfmap.training import (
     MICR_BINNING,
     PACKAGE_DATA,
+    UNCERTAINTY_HELD_OUT,
     DataConfig,
     microscopy_paths,
 )
@@ -91,7 +91,7 @@ def card(name: str, checkpoint: dict, evaluation: dict, eval_command: str,
         + ", ".join(_fmt([lo, hi]) for lo, hi in zip(family["low"], family["high"]))
         + f"; PSF window {family['size']}² px{optics}.",
         "",
-        f"Network: `psfmap.identify.network.PSFRegressor` (spectrum-aware ResNet, width "
+        f"Network: `psfmap.blind.network.PSFRegressor` (spectrum-aware ResNet, width "
         f"{network['width']}, blocks {network['blocks']}, {speed['parameters']:,} parameters), "
         f"input patches {data['patch_size']}² px, outputs {network['n_params']} parameters + "
         "validity.",
@@ -198,7 +198,7 @@ def uncertainty_section(checkpoint: dict) -> list[str]:
         "",
         f"`predict(..., return_std=True)` gives the predicted standard deviation of each "
         f"parameter's error. The head was fitted on the frozen network "
-        f"(`psfmap.identify.training.fit_uncertainty`, {fit['steps']} steps of "
+        f"(`psfmap.training.loop.fit_uncertainty`, {fit['steps']} steps of "
         f"{fit['batch_size']}, Gaussian negative log-likelihood {fit['nll_first']:.2f} → "
         f"{fit['nll_last']:.2f}; `uncertainty_steps` in the config, so `psfmap train` "
         f"replays it). On {UNCERTAINTY_HELD_OUT:,} held-out training-split samples, RMS error "

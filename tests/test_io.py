@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -72,11 +76,16 @@ def test_rgb_tiffs_become_grey_and_complex_ones_are_refused(tmp_path, rng):
     tifffile.imwrite(tmp_path / "a.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
     np.testing.assert_allclose(read_image(tmp_path / "a.tif")[0],
                                np.stack([grey, grey[::-1]]), rtol=1e-10)
+    # planar (3, H, W) on disk from software other than tifffile: the tag is the writer's word
     tifffile.imwrite(tmp_path / "p.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
-                     planarconfig="separate")  # planar: (3, H, W) on disk
+                     planarconfig="separate", software="libtiff", metadata=None)
     planar, meta = read_image(tmp_path / "p.tif")
     np.testing.assert_allclose(planar, grey, rtol=1e-10)
     assert meta["axes"] == "YX"
+    # OME-XML declares its samples: planar RGB there is colour too
+    tifffile.imwrite(tmp_path / "p.ome.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate", ome=True)
+    np.testing.assert_allclose(read_image(tmp_path / "p.ome.tif")[0], grey, rtol=1e-10)
     tifffile.imwrite(tmp_path / "z.tif", rgb[..., 0].astype(np.complex64))
     with pytest.raises(ValueError, match="complex pixels"):
         read_image(tmp_path / "z.tif")
@@ -189,3 +198,134 @@ def test_deferred_writes_are_all_or_nothing(tmp_path):
         write_image(old, np.ones((4, 4), np.float32))
         np.testing.assert_array_equal(read_image(old)[0], 0)  # renamed at the end only
     np.testing.assert_array_equal(read_image(old)[0], 1)
+
+
+# ---------------------------------------------------------------- colour or stack (issue 18)
+
+def _planes(count: int, dtype) -> np.ndarray:
+    """``count`` distinct planes (plane k = (k + 1) · base) of ``dtype``."""
+    base = np.arange(1, 8 * 9 + 1).reshape(8, 9) % 50 + 1
+    return np.stack([(k + 1) * base for k in range(count)]).astype(dtype)
+
+
+@pytest.mark.parametrize("count", [3, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.uint8])
+@pytest.mark.parametrize("how", ["default", "planar-rgb", "minisblack", "imagej", "ome"])
+def test_short_stacks_stay_stacks(tmp_path, count, dtype, how):
+    stack = _planes(count, dtype)
+    path = tmp_path / ("s.ome.tif" if how == "ome" else "s.tif")
+    options = {
+        "default": {},  # tifffile stores (3|4, H, W) as planar RGB(A) by default
+        "planar-rgb": {"photometric": "rgb", "planarconfig": "separate"},
+        "minisblack": {"photometric": "minisblack"},
+        "imagej": {"imagej": True, "metadata": {"axes": "ZYX"}},
+        "ome": {"ome": True, "metadata": {"axes": "ZYX"}},
+    }[how]
+    with warnings.catch_warnings():  # tifffile's DeprecationWarning about its default
+        warnings.simplefilter("ignore")
+        tifffile.imwrite(path, stack, **options)
+    array, meta = read_image(path)
+    assert array.dtype == stack.dtype
+    np.testing.assert_array_equal(array, stack)
+    assert len(meta["axes"]) == 3 and meta["axes"].endswith("YX")
+
+
+@pytest.mark.parametrize("count", [3, 4])
+def test_deconvolve_keeps_a_short_float32_stack(tmp_path, capsys, count):
+    from psfmap.cli import main
+    from psfmap.psf import gaussian
+
+    stack = _planes(count, np.float32)
+    with warnings.catch_warnings():  # tifffile's default: planar RGB(A), with a warning
+        warnings.simplefilter("ignore")
+        tifffile.imwrite(tmp_path / "stack.tif", stack)
+    tifffile.imwrite(tmp_path / "psf.tif", gaussian(7, 1.0).numpy())
+    code = main(["deconvolve", str(tmp_path / "stack.tif"), "--psf", str(tmp_path / "psf.tif"),
+                 "-o", str(tmp_path / "out.tif"), "--iterations", "3"])
+    assert code == 0
+    assert f"deconvolved {count} frame(s) of 8x9" in capsys.readouterr().out
+    restored, meta = read_image(tmp_path / "out.tif")
+    assert restored.shape == (count, 8, 9) and restored.dtype == np.float32
+    # frames restored one by one: plane k is k + 1 times plane 1 (RL is scale-equivariant)
+    for k in range(1, count):
+        np.testing.assert_allclose(restored[k], (k + 1) * restored[0], rtol=1e-3)
+
+
+def test_interleaved_colour_is_colour_and_a_float_one_keeps_its_dtype(tmp_path, rng):
+    rgb = rng.random((10, 12, 3)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", rgb, photometric="rgb")
+    grey, meta = read_image(tmp_path / "f.tif")
+    assert grey.dtype == np.float32 and grey.shape == (10, 12) and meta["axes"] == "YX"
+    np.testing.assert_allclose(grey, rgb2gray(rgb), rtol=1e-5)
+    # grey + alpha (interleaved extra sample): the grey sample, as stored
+    grey_alpha = np.dstack([rgb[..., 0], np.ones((10, 12), np.float32)])
+    tifffile.imwrite(tmp_path / "ga.tif", grey_alpha, photometric="minisblack",
+                     extrasamples=["unassalpha"], planarconfig="contig")
+    np.testing.assert_array_equal(read_image(tmp_path / "ga.tif")[0], rgb[..., 0])
+
+
+def test_a_real_rgb_image_saved_as_tiff_is_colour(tmp_path, shared_data):
+    source = shared_data / "blurred" / "fly_wing_tilted.png"
+    if not source.is_file():
+        pytest.skip("fly_wing_tilted.png not present")
+    with Image.open(source) as image:  # Pillow writes interleaved RGB TIFF
+        image.convert("RGB").crop((0, 0, 64, 48)).save(tmp_path / "wing.tif")
+    with Image.open(tmp_path / "wing.tif") as image:
+        rgb = np.asarray(image)
+    grey, meta = read_image(tmp_path / "wing.tif")
+    assert grey.shape == (48, 64) and meta["axes"] == "YX"
+    np.testing.assert_allclose(grey, rgb2gray(rgb) * 255, rtol=1e-10)
+
+
+# ---------------------------------------------------------------- damaged headers (issue 18)
+
+def _forged(tmp_path, name: str, **fields) -> str:
+    """A 16x16 float32 TIFF whose first-page tags are overwritten (``ImageWidth=100000``)."""
+    import struct
+
+    path = tmp_path / name
+    tifffile.imwrite(path, np.ones((16, 16), np.float32), photometric="minisblack")
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tags = {tag.name: tag for tag in tif.pages[0].tags.values()}
+    for tag_name, value in fields.items():
+        tag = tags[tag_name]
+        struct.pack_into("<I" if tag.dtype == 4 else "<H", data, tag.valueoffset, value)
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def test_a_header_claiming_more_than_the_memory_gives_one_sentence(tmp_path, monkeypatch,
+                                                                   capfd):
+    import psfmap._memory
+
+    monkeypatch.setattr(psfmap._memory, "available_memory", lambda: 8_000_000_000)
+    path = _forged(tmp_path, "huge.tif", ImageWidth=100000, ImageLength=100000)
+    with pytest.raises(ValueError, match=r"needs 40\.0 GB of memory to read; 8\.0 GB are "
+                                         r"available") as error:
+        read_image(path)
+    assert "100000x100000 float32" in str(error.value)
+    assert "\n" not in str(error.value)
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""  # tifffile's log lines are muted
+
+
+def test_available_memory_is_known_here():
+    from psfmap._memory import available_memory
+
+    available = available_memory()
+    assert available is None or available > 0
+    if Path("/proc/meminfo").is_file():
+        assert available is not None and available > 10_000_000
+
+
+def test_tifffile_is_muted_during_a_read_and_restored_after(tmp_path, caplog):
+    logger = logging.getLogger("tifffile")
+    path = _forged(tmp_path, "bad.tif", BitsPerSample=13)
+    with caplog.at_level(logging.DEBUG, logger="tifffile"):
+        with pytest.raises(ValueError, match="bad.tif"):
+            read_image(path)
+        assert [r for r in caplog.records if r.name == "tifffile"] == []
+        assert logger.disabled is False
+        logger.warning("after the read")  # the logger works again
+    assert [r.getMessage() for r in caplog.records] == ["after the read"]

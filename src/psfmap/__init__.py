@@ -25,24 +25,26 @@ _EXPORTS = {
     "sparse_smooth": "psfmap.restore",
     "deconvolve": "psfmap.restore",
     "OperatorFamily": "psfmap.calibrate",
-    "identify_from_spikes": "psfmap.identify",
-    "PSFEstimator": "psfmap.identify",
-    "PSFMap": "psfmap.identify",
-    "estimate": "psfmap.identify",
-    "deblur": "psfmap.identify",
-    "save_psf_maps": "psfmap.identify",
-    "load_psf_maps": "psfmap.identify",
+    "identify_from_spikes": "psfmap.calibrate",
+    "PSFEstimator": "psfmap.blind",
+    "PSFMap": "psfmap.operators",
+    "estimate": "psfmap.blind",
+    "deblur": "psfmap.blind",
+    "save_psf_maps": "psfmap.operators",
+    "load_psf_maps": "psfmap.operators",
 }
 _SUBMODULES = {
-    "psf", "operators", "simulate", "restore", "calibrate", "identify",
-    "metrics", "io", "depth", "cli",
+    "psf", "operators", "simulate", "restore", "calibrate", "blind", "training",
+    "metrics", "io", "cli",
 }
+# old homes, importable for one release with a DeprecationWarning (psfmap._deprecated)
+_DEPRECATED_SUBMODULES = {"identify", "depth"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or name in _DEPRECATED_SUBMODULES:
         return importlib.import_module(f"psfmap.{name}")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)

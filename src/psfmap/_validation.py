@@ -168,6 +168,24 @@ def check_seed(seed: Any, name: str = "seed", *, draw: bool = False) -> Any:
     return int(seed)
 
 
+# more iterations than this are a mistake (10**30 would never end): at ~0.1 s per RL-TV
+# iteration on 2048², the bound is hours of work, far beyond any solver's convergence
+MAX_ITERATIONS = 100_000
+
+
+def check_iterations(iterations: Any, name: str = "iterations") -> int:
+    """An iteration count: an integer (Python or NumPy, not a bool) from 1 to
+    ``MAX_ITERATIONS`` (100 000)."""
+    if isinstance(iterations, bool) or not hasattr(iterations, "__index__"):
+        raise TypeError(f"{name} must be an integer >= 1, got {describe(iterations)}")
+    value = int(iterations.__index__())
+    if not 1 <= value <= MAX_ITERATIONS:
+        raise ValueError(
+            f"{name} must be an integer from 1 to {MAX_ITERATIONS} (MAX_ITERATIONS), got {value}"
+        )
+    return value
+
+
 def check_int(value: Any, name: str, minimum: int = 1) -> int:
     """``value`` as an int: a Python or NumPy integer (not a bool) ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -175,3 +193,51 @@ def check_int(value: Any, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def power_of_two_exponents(frames: torch.Tensor) -> torch.Tensor:
+    """Per frame (B, H, W) -> (B, 1, 1) int64: the exponent ``e`` with ``max|frame| = m · 2^e``,
+    ``m`` in [0.5, 1) (0 for an all-zero frame), so that ``frame · 2^-e`` has its maximum in
+    [0.5, 1). Scaling by a power of two is exact in floating point (no rounding), so solvers
+    that work on the scaled frames give the same numbers as on the originals, without the
+    overflow of FFT sums near the dtype's maximum or the underflow of subnormal images."""
+    peak = frames.detach().abs().amax(dim=(-2, -1), keepdim=True)
+    return torch.frexp(peak).exponent.to(torch.int64)
+
+
+def times_power_of_two(tensor: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """``tensor · 2^exponents`` (exponents broadcastable), in two exact steps: one factor
+    ``2^e`` may not exist in the dtype (float32 subnormals need 2^149, beyond its maximum)."""
+    if not bool((exponents != 0).any()):
+        return tensor
+    half = torch.div(exponents, 2, rounding_mode="floor")
+    for part in (half, exponents - half):
+        tensor = tensor * torch.pow(2.0, part.to(torch.float64)).to(tensor.dtype)
+    return tensor
+
+
+def fit_output(
+    tensor: torch.Tensor, kind: ArrayKind, what: str, compute_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Clamp a non-negative result to the largest finite value of the dtype it is returned in
+    (``kind``'s floating dtype, else ``compute_dtype`` or ``tensor``'s), with a
+    ``RuntimeWarning``: restoring an image near the dtype's maximum can sharpen peaks beyond
+    it, and +inf is no answer. The result is in ``compute_dtype`` when given."""
+    import warnings
+
+    dtype = compute_dtype or tensor.dtype
+    if kind.torch_dtype is not None and kind.torch_dtype.is_floating_point:
+        dtype = kind.torch_dtype
+    elif kind.numpy_dtype is not None and np.issubdtype(kind.numpy_dtype, np.floating):
+        dtype = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
+                 np.dtype(np.float64): torch.float64}.get(np.dtype(kind.numpy_dtype), dtype)
+    largest = torch.finfo(dtype).max
+    over = tensor > largest
+    if bool(over.any()):
+        warnings.warn(
+            f"{what} exceeds the largest {dtype} value ({largest:.4g}) at {int(over.sum())} "
+            f"pixel(s), clipped to it; pass a float64 image to keep the peaks",
+            RuntimeWarning, stacklevel=3,
+        )
+        tensor = torch.clamp(tensor, max=largest)
+    return tensor if compute_dtype is None else tensor.to(compute_dtype)

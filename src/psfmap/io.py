@@ -4,14 +4,29 @@
 grey luminance) and a metadata dict with ``axes``, ``pixel_size`` (µm, ``None`` when the file
 does not say) and ``format``. ``write_image`` writes TIFF or OME-TIFF atomically (temporary
 file + rename), with the pixel size, and refuses to write over an input file.
+
+Colour or stack: a TIFF whose 3 or 4 "samples" are stored interleaved (``R G B R G B ...``,
+planar configuration 1) with a colour photometric tag is colour. Samples stored as separate
+planes (planar configuration 2) are a stack of frames, unless the file really says colour:
+OME-XML that declares the samples, or integer samples written by software other than
+tifffile. tifffile stores any ``(3|4, H, W)`` array as planar "RGB(A)" by default, so the
+photometric tag of such a file says nothing about its content, and no colour image is stored
+as floating-point planes.
+
+A damaged file gives one ``ValueError`` sentence: tifffile's own log lines are muted during a
+read, and a header that claims more pixels than the memory available is refused before any
+allocation.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +34,7 @@ import numpy as np
 import torch
 
 from psfmap._container import atomic_write, jsonable
+from psfmap._memory import array_bytes, memory_problem
 from psfmap._validation import check_positive, describe
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -30,6 +46,10 @@ _UNIT_TO_UM = {
 }
 # ITU-R BT.709 luminance weights (as skimage.color.rgb2gray)
 _LUMINANCE = np.array([0.2125, 0.7154, 0.0721])
+# TIFF PhotometricInterpretation values read as R, G, B (tifffile decodes YCbCr JPEG to RGB);
+# for the Lab ones the first sample, lightness, is the grey image
+_COLOUR_PHOTOMETRIC = {2: "RGB", 6: "YCbCr"}
+_SOFTWARE_TIFFFILE = "tifffile"  # the Software tag tifffile writes by default: 'tifffile.py'
 
 
 class _ReadError(ValueError):
@@ -54,10 +74,14 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         ``.png``, ``.jpg``/``.jpeg``. Colour (RGB(A) PNG, JPEG or TIFF) is converted to grey
         luminance ``0.2125 R + 0.7154 G + 0.0721 B``, alpha dropped.
 
+        A TIFF stack of 3 or 4 planes stays a stack (see the module's rule on colour or
+        stack).
+
     Returns
     -------
     array : np.ndarray
-        The pixels, dtype as stored (float64 after a colour-to-grey conversion).
+        The pixels, dtype as stored (after a colour-to-grey conversion: float64 for integer
+        samples, the samples' float dtype for float ones).
     metadata : dict
         ``axes`` (e.g. ``"YX"``, ``"ZYX"``), ``pixel_size`` in µm or ``None``, ``format``,
         ``path``, and ``description`` (dict) when the TIFF stored JSON metadata.
@@ -65,7 +89,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     Raises
     ------
     ValueError
-        Missing, unreadable or corrupted file, unsupported extension, or an empty image.
+        Missing, unreadable or corrupted file, unsupported extension, an empty image, or one
+        larger than the memory available.
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -95,22 +120,67 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 
 def to_grey(array: np.ndarray) -> np.ndarray:
     """Channel-last colour ``(..., H, W, C)`` to grey ``(..., H, W)``: alpha dropped, RGB to
-    luminance ``0.2125 R + 0.7154 G + 0.0721 B`` (float64), a single channel kept as it is.
-    A 2-D array is returned as it is."""
+    luminance ``0.2125 R + 0.7154 G + 0.0721 B`` (float64 for integer samples, float32 or
+    float64 as the samples for float ones), a single channel kept as it is. A 2-D array is
+    returned as it is."""
     array = np.asarray(array)
     if array.ndim < 3:
         return array
     if array.shape[-1] in (2, 4):  # grey+alpha or RGBA: drop alpha
         array = array[..., :-1]
     if array.shape[-1] == 3:
-        return array.astype(np.float64) @ _LUMINANCE
+        dtype = np.float64
+        if np.issubdtype(array.dtype, np.floating):  # keep a float image's precision
+            dtype = np.promote_types(array.dtype, np.float32)
+        return array.astype(dtype) @ _LUMINANCE.astype(dtype)
     return array[..., 0]
+
+
+@contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Mute tifffile while it reads: it logs (logger ``'tifffile'``) and warns about every
+    damaged tag it recovers from, lines that would precede psfmap's own one-line error. The
+    logger's state is restored afterwards."""
+    logger = logging.getLogger("tifffile")
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = disabled
+
+
+def check_memory(shape: tuple[int, ...], dtype: Any, what: str) -> None:
+    """Refuse to allocate ``shape`` × ``dtype`` when it exceeds the memory available: a
+    forged or corrupted header can claim any size.
+
+    Raises
+    ------
+    ValueError
+        ``"<what> (100000x100000 float32) needs 40.0 GB of memory to read; ..."``.
+    """
+    problem = memory_problem(array_bytes(shape, dtype))
+    if problem is not None:
+        raise _ReadError(
+            f"{what} ({'x'.join(str(int(n)) for n in shape)} {np.dtype(dtype)}) {problem} "
+            "(a corrupted header, or an image too large for this machine: crop or split it)"
+        )
 
 
 def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     from PIL import Image
 
-    with Image.open(path) as image:
+    with warnings.catch_warnings():
+        # Pillow warns about an image over ~89 Mpixel before its own error over ~179 Mpixel
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    with image:
+        bands = len(image.getbands())
+        check_memory((image.height, image.width, bands), np.uint8 if image.mode in
+                     ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr") else np.float32,
+                     f"cannot read {str(path)!r}: the image")
         image.load()
         mode = image.mode
         if mode == "P":
@@ -132,18 +202,26 @@ def _read_raster(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise _ReadError(f"cannot read {str(path)!r}: corrupted or empty TIFF (no image)")
         series = tif.series[0]
+        check_memory(series.shape, series.dtype, f"cannot read {str(path)!r}: the image")
         array = series.asarray()
         axes = series.axes
         if np.iscomplexobj(array):
             raise _ReadError(f"cannot read {str(path)!r}: complex pixels ({array.dtype}); "
                              "expected a real-valued image")
-        if "S" in axes and array.shape[axes.index("S")] in (2, 3, 4):  # RGB(A) samples
-            array = to_grey(np.moveaxis(array, axes.index("S"), -1))  # planar or contiguous
-            axes = axes.replace("S", "")
+        if "S" in axes:
+            role = _samples_role(tif, series)
+            if role == "colour":
+                array = to_grey(np.moveaxis(array, axes.index("S"), -1)[..., :4])
+            elif role == "extra":
+                array = np.take(array, 0, axis=axes.index("S"))
+            if role == "frames":  # separate planes of one stack: frames, as stored
+                axes = axes.replace("S", "Q")
+            else:
+                axes = axes.replace("S", "")
         metadata: dict[str, Any] = {"axes": axes, "pixel_size": None, "format": "tiff"}
         if tif.is_ome and tif.ome_metadata:
             metadata["format"] = "ome-tiff"
@@ -165,6 +243,31 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             if unit is not None and int(unit.value) == 3:  # centimetre
                 metadata["pixel_size"] = _resolution_pixel_size(tif.pages[0], "cm")
     return array, metadata
+
+
+def _samples_role(tif: Any, series: Any) -> str:
+    """What the samples (axis ``S``) of ``series`` are: ``"colour"`` components, ``"extra"``
+    samples beside one grey sample (alpha, masks), or ``"frames"`` of a stack.
+
+    Interleaved samples with a colour photometric tag are colour (how every colour writer
+    stores them). Separate sample planes are colour only when the file says so beyond the
+    photometric tag, which tifffile sets to RGB for any ``(3|4, H, W)`` array by default:
+    OME-XML (it declares the samples per pixel), or integer samples from other software.
+    """
+    page = series.keyframe
+    samples = series.shape[series.axes.index("S")]
+    interleaved = int(page.planarconfig) == 1
+    if not interleaved and series.kind != "ome":
+        if int(page.photometric) not in _COLOUR_PHOTOMETRIC or samples > 4:
+            return "frames"
+        if int(page.sampleformat) == 3:  # IEEE float planes: a stack, never a colour image
+            return "frames"
+        software = str(page.software or "")
+        if software.startswith(_SOFTWARE_TIFFFILE) or tif.is_shaped:
+            return "frames"
+    if int(page.photometric) in _COLOUR_PHOTOMETRIC and 3 <= samples <= 4:
+        return "colour"
+    return "extra"
 
 
 def _ome_pixel_size(xml: str) -> float | None:

@@ -112,17 +112,19 @@ def test_missing_output_folder_exit_2(tmp_path, sharp_file):
     assert main(["simulate", str(sharp_file), "-o", str(tmp_path / "no" / "o.tif")]) == 2
 
 
-def test_bad_values_exit_1(tmp_path, sharp_file, capsys):
+def test_bad_values_exit_2(tmp_path, sharp_file, capsys):
+    # a bad option value is a usage error (exit 2), like every command's (issue 18)
     assert main(["simulate", str(sharp_file), "-o", str(tmp_path / "o.tif"),
-                 "--photons", "-3"]) == 1
-    assert "photons" in capsys.readouterr().err
+                 "--photons", "-3"]) == 2
+    assert "--photons must be a finite number > 0, got -3" in capsys.readouterr().err
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_debug_shows_the_traceback(tmp_path, sharp_file):
-    with pytest.raises(ValueError, match="photons"):
-        main(["simulate", str(sharp_file), "-o", str(tmp_path / "o.tif"), "--photons", "-3",
-              "--debug"])
+def test_debug_shows_the_traceback(tmp_path):
+    negative = tmp_path / "negative.tif"
+    write_image(negative, -np.ones((32, 32), dtype=np.float32))
+    with pytest.raises(ValueError, match="negative values"):
+        main(["simulate", str(negative), "-o", str(tmp_path / "o.tif"), "--debug"])
 
 
 def test_demo_writes_its_outputs(tmp_path, capsys):

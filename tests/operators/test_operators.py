@@ -1,4 +1,7 @@
-"""Product-convolution operators: adjoints, exact special cases, brute force, compression, files."""
+"""Product-convolution operators: brute force, compression, extension, files, errors.
+
+Adjointness, linearity, dtypes, batches, file round trips and the exact special cases (one PSF
+everywhere, a point at a cell centre) of every operator kind are in test_contract.py."""
 
 import json
 import zipfile
@@ -6,7 +9,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from scipy.signal import fftconvolve
 
 from psfmap._container import FORMAT_VERSION
 from psfmap.operators import Convolution, ProductConvolution, from_psf_grid, hat_profiles, load
@@ -14,13 +16,11 @@ from psfmap.operators.compression import compress
 from psfmap.psf import gaussian
 
 
-def _random_operator(dtype, strategy="fourier-sum", seed=0, shape=(37, 29), n=3, kernel=(7, 9)):
+def _random_operator(dtype, engine="fourier", seed=0, shape=(37, 29), n=3, kernel=(7, 9)):
     g = torch.Generator().manual_seed(seed)
     kernels = torch.rand((n,) + kernel, generator=g, dtype=dtype)
     weights = torch.rand((n,) + shape, generator=g, dtype=dtype)
-    op = ProductConvolution(kernels, weights)
-    op.strategy = strategy
-    return op
+    return ProductConvolution(kernels, weights, engine=engine)
 
 
 def _grid_operator(dtype=torch.float32, grid=(4, 4), shape=(128, 128), size=15):
@@ -39,67 +39,6 @@ def _adjoint_gap(op, shape, dtype, batch=(2,)):
     lhs = float((op.forward(x) * y).sum())
     rhs = float((x * op.adjoint(y)).sum())
     return abs(lhs - rhs) / abs(lhs)
-
-
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-@pytest.mark.parametrize("strategy", ["fourier-sum", "tiles"])
-def test_adjoint_dense_weights(dtype, tol, strategy):
-    op = _random_operator(dtype, strategy)
-    assert _adjoint_gap(op, op.image_shape, dtype) < tol
-
-
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-def test_adjoint_psf_grid(dtype, tol):
-    _, op = _grid_operator(dtype)
-    assert op.strategy == "tiles"
-    assert _adjoint_gap(op, op.image_shape, dtype, batch=(2, 1)) < tol
-
-
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-def test_adjoint_convolution(dtype, tol):
-    op = Convolution(gaussian(9, (1.0, 2.0), angle=0.3, dtype=dtype))
-    assert _adjoint_gap(op, (30, 41), dtype) < tol
-
-
-def test_strategies_agree():
-    _, grid_op = _grid_operator(torch.float64)
-    dense = ProductConvolution(grid_op.kernels, grid_op.weights)
-    dense.strategy = "fourier-sum"
-    x = torch.randn(3, 128, 128, dtype=torch.float64)
-    torch.testing.assert_close(grid_op.forward(x), dense.forward(x), rtol=0, atol=1e-12)
-    torch.testing.assert_close(grid_op.adjoint(x), dense.adjoint(x), rtol=0, atol=1e-12)
-
-
-def test_one_psf_everywhere_equals_fftconvolve():
-    rng = np.random.default_rng(0)
-    psf = gaussian(13, (1.5, 2.5), angle=0.4, dtype=torch.float64).numpy()
-    psf = psf * (1 + 0.3 * rng.random(psf.shape))  # asymmetric, to catch flips
-    image = rng.random((50, 61))
-    expected = fftconvolve(image, psf, mode="same")
-    conv = Convolution(torch.from_numpy(psf))
-    np.testing.assert_allclose(conv.forward(torch.from_numpy(image)).numpy(), expected, atol=1e-12)
-    constant = ProductConvolution(torch.from_numpy(psf)[None], torch.ones(1, 50, 61,
-                                                                         dtype=torch.float64))
-    np.testing.assert_allclose(constant.forward(torch.from_numpy(image)).numpy(), expected,
-                               atol=1e-12)
-    grid = from_psf_grid(torch.from_numpy(np.broadcast_to(psf, (3, 2) + psf.shape).copy()),
-                         (50, 61))
-    np.testing.assert_allclose(grid.forward(torch.from_numpy(image)).numpy(), expected,
-                               atol=1e-12)
-
-
-def test_point_at_cell_centre_gives_that_cells_psf():
-    psfs, op = _grid_operator(torch.float64)
-    # 4x4 grid on 128x128: centres at 16, 48, 80, 112
-    for r, c in [(0, 0), (1, 2), (3, 1), (2, 3)]:
-        row, col = 16 + 32 * r, 16 + 32 * c
-        point = torch.zeros(128, 128, dtype=torch.float64)
-        point[row, col] = 1.0
-        blurred = op.forward(point)
-        window = blurred[row - 7 : row + 8, col - 7 : col + 8]
-        torch.testing.assert_close(window, psfs[r, c], rtol=0, atol=1e-12)
-        torch.testing.assert_close(op.psf_at(row, col), psfs[r, c])
-        assert float(blurred.sum()) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_grid_weights_are_a_partition_of_unity():
@@ -128,8 +67,8 @@ def test_matches_brute_force_space_variant_convolution():
                     if 0 <= py < height and 0 <= px < width:
                         expected[py, px] += x[qy, qx] * local[dy, dx]
     torch.testing.assert_close(op.forward(x), expected, rtol=0, atol=1e-12)
-    op.strategy = "tiles"
-    torch.testing.assert_close(op.forward(x), expected, rtol=0, atol=1e-12)
+    tiled = op.with_engine("tiled")
+    torch.testing.assert_close(tiled.forward(x), expected, rtol=0, atol=1e-12)
 
 
 def test_compressing_an_exact_rank_r_field_is_exact():
@@ -186,23 +125,6 @@ def test_norm_squared_of_normalised_blur_is_at_most_one():
     op = Convolution(gaussian(9, 1.5))
     value = op.norm_squared(shape=(64, 64), iterations=50)
     assert 0.9 < value <= 1.0 + 1e-4
-
-
-@pytest.mark.parametrize("kind", ["dense", "grid", "convolution"])
-def test_save_load_round_trip(tmp_path, kind):
-    if kind == "dense":
-        op = _random_operator(torch.float32)
-    elif kind == "grid":
-        op = _grid_operator()[1]
-    else:
-        op = Convolution(gaussian(9, 1.5))
-    path = op.save(tmp_path / "op.psfmap", metadata={"pixel_size": 0.1})
-    loaded = load(path)
-    assert type(loaded) is type(op)
-    assert loaded.metadata["pixel_size"] == 0.1
-    shape = op.image_shape or (30, 30)
-    x = torch.rand(shape)
-    torch.testing.assert_close(loaded.forward(x), op.forward(x))
 
 
 def test_compressed_operator_round_trip_keeps_error(tmp_path):
@@ -287,15 +209,15 @@ def test_bad_input_raises_clear_errors(call, message):
         call()
 
 
-@pytest.mark.parametrize("strategy", ["fourier-sum", "tiles"])
-def test_extended_dense_operator_equals_explicitly_padded_weights(strategy):
+@pytest.mark.parametrize("engine", ["fourier", "tiled"])
+def test_extended_dense_operator_equals_explicitly_padded_weights(engine):
     op = _random_operator(torch.float64, seed=4)
     wide = op.extended(4).extended(2)  # margins accumulate without copying the weights
     assert wide.image_shape == (op.image_shape[0] + 12, op.image_shape[1] + 12)
     padded = torch.nn.functional.pad(op.weights[None], (6,) * 4, mode="replicate")[0]
-    explicit = ProductConvolution(op.kernels, padded)
+    explicit = ProductConvolution(op.kernels, padded, engine=engine)
     torch.testing.assert_close(wide.weights, padded)
-    wide.strategy = explicit.strategy = strategy
+    wide = wide.with_engine(engine)
     x = torch.rand(2, *wide.image_shape, dtype=torch.float64)
     torch.testing.assert_close(wide.forward(x), explicit.forward(x), rtol=0, atol=1e-12)
     torch.testing.assert_close(wide.adjoint(x), explicit.adjoint(x), rtol=0, atol=1e-12)
@@ -326,7 +248,7 @@ def test_compressing_a_psf_grid_keeps_factored_weights(tmp_path):
 
 def test_tiles_in_small_batches_and_without_cached_spectra_give_the_same_result(monkeypatch):
     # large fields go through the tiles a few at a time; the result must not depend on it
-    import psfmap.operators.product_convolution as module
+    import psfmap.operators.tiled as module
 
     psfs, op = _grid_operator(torch.float64, grid=(5, 6), shape=(96, 110))
     x = torch.rand(2, 96, 110, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

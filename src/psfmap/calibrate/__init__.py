@@ -2,7 +2,8 @@
 
 Debarnot, Mangeat & Weiss, "Learning low-dimensional models of microscopes", IEEE TCI 7 (2021):
 ``H_Γ f = Σ_ij γ_ij u_i ⋆ (v_j · f)`` with eigen-PSFs ``u_i``, spatial maps ``v_j`` and one
-small matrix ``Γ_k`` per calibrated condition.
+small matrix ``Γ_k`` per calibrated condition. :func:`identify_from_spikes` picks the member of
+a calibrated family that explains a new image from a few isolated beads in it.
 
 ``psfmap.calibrate`` is callable: ``psfmap.calibrate(images, ...)`` is
 ``psfmap.calibrate.calibrate(images, ...)``.
@@ -19,14 +20,18 @@ from psfmap.calibrate.detection import BeadDetection, detect_beads
 from psfmap.calibrate.eigen import EigenPSFs, eigen_psfs
 from psfmap.calibrate.family import OperatorFamily
 from psfmap.calibrate.figures import plot_family
+from psfmap.calibrate.options import CalibrationOptions
 from psfmap.calibrate.patches import PatchSet, psf_patches
 from psfmap.calibrate.spatial import fit_thin_plate_spline, randomized_svd, spatial_basis
+from psfmap.calibrate.spikes import SpikeIdentification, identify_from_spikes
 
 __all__ = [
     "BeadDetection",
+    "CalibrationOptions",
     "EigenPSFs",
     "OperatorFamily",
     "PatchSet",
+    "SpikeIdentification",
     "calibrate",
     "collect_patches",
     "detect_beads",
@@ -34,6 +39,7 @@ __all__ = [
     "estimate_psf_sigma",
     "fit_family",
     "fit_thin_plate_spline",
+    "identify_from_spikes",
     "plot_family",
     "psf_patches",
     "randomized_svd",

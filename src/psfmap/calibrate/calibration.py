@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from psfmap._validation import check_int, check_positive, check_seed, describe
+from psfmap._validation import check_seed, describe
 from psfmap.calibrate.detection import (
     as_image,
     default_saturation,
@@ -27,6 +27,7 @@ from psfmap.calibrate.detection import (
 )
 from psfmap.calibrate.eigen import eigen_psfs
 from psfmap.calibrate.family import OperatorFamily
+from psfmap.calibrate.options import CalibrationOptions
 from psfmap.calibrate.patches import (
     PatchSet,
     extract_patches,
@@ -35,8 +36,6 @@ from psfmap.calibrate.patches import (
     remove_background,
 )
 from psfmap.calibrate.spatial import coarse_grid, coefficient_maps, spatial_basis
-
-MIN_BEADS_PER_IMAGE = 8
 
 
 def as_image_list(images: Any, name: str = "images") -> list:
@@ -122,24 +121,28 @@ def default_psf_size(psf_sigma: float) -> int:
 
 def collect_patches(
     images: Sequence,
+    options: CalibrationOptions | None = None,
     *,
-    psf_size: int,
-    psf_sigma: float,
-    k: float = 6.0,
-    z_max: float | None = 4.0,
-    background_degree: int = 1,
-    saturation: float | None = None,
-    min_beads: int = MIN_BEADS_PER_IMAGE,
-    min_coverage: float = 0.3,
     progress: Callable[[int], None] | None = None,
     name: str = "images",
+    **settings: Any,
 ) -> list[PatchSet]:
     """Detect, clean and check the bead patches of every image (one PatchSet per image).
+
+    ``options`` (:class:`CalibrationOptions`, with keyword ``settings`` overriding its
+    fields) must give ``psf_size`` and ``psf_sigma``; the detection reads ``k``, ``z_max``,
+    ``background_degree``, ``saturation``, ``min_beads`` and ``min_coverage``.
 
     Raises ``ValueError`` naming the image when no bead is found, all beads are saturated,
     none is isolated, too few remain, or the remaining beads cover too small a part of the
     field (``min_coverage`` of the height and of the width).
     """
+    options = CalibrationOptions.build(options, **settings)
+    if options.psf_size is None or options.psf_sigma is None:
+        raise ValueError("collect_patches needs psf_size and psf_sigma (calibrate estimates "
+                         "them when omitted)")
+    psf_size, psf_sigma, k = options.psf_size, options.psf_sigma, options.k
+    saturation, min_coverage = options.saturation, options.min_coverage
     sets = []
     for index, image in enumerate(images):
         level = saturation if saturation is not None else default_saturation(image)
@@ -167,8 +170,8 @@ def collect_patches(
         patches = psf_patches(
             array, detection.good, psf_size, psf_sigma,
             candidates=detection.positions, strengths=detection.strengths[~detection.saturated],
-            candidate_strengths=detection.strengths, background_degree=background_degree,
-            z_max=z_max, image_index=index,
+            candidate_strengths=detection.strengths, background_degree=options.background_degree,
+            z_max=options.z_max, image_index=index,
         )
         patches.rejected["saturated"] = int(detection.saturated.sum())
         patches.rejected["detected"] = int(len(detection.positions))
@@ -194,11 +197,11 @@ def collect_patches(
                 f"of a {height}x{width} field ({row_cover:.0%} x {col_cover:.0%}); the spatial "
                 f"maps need beads spread over at least {min_coverage:.0%} of each axis"
             )
-        if len(patches) < min_beads:
+        if len(patches) < options.min_beads:
             raise ValueError(
                 f"only {len(patches)} clean isolated beads in {where} (detected "
                 f"{len(detection.positions)}, rejected {_rejections(patches.rejected)}); the "
-                f"spatial maps need at least {min_beads} per image"
+                f"spatial maps need at least {options.min_beads} per image"
             )
         sets.append(patches)
         if progress is not None:
@@ -212,43 +215,14 @@ def _rejections(rejected: Mapping[str, int]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
-def _check_calibration_options(grid_step, background_degree, saturation, metadata, progress,
-                               ranks):
-    for name, rank in ranks.items():
-        if rank is not None:
-            check_int(rank, name)
-    check_int(grid_step, "grid_step")
-    check_int(background_degree, "background_degree", minimum=0)
-    if saturation is not None:
-        check_positive(saturation, "saturation")
-    if metadata is not None and not isinstance(metadata, Mapping):
-        raise TypeError(f"metadata must be a dict, got {describe(metadata)}")
-    if progress is not None and not callable(progress):
-        raise TypeError(f"progress must be callable, got {describe(progress)}")
-
-
 def calibrate(
     images: Any,
+    options: CalibrationOptions | None = None,
     *,
-    psf_size: int | None = None,
-    psf_sigma: float | None = None,
-    n_eigen: int | None = None,
-    eigen_energy: float = 0.9995,
-    max_eigen: int = 12,
-    spatial_rank: int | None = None,
-    spatial_energy: float = 0.9999,
-    max_spatial: int = 16,
-    smoothing: float | None = None,
-    grid_step: int = 16,
-    k: float = 6.0,
-    z_max: float | None = 4.0,
-    background_degree: int = 1,
-    saturation: float | None = None,
-    min_beads: int = MIN_BEADS_PER_IMAGE,
-    min_coverage: float = 0.3,
     metadata: Mapping[str, Any] | None = None,
     seed: int | np.random.Generator | None = 0,
     progress: Callable[[int], None] | None = None,
+    **settings: Any,
 ) -> OperatorFamily:
     """Learn a low-dimensional family of operators from bead images (one image per condition).
 
@@ -261,25 +235,13 @@ def calibrate(
         Bead images, one per acquisition condition (e.g. the slices of a z-stack), all the
         same shape. NumPy or torch, any real dtype; integer images are saturated at the
         dtype's maximum unless ``saturation`` is given.
-    psf_size : int, optional
-        Odd side of the PSF patches and eigen-PSFs (default ``2 ceil(6 σ) + 1``).
-    psf_sigma : float, optional
-        PSF scale in pixels (Gaussian sigma); estimated from the first image when omitted.
-    n_eigen, eigen_energy, max_eigen :
-        Number I of eigen-PSFs, or the explained signal energy that chooses it (capped).
-    spatial_rank, spatial_energy, max_spatial :
-        Number J of spatial maps, or the explained energy of the I·K maps that chooses it.
-    smoothing : float, optional
-        Thin-plate-spline λ (eq. 7) in units of the image size; leave-one-out
-        cross-validation when omitted.
-    grid_step : int
-        Pixel step of the coarse grid on which the maps are evaluated.
-    k, z_max, background_degree :
-        Detection threshold (median + k·MAD), outlier z-score bound, border polynomial degree.
-    saturation : float, optional
-        Saturation level of the images.
-    min_beads, min_coverage :
-        At least ``min_beads`` clean beads per image, spread over ``min_coverage`` of each axis.
+    options : CalibrationOptions, optional
+        Every setting of the calibration (PSF size and scale, numbers of eigen-PSFs and
+        spatial maps or the energies that choose them, smoothing, detection thresholds);
+        defaults when omitted.
+    **settings :
+        Fields of :class:`CalibrationOptions` given as keywords (``psf_size=21``,
+        ``n_eigen=4``, ...), replacing those of ``options``.
     metadata : dict, optional
         Optics (``pixel_size`` in µm, ``na``, ``wavelength``...) stored with the family.
     seed : int or Generator
@@ -291,57 +253,56 @@ def calibrate(
     -------
     OperatorFamily
         With ``.metadata["calibration"]`` (bead counts, rejections, spectra, chosen ranks,
-        smoothing parameters) and the clean patches in ``.patches`` (not saved).
+        smoothing parameters, the ``options`` used) and the clean patches in ``.patches``
+        (not saved).
     """
+    options = CalibrationOptions.build(options, **settings)
     items = as_image_list(images)
     # checked before the work, not where each is first used minutes later
     check_seed(seed)
-    _check_calibration_options(grid_step, background_degree, saturation, metadata, progress,
-                               {"n_eigen": n_eigen, "spatial_rank": spatial_rank})
+    _check_callables(metadata, progress)
     height, width = (int(n) for n in items[0].shape)
+    psf_sigma = options.psf_sigma
     if psf_sigma is None:
-        psf_sigma = estimate_psf_sigma(items[0], saturation=saturation)
-    psf_sigma = check_positive(psf_sigma, "psf_sigma (px)")
-    if psf_size is None:
-        psf_size = default_psf_size(psf_sigma)
-    if int(psf_size) != psf_size or psf_size < 5 or psf_size % 2 == 0:
+        psf_sigma = estimate_psf_sigma(items[0], saturation=options.saturation)
+    psf_size = options.psf_size if options.psf_size is not None else default_psf_size(psf_sigma)
+    if psf_size < 5 or psf_size % 2 == 0:
         raise ValueError(f"psf_size must be an odd integer >= 5, got {psf_size!r}")
-    psf_size = int(psf_size)
-    sets = collect_patches(
-        items, psf_size=psf_size, psf_sigma=psf_sigma, k=k, z_max=z_max,
-        background_degree=background_degree, saturation=saturation, min_beads=min_beads,
-        min_coverage=min_coverage, progress=progress,
-    )
-    family = fit_family(
-        sets, (height, width), n_eigen=n_eigen, eigen_energy=eigen_energy, max_eigen=max_eigen,
-        spatial_rank=spatial_rank, spatial_energy=spatial_energy, max_spatial=max_spatial,
-        smoothing=smoothing, grid_step=grid_step, metadata=metadata, seed=seed,
-    )
+    options = options.replace(psf_sigma=float(psf_sigma), psf_size=int(psf_size))
+    sets = collect_patches(items, options, progress=progress)
+    family = fit_family(sets, (height, width), options, metadata=metadata, seed=seed)
     family.metadata["calibration"]["psf_sigma"] = float(psf_sigma)
     return family
+
+
+def _check_callables(metadata: Any, progress: Any) -> None:
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict, got {describe(metadata)}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, got {describe(progress)}")
 
 
 def fit_family(
     sets: Sequence[PatchSet],
     image_shape: tuple[int, int],
+    options: CalibrationOptions | None = None,
     *,
-    n_eigen: int | None = None,
-    eigen_energy: float = 0.9995,
-    max_eigen: int = 12,
-    spatial_rank: int | None = None,
-    spatial_energy: float = 0.9999,
-    max_spatial: int = 16,
-    smoothing: float | None = None,
-    grid_step: int = 16,
     metadata: Mapping[str, Any] | None = None,
     seed: int | np.random.Generator | None = 0,
+    **settings: Any,
 ) -> OperatorFamily:
     """Eigen-PSFs, thin-plate-spline maps and spatial basis from clean patches (steps 3–5).
 
     ``sets[k]`` holds the clean patches of image ``k`` (:func:`collect_patches`); the
-    arguments are those of :func:`calibrate`. Useful to hold out beads: calibrate on a subset
-    of every image's patches.
+    arguments are those of :func:`calibrate` (``options`` and keyword ``settings``: its
+    ``n_eigen``, ``eigen_energy``, ``max_eigen``, ``spatial_rank``, ``spatial_energy``,
+    ``max_spatial``, ``smoothing`` and ``grid_step`` are read here). Useful to hold out
+    beads: calibrate on a subset of every image's patches.
     """
+    options = CalibrationOptions.build(options, **settings)
+    check_seed(seed)
+    _check_callables(metadata, None)
+    n_eigen, spatial_rank, grid_step = options.n_eigen, options.spatial_rank, options.grid_step
     height, width = (int(n) for n in image_shape)
     n_images = len(sets)
     patches = PatchSet.concatenate(
@@ -362,8 +323,8 @@ def fit_family(
             f"found {total}"
         )
     eigen = eigen_psfs(
-        patches.patches, n_components=n_eigen, energy=eigen_energy, noise=patches.noise,
-        max_components=max_eigen,
+        patches.patches, n_components=n_eigen, energy=options.eigen_energy,
+        noise=patches.noise, max_components=options.max_eigen,
     )
     if spatial_rank is not None and spatial_rank > eigen.n_components * n_images:
         raise ValueError(
@@ -379,11 +340,12 @@ def fit_family(
         mask = patches.image_index == index
         maps[index], spline = coefficient_maps(
             patches.positions[mask], eigen.coefficients[mask], grid,
-            smoothing=smoothing, scale=scale,
+            smoothing=options.smoothing, scale=scale,
         )
         smoothing_used.append(spline.smoothing.tolist())
     spatial = spatial_basis(
-        maps, rank=spatial_rank, energy=spatial_energy, max_rank=max_spatial, seed=seed
+        maps, rank=spatial_rank, energy=options.spatial_energy,
+        max_rank=options.max_spatial, seed=seed,
     )
     report = {
         "psf_size": int(patches.patches.shape[-1]),
@@ -401,6 +363,7 @@ def fit_family(
         "spatial_explained": spatial.explained.tolist(),
         "smoothing": smoothing_used,
         "grid_step": int(grid_step),
+        "options": options.to_dict(),
     }
     meta = dict(metadata or {})
     meta["calibration"] = report

@@ -18,6 +18,7 @@ are a linear function of the coarse ones, so ``w_i`` can be formed coarse and in
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -196,9 +197,10 @@ class OperatorFamily:
         self,
         gamma: Any,
         *,
-        compress: bool = True,
+        factored: bool = True,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        compress: bool | None = None,
     ):
         """The operator ``H_Γ = Σ_i u_i ⋆ (w_i · f)``, ``w_i = Σ_j γ_ij v_j``.
 
@@ -206,13 +208,16 @@ class OperatorFamily:
         ----------
         gamma : array (I, J)
             Coefficients Γ (e.g. ``family.gammas[k]`` or an identified Γ).
-        compress : bool
+        factored : bool
             Use the exact factorisation ``Γ = A diag(s) Bᵀ`` (SVD, rank r ≤ min(I, J)):
             ``H_Γ f = Σ_r (s_r Σ_i a_ir u_i) ⋆ ((Σ_j b_jr v_j) · f)`` — the same operator with
-            r instead of I terms (fewer FFTs and weight maps). ``False`` keeps the kernels
-            ``u_i`` and weights ``w_i``.
+            r instead of I terms (fewer FFTs and weight maps; nothing is approximated, unlike
+            :meth:`~psfmap.operators.ProductConvolution.compress`). ``False`` keeps the
+            kernels ``u_i`` and weights ``w_i``.
         dtype, device :
             Of the operator (float32 by default).
+        compress : bool, optional
+            Deprecated name of ``factored`` (it is exact, not a compression).
 
         Returns
         -------
@@ -221,9 +226,13 @@ class OperatorFamily:
         """
         from psfmap.operators import ProductConvolution
 
+        if compress is not None:
+            warnings.warn("OperatorFamily.operator(compress=...) is deprecated; use factored=",
+                          DeprecationWarning, stacklevel=2)
+            factored = compress
         gamma = self._check_gamma(gamma)
         eigen = self._eigen
-        if compress:
+        if factored:
             left, singular, right_t = np.linalg.svd(gamma, full_matrices=False)
             keep = singular > 1e-12 * max(float(singular[0]), 1e-300)
             keep[0] = True

@@ -5,8 +5,27 @@ defines ``add_parser(subparsers)`` (arguments, help with an example) and ``run(a
 files, call the verb, write files atomically, print a one-line summary). No algorithm lives
 here.
 
-Exit codes: 0 success, 2 usage error, 1 any other error with a one-line message on stderr
-(the traceback only with ``--debug``).
+Exit codes, the same for every command:
+
+====  ==========================================================================================
+code  meaning
+====  ==========================================================================================
+0     success: every output written (a signal arriving once the outputs are being renamed into
+      place does not undo them)
+1     error: unreadable or unsuitable input data, a failed write, not enough memory; one line
+      ``psfmap CMD: error: ...`` on stderr (the traceback only with ``--debug``)
+2     usage error: unknown or missing option, a bad option value (out of range, NaN, ...), an
+      output that cannot be written (folder missing or read-only, file read-only, output named
+      as an input); nothing is computed
+130   interrupted (SIGINT, Ctrl-C: 128 + 2)
+143   terminated (SIGTERM: 128 + 15)
+====  ==========================================================================================
+
+On 1, 2, 130 and 143 no output is written or changed: outputs are written under temporary
+names (``.NAME.PID.XXXXXXXX.tmp``) and renamed into place together at the end. A process
+killed outright (SIGKILL, exit status -9) cannot clean up; the next run writing the same
+outputs removes the temporary files of dead processes. Python warnings raised by the verbs
+are printed as one line ``psfmap CMD: warning: ...``.
 """
 
 from __future__ import annotations
@@ -14,7 +33,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import re
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 
 # sub-command name -> module in this package; order is the order shown by --help
@@ -26,13 +48,29 @@ COMMANDS = (
     "estimate",
     "deblur",
     "depth",
+    "deepblur",
+    "optics",
     "train",
     "demo",
 )
 
 
+# exit codes (see the table above)
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNAL_BASE = 128  # + the signal number, as shells report a process ended by a signal
+
+
 class UsageError(Exception):
     """A problem with the command line itself (exit code 2)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM received: unwinds the command (a ``BaseException``, so that no
+    ``except Exception`` on the way swallows it) and leaves through ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,37 +117,147 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 on usage errors
-    if args.command is None:
-        parser.print_help()
-        return 2
+    """Run ``psfmap COMMAND ...``; return the exit code (see the table in this module)."""
+    # the handlers go in first: a signal while the commands import torch is one line too
+    with _signals_unwind() as state:
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)  # exits 2 on usage errors
+        except (Interrupted, KeyboardInterrupt) as error:
+            signum = getattr(error, "signum", signal.SIGINT)
+            print(f"psfmap: {_signal_word(signum)}", file=sys.stderr)
+            return EXIT_SIGNAL_BASE + int(signum)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return _run(args, state)
+
+
+def _run(args, state: dict) -> int:
     from psfmap._container import deferred_writes
-    from psfmap.cli._common import remove_created
 
     # the command's files are renamed into place together at the end, or not at all (train
     # reads its weights' card back to report, so its files are written at once)
     group = (contextlib.nullcontext() if getattr(args, "reads_own_outputs", False)
              else deferred_writes())
-    try:
-        with group:
-            status = args._run(args)
-    except UsageError as error:
-        remove_created(args)
-        print(f"psfmap {args.command}: usage error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        remove_created(args)
-        print(f"psfmap {args.command}: interrupted", file=sys.stderr)
-        return 1
-    except Exception as error:  # every failure becomes one line unless --debug
-        remove_created(args)
-        if args.debug:
-            raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        print(f"psfmap {args.command}: error: {message}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(args.command)
+        try:
+            with group as writes:
+                state["writes"] = writes
+                status = args._run(args)
+            state["done"] = True
+        except BaseException as error:  # noqa: BLE001 - every failure becomes one line
+            state["done"] = True  # a second signal does not cut the clean-up short
+            return _fail(args, error)
     return int(status or 0)
+
+
+def _fail(args, error: BaseException) -> int:
+    """Remove the outputs the command created, print one line, return the exit code."""
+    from psfmap.cli._common import remove_created
+
+    remove_created(args)
+    if isinstance(error, Interrupted) or isinstance(error, KeyboardInterrupt):
+        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+        print(f"psfmap {args.command}: {_signal_word(signum)}; no output written",
+              file=sys.stderr)
+        return EXIT_SIGNAL_BASE + int(signum)
+    if isinstance(error, UsageError):
+        print(f"psfmap {args.command}: usage error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(error, Exception):  # SystemExit, GeneratorExit: not ours to translate
+        raise error
+    if args.debug:
+        raise error
+    memory = _memory_message(args, error)
+    if memory is not None:
+        message = memory
+    else:
+        text = str(error).strip()
+        message = text.splitlines()[0] if text else repr(error)
+    print(f"psfmap {args.command}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _signal_word(signum: int) -> str:
+    return "terminated" if signum == signal.SIGTERM else "interrupted"
+
+
+@contextlib.contextmanager
+def _signals_unwind():
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` while a command runs (so that the
+    clean-up of :func:`main` runs for both), and restore the previous handlers after.
+
+    Once the command's outputs are being renamed into place (``writes.committing``), a signal
+    is noted and ignored: stopping half-way would leave some outputs new and others missing.
+    Outside the main thread (handlers cannot be installed there) nothing changes.
+    """
+    state: dict = {"writes": None, "done": False}
+
+    def handler(signum, frame):
+        writes = state["writes"]
+        if state["done"] or getattr(writes, "committing", False):
+            return
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread
+            break
+    try:
+        yield state
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _one_line_warning(command: str):
+    """``warnings.showwarning`` replacement: ``psfmap CMD: warning: first line`` on stderr."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()
+        print(f"psfmap {command}: warning: {text[0] if text else category.__name__}",
+              file=sys.stderr)
+
+    return show
+
+
+# the phrases of allocation failures: torch's CPU and CUDA allocators, NumPy, the OS
+_MEMORY_PHRASES = ("can't allocate memory", "out of memory", "unable to allocate",
+                   "cannot allocate memory", "failed to allocate")
+
+
+def _memory_message(args, error: Exception) -> str | None:
+    """One line for an allocation failure (MemoryError, torch's RuntimeError), with the size
+    asked for when the message gives it, and what to try; None for any other error."""
+    text = str(error)
+    if not isinstance(error, MemoryError) and not (
+        isinstance(error, RuntimeError) and any(p in text.lower() for p in _MEMORY_PHRASES)
+    ):
+        return None
+    needs = ""
+    found = re.search(r"allocate ([0-9.]+) ?(bytes|[KMGT]i?B)\b", text)
+    if found:
+        units = {"bytes": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+                 "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+        size = float(found.group(1)) * units[found.group(2)]
+        needs = f" (needs {size / 1e9:.3g} GB more)"
+    if args.command in TILED:
+        tile = getattr(args, "tile", 0) or 0
+        smaller = max(TILE_FLOOR, tile // 2) if tile else 1024
+        hint = f"try --tile {smaller} (restores the image in pieces, memory bounded by the tile)"
+    else:
+        hint = "try a crop of the image, or fewer frames (--plane where the command has it)"
+    return f"not enough memory{needs}; {hint}"
+
+
+# commands with --tile: an allocation failure suggests it (halving a given tile, down to the
+# smallest tile the verbs accept)
+TILED = ("deblur", "deconvolve")
+TILE_FLOOR = 32
 
 
 if __name__ == "__main__":  # pragma: no cover

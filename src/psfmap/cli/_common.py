@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from psfmap._container import sweep_stale_temps
 from psfmap.cli import UsageError
+
+# an integer image with at least this fraction of its pixels at the dtype's maximum is
+# saturated: those pixels lost their true value and restoration treats them as real
+SATURATION_WARNING = 1e-3
 
 
 def check_outputs(
@@ -55,7 +62,34 @@ def check_outputs(
         if kind == "file" and suffix in (*TIFF_SUFFIXES, *FIGURE_SUFFIXES):
             raise UsageError(f"output {str(output)!r} is a psfmap file, not an image or a "
                              "figure: give it a .psfmap name")
+        check_writable(output)
     args.created = [Path(path) for path, _ in named if not Path(path).exists()]
+    for path, _ in named:  # temporary files of earlier runs killed outright (SIGKILL)
+        sweep_stale_temps(path)
+
+
+def check_writable(output: str | os.PathLike) -> None:
+    """Refuse, before any work, an output that the file system would refuse at the end.
+
+    The folder is probed by creating (and removing) a temporary file the way the write will,
+    which also catches what ``os.access`` cannot see for root (a read-only mount, an
+    immutable folder); an existing file must be writable (a read-only or immutable file is
+    one its owner protected: it is not replaced).
+    """
+    target = Path(output)
+    folder = target.parent
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.{os.getpid()}.",
+                                         suffix=".tmp")
+    except OSError as error:
+        raise UsageError(f"output folder {str(folder)!r} is not writable "
+                         f"({error.strerror or error}); choose another folder for "
+                         f"{str(output)!r}") from None
+    os.close(handle)
+    Path(probe).unlink(missing_ok=True)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise UsageError(f"output {str(output)!r} exists and is read-only; remove it or "
+                         "choose another name")
 
 
 def remove_created(args) -> None:
@@ -113,3 +147,46 @@ def parse_pair(text: str, name: str, cast=int) -> tuple:
     if len(values) != 2:
         raise UsageError(f"{name} must look like 4x4, got {text!r}")
     return values
+
+
+def check_number(
+    value: float | int | None,
+    flag: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+    expected: str | None = None,
+) -> None:
+    """Refuse a bad option value with a usage error (exit 2): not finite, below ``minimum``
+    (or at it with ``strict``), above ``maximum``. ``None`` (option not given) passes."""
+    if value is None:
+        return
+    low_ok = minimum is None or (value > minimum if strict else value >= minimum)
+    high_ok = maximum is None or value <= maximum
+    if not math.isfinite(value) or not low_ok or not high_ok:
+        if expected is None:
+            parts = []
+            if minimum is not None:
+                parts.append(f"{'>' if strict else '>='} {minimum:g}")
+            if maximum is not None:
+                parts.append(f"<= {maximum:g}")
+            expected = "a finite number" + (f" {' and '.join(parts)}" if parts else "")
+        raise UsageError(f"{flag} must be {expected}, got {value}")
+
+
+def warn_saturated(args, image, name: str) -> float:
+    """Warn (one line) when an integer image has many pixels at its dtype's maximum; return
+    the saturated fraction (0 for a float image)."""
+    import numpy as np
+
+    array = np.asarray(image)
+    if not np.issubdtype(array.dtype, np.integer) or array.size == 0:
+        return 0.0
+    top = np.iinfo(array.dtype).max
+    fraction = float(np.count_nonzero(array == top)) / array.size
+    if fraction >= SATURATION_WARNING:
+        warn(args, f"{name} is saturated: {100 * fraction:.2g} % of its pixels are at the "
+                   f"{array.dtype} maximum {top}; their true intensity is lost and the "
+                   "restoration around them is unreliable")
+    return fraction

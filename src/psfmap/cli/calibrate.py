@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, progress_bar, summary
+from psfmap.cli._common import check_number, check_outputs, progress_bar, summary, warn_saturated
 
 EXAMPLE = (
     "psfmap calibrate beads_zstack.tif --slices 26:37 --psf-size 31 -o family.psfmap "
@@ -71,8 +71,11 @@ def read_image(path: str):
     return io_read(path)
 
 
-def load_conditions(paths, slices: slice | None) -> tuple[list[np.ndarray], list[str], dict]:
-    """Every 2-D image, or every selected slice of a 3-D stack, becomes one condition."""
+def load_conditions(
+    paths, slices: slice | None, args=None
+) -> tuple[list[np.ndarray], list[str], dict]:
+    """Every 2-D image, or every selected slice of a 3-D stack, becomes one condition (with
+    ``args``, a saturated image is warned about)."""
     images: list[np.ndarray] = []
     names: list[str] = []
     metadata: dict = {}
@@ -81,6 +84,8 @@ def load_conditions(paths, slices: slice | None) -> tuple[list[np.ndarray], list
             raise ValueError(f"bead image {path!r} does not exist")
         array, meta = read_image(path)
         array = np.asarray(array)
+        if args is not None:
+            warn_saturated(args, array, Path(path).name)
         if not metadata and meta:
             metadata = dict(meta)
         if array.ndim == 2:
@@ -114,7 +119,13 @@ def run(args) -> int:
         raise UsageError(f"--pixel-size must be a length in µm > 0, got {args.pixel_size}")
     if args.min_beads < 1:
         raise UsageError(f"--min-beads must be >= 1, got {args.min_beads}")
-    images, names, file_meta = load_conditions(args.beads, parse_slices(args.slices))
+    check_number(args.psf_sigma, "--psf-sigma", minimum=0, strict=True)
+    check_number(args.eigen, "--eigen", minimum=1)
+    check_number(args.spatial, "--spatial", minimum=1)
+    check_number(args.smoothing, "--smoothing", minimum=0)
+    check_number(args.threshold, "--threshold", minimum=0, strict=True)
+    check_number(args.seed, "--seed", minimum=0)
+    images, names, file_meta = load_conditions(args.beads, parse_slices(args.slices), args)
     pixel_size = args.pixel_size if args.pixel_size is not None else file_meta.get("pixel_size")
     metadata = {"conditions": names, "sources": [str(p) for p in args.beads]}
     if pixel_size:

@@ -30,7 +30,7 @@ EXAMPLE = (
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from psfmap.identify.blind import (
+    from psfmap.blind.verbs import (
         DEFAULT_ITERATIONS,
         DEFAULT_OVERLAP,
         DEFAULT_TILE,
@@ -101,7 +101,7 @@ def _given_maps(path: str, image: np.ndarray) -> list:
 
 
 def run(args) -> int:
-    from psfmap.identify.blind import MIN_TILE, deblur, each_frame, estimate
+    from psfmap.blind.verbs import MIN_TILE, deblur, each_frame, estimate
     from psfmap.io import write_image
 
     check_outputs(args, [args.image, args.weights, args.psf_map], images=[args.output],
@@ -126,7 +126,7 @@ def run(args) -> int:
         if given:
             raise UsageError(f"{', '.join(given)} choose how a map is estimated; with --psf-map "
                              "the map is given")
-    image, metadata = read_plane(args.image, args.plane, stack=True)
+    image, metadata = read_plane(args.image, args.plane, stack=True, args=args)
     start = time.perf_counter()
     frames = image.reshape(-1, *image.shape[-2:])
     if args.psf_map is not None:

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, progress_bar, provenance, summary, warn
+from psfmap.cli._common import (
+    check_number,
+    check_outputs,
+    progress_bar,
+    provenance,
+    summary,
+    warn,
+    warn_saturated,
+)
 
 # frames restored together: at most this many pixels per batch (memory stays bounded)
 BATCH_PIXELS = 4 * 1024 * 1024
@@ -26,6 +34,8 @@ def pedestal_fraction(psf: np.ndarray) -> float:
 
 
 def add_parser(subparsers):
+    from psfmap.restore.tiled import DEFAULT_OVERLAP, MIN_TILE
+
     parser = command_parser(
         subparsers,
         "deconvolve",
@@ -56,7 +66,19 @@ def add_parser(subparsers):
         "--tv", type=float, default=None, help="TV weight λ for rl-tv (default 0.01)"
     )
     parser.add_argument(
-        "--background", type=float, default=0.0, help="known additive background (camera offset)"
+        "--background", type=float, default=0.0,
+        help="known additive background still in the image (camera offset), >= 0",
+    )
+    parser.add_argument(
+        "--offset", type=float, default=0.0,
+        help="for a background-subtracted image with negative pixels: add this constant back "
+        "(>= minus the minimum) and treat it as known background; the result is the same "
+        "restoration as of the unsubtracted image",
+    )
+    parser.add_argument(
+        "--clip-psf", action="store_true",
+        help="set the negative values of --psf (noise of a background subtraction) to 0, "
+        "with a warning giving the clipped fraction of its mass, instead of refusing them",
     )
     parser.add_argument(
         "--tol", type=float, default=None, help="stop a frame when its relative change < TOL"
@@ -67,11 +89,24 @@ def add_parser(subparsers):
     parser.add_argument(
         "--smooth-out", default=None, help="sparse-smooth: also write the smooth background"
     )
+    parser.add_argument(
+        "--tile", type=int, default=0, metavar="PIXELS",
+        help="restore frames larger than PIXELS x PIXELS in tiles of at most that size (with "
+        f"--overlap px of context): memory bounded by the tile (at least {MIN_TILE}; "
+        "default 0: one piece). Plain RL in tiles equals the one-piece result",
+    )
+    parser.add_argument(
+        "--overlap", type=int, default=None, metavar="PIXELS",
+        help=f"context around each tile, at least a PSF wide (default {DEFAULT_OVERLAP}; "
+        "with --tile)",
+    )
     parser.add_argument("-o", "--output", required=True, help="restored image to write (TIFF)")
     return parser
 
 
 def _method(args) -> str:
+    from psfmap.restore.tiled import MIN_TILE
+
     method = args.method or "rl-tv"
     if args.tv is not None and not 0 <= args.tv < float("inf"):
         raise UsageError(f"--tv must be a weight >= 0, got {args.tv}")
@@ -91,6 +126,16 @@ def _method(args) -> str:
             raise UsageError(f"{', '.join(given)} apply to --method sparse-smooth, not {method}")
     elif args.tol is not None:
         raise UsageError("--tol applies to the Richardson-Lucy methods, not sparse-smooth")
+    elif args.tile and (args.sparse_out is not None or args.smooth_out is not None):
+        raise UsageError("--sparse-out and --smooth-out need one piece; they do not combine "
+                         "with --tile")
+    # the same checks as deblur's --tile / --overlap
+    if args.tile != 0 and args.tile < MIN_TILE:
+        raise UsageError(f"--tile must be >= {MIN_TILE} pixels (0: one piece), got {args.tile}")
+    if args.overlap is not None and args.overlap < 0:
+        raise UsageError(f"--overlap must be >= 0 pixels, got {args.overlap}")
+    if args.overlap is not None and not args.tile:
+        raise UsageError("--overlap applies with --tile")
     return method
 
 
@@ -108,6 +153,7 @@ def _load_operator(args, image_shape: tuple[int, int]):
             psf, note = psf[plane], f" (PSF plane {plane} of {psf.shape[0]})"
         if psf.ndim != 2:
             raise ValueError(f"--psf must be a 2-D PSF image, got shape {psf.shape}")
+        psf = _nonnegative_psf(args, psf)
         # the verb's own reading of a PSF array: checked (finite, non-negative, not all
         # zero), then normalised to unit sum
         operator = as_operator(psf, image_shape, f"--psf {args.psf!r}")
@@ -128,6 +174,46 @@ def _load_operator(args, image_shape: tuple[int, int]):
     return psf_map.operator(image_shape), f"PSF map {Path(args.psf_map).name}"
 
 
+def _nonnegative_psf(args, psf: np.ndarray) -> np.ndarray:
+    """A PSF with negative values: clipped with a warning under --clip-psf, else refused with
+    the option to use (the verb refuses any negative value; a background-subtracted measured
+    PSF carries a little negative noise)."""
+    negative = psf < 0
+    if not np.isfinite(psf).all() or not negative.any():
+        return psf  # non-finite values: the verb's own message
+    clipped = float(-psf[negative].sum())
+    mass = float(np.abs(psf).sum())
+    fraction = clipped / mass if mass > 0 else 1.0
+    if not args.clip_psf:
+        raise ValueError(
+            f"--psf {args.psf!r} has negative values (minimum {float(psf.min()):.3g}, "
+            f"{100 * fraction:.2g} % of its mass); pass --clip-psf to set them to 0"
+        )
+    warn(args, f"--clip-psf set {int(negative.sum())} negative values of --psf "
+               f"{Path(args.psf).name} to 0 ({100 * fraction:.2g} % of its mass)")
+    return np.clip(psf, 0.0, None)
+
+
+def _shift_negative(args, image: np.ndarray) -> tuple[np.ndarray, float]:
+    """The image raised by --offset, and the background the solver gets (--background plus
+    the offset: y + c = H x + b + c keeps the model exact). A negative image beyond round-off
+    is refused with the --offset that would fix it."""
+    from psfmap.restore.richardson_lucy import ROUNDOFF
+
+    background = args.background + args.offset
+    if args.offset:
+        image = image + np.asarray(args.offset, dtype=image.dtype)
+    low = float(np.min(image))
+    if low < -ROUNDOFF * float(np.max(np.abs(image))):
+        needed = -float(np.min(image - args.offset)) if args.offset else -low
+        raise ValueError(
+            f"{args.image!r} has negative pixels (minimum {low:.4g}"
+            f"{' after --offset' if args.offset else ''}): a background-subtracted image? "
+            f"pass --offset {needed:.4g} (or more) to add that constant back as background"
+        )
+    return image, background
+
+
 def _advance(bar, frames: int, reached: list[int]):
     """Progress callback: one solver iteration moves the bar by the frames in the batch and
     is recorded in ``reached`` (with --tol the solver may stop early)."""
@@ -141,7 +227,7 @@ def _advance(bar, frames: int, reached: list[int]):
 
 def run(args) -> int:
     from psfmap.io import read_image, write_image
-    from psfmap.restore import DEFAULT_TV, richardson_lucy, sparse_smooth
+    from psfmap.restore import DEFAULT_TV, deconvolve, richardson_lucy, sparse_smooth
 
     method = _method(args)
     inputs = [args.image, args.psf, args.operator, args.psf_map]
@@ -149,14 +235,22 @@ def run(args) -> int:
     check_outputs(args, inputs, images=outputs)
     if args.iterations is not None and args.iterations < 1:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
+    check_number(args.background, "--background", minimum=0,
+                 expected="a known background level >= 0 (an image with negative pixels "
+                 "needs --offset)")
+    check_number(args.offset, "--offset", minimum=0)
+    check_number(args.smooth, "--smooth", minimum=0)
+    check_number(args.sparse, "--sparse", minimum=0)
     iterations = args.iterations or (200 if method == "sparse-smooth" else 20)
 
     image, metadata = read_image(args.image)
     image = np.asarray(image)
     if image.ndim < 2:
         raise ValueError(f"{args.image!r} must be an image (..., H, W), got shape {image.shape}")
+    warn_saturated(args, image, Path(args.image).name)
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
+    image, known = _shift_negative(args, image)
     shape = image.shape[-2:]
     frames = image.reshape(-1, *shape)
     operator, source = _load_operator(args, tuple(shape))
@@ -167,12 +261,25 @@ def run(args) -> int:
     background = np.empty_like(frames) if method == "sparse-smooth" else None
     start = time.perf_counter()
     reached: list[int] = []
-    with progress_bar(args, len(frames) * iterations, f"deconvolve ({method})") as bar:
+    tv = (DEFAULT_TV if args.tv is None else args.tv) if method == "rl-tv" else None
+    tiled = bool(args.tile) and max(shape) > args.tile
+    # with tiles the solver reports every tile's iterations (a bar over all of them)
+    pieces = -(-shape[0] // args.tile) * -(-shape[1] // args.tile) if tiled else 1
+    with progress_bar(args, len(frames) * iterations * pieces,
+                      f"deconvolve ({method})") as bar:
         for first in range(0, len(frames), batch):
             chunk = frames[first : first + batch]
             advance = _advance(bar, len(chunk), reached)
             part = slice(first, first + len(chunk))
-            if method == "sparse-smooth":
+            if tiled:
+                options = ({"background": known, "tol": args.tol}
+                           if method != "sparse-smooth" else
+                           {k: v for k, v in (("smooth", args.smooth), ("sparse", args.sparse))
+                            if v is not None})
+                restored[part] = deconvolve(chunk, operator, method, iterations, tv,
+                                            tile=args.tile, overlap=args.overlap,
+                                            callback=advance, **options)
+            elif method == "sparse-smooth":
                 weights = {
                     k: v
                     for k, v in (("smooth", args.smooth), ("sparse", args.sparse))
@@ -191,8 +298,8 @@ def run(args) -> int:
                     chunk,
                     operator,
                     iterations=iterations,
-                    tv=(DEFAULT_TV if args.tv is None else args.tv) if method == "rl-tv" else 0.0,
-                    background=args.background,
+                    tv=tv or 0.0,
+                    background=known,
                     tol=args.tol,
                     callback=advance,
                 )
@@ -212,7 +319,14 @@ def run(args) -> int:
         blur=source,
     )
     if method == "rl-tv":
-        kept["tv"] = DEFAULT_TV if args.tv is None else args.tv
+        kept["tv"] = tv
+    if args.offset:
+        kept["offset"] = args.offset
+    if tiled:
+        from psfmap.restore.tiled import DEFAULT_OVERLAP
+
+        kept.update(tile=args.tile, overlap=DEFAULT_OVERLAP if args.overlap is None
+                    else args.overlap)
     written = [(args.output, restored)]
     if args.sparse_out is not None:
         written.append((args.sparse_out, spikes))

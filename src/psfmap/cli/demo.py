@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import summary
+from psfmap.cli._common import check_number, check_writable, summary
 
 EXAMPLE = "psfmap demo -o demo-output"
 DEMO_SETTINGS = {"model": "zernike3", "field": "tilt", "grid": (4, 4), "photons": 1000.0,
@@ -56,7 +56,12 @@ def prepare_output(path: str | Path) -> Path:
         raise UsageError(f"output {str(output)!r} exists and is not a folder")
     if not output.parent.is_dir():
         raise UsageError(f"folder {str(output.parent)!r} does not exist")
-    output.mkdir(exist_ok=True)
+    try:
+        output.mkdir(exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the output folder {str(output)!r} "
+                         f"({error.strerror or error})") from None
+    check_writable(output / "demo.tif")  # a read-only folder: refused before any work
     return output
 
 
@@ -124,9 +129,9 @@ def blind_deblur(state: DemoState, model: str = "zernike3") -> DemoState:
     """Blind pipeline (issue 5): CNN PSF map of the blurred image, then RL-TV with it."""
     import time
 
-    from psfmap.identify.blind import DEFAULT_ITERATIONS, DEFAULT_TV, deblur
-    from psfmap.identify.cnn import pretrained_names
-    from psfmap.identify.psf_map_estimation import resample_params
+    from psfmap.blind.verbs import DEFAULT_ITERATIONS, DEFAULT_TV, deblur
+    from psfmap.blind.estimator import pretrained_names
+    from psfmap.blind.psf_maps import resample_params
 
     if model not in pretrained_names():
         state.lines.append(f"blind step skipped: no shipped {model} weights in this install")
@@ -162,8 +167,8 @@ def blind_deblur(state: DemoState, model: str = "zernike3") -> DemoState:
 
 def write_blind_results(state: DemoState) -> DemoState:
     """Restored TIFF, the estimated PSF map file, a figure of true vs estimated maps."""
+    from psfmap.blind.psf_maps import resample_params
     from psfmap.figures import save_figure
-    from psfmap.identify.psf_map_estimation import resample_params
     from psfmap.io import write_image
 
     output = state.output
@@ -215,6 +220,7 @@ def plot_map_comparison(truth, estimated, resample_params):
 
 
 def run(args) -> int:
+    check_number(args.seed, "--seed", minimum=0)
     state = DemoState(output=prepare_output(args.output))
     load_sample(state)
     simulate_blur(state, seed=args.seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, summary
+from psfmap.cli._common import check_number, check_outputs, summary
 from psfmap.cli.estimate import add_window_arguments, load_estimator, read_plane, window_options
 
 EXAMPLE = (
@@ -72,7 +72,7 @@ def _slices(text: str | None, n: int) -> range:
 
 
 def _calibrate(args, stack_path: str) -> int:
-    from psfmap.depth import calibrate_depth, depth_images_needed
+    from psfmap.blind import calibrate_depth, depth_images_needed
     from psfmap.io import read_image
 
     if args.z_step is None or not 0 < args.z_step < float("inf"):
@@ -115,9 +115,10 @@ def _calibrate(args, stack_path: str) -> int:
 
 
 def run(args) -> int:
-    from psfmap.depth import DepthCalibration, depth_map
+    from psfmap.blind import DepthCalibration, depth_map
     from psfmap.io import write_image
 
+    check_number(args.z_start, "--z-start")
     if args.target[0] == "calibrate" and not Path("calibrate").exists():
         if len(args.target) != 2:
             raise UsageError("usage: psfmap depth calibrate STACK --z-step UM -o FILE")
@@ -130,7 +131,7 @@ def run(args) -> int:
     image_path = args.target[0]
     check_outputs(args, [image_path, args.weights, args.calibration], images=[args.output])
     calibration = DepthCalibration.load(args.calibration) if args.calibration else None
-    image, metadata = read_plane(image_path, args.plane)
+    image, metadata = read_plane(image_path, args.plane, args=args)
     estimator = load_estimator(args)
     start = time.perf_counter()
     depth = depth_map(

@@ -10,9 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from psfmap.blind.verbs import DEFAULT_MEDIAN
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, parse_pair, progress_bar, summary
-from psfmap.identify.blind import DEFAULT_MEDIAN
+from psfmap.cli._common import (
+    check_outputs,
+    parse_pair,
+    progress_bar,
+    summary,
+    warn_saturated,
+)
 
 EXAMPLE = "psfmap estimate cells.tif --model zernike3 --save-map map.psfmap --figure map.png"
 
@@ -49,8 +55,8 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_estimator(args):
     """The estimator named by --model, or loaded from --weights."""
-    from psfmap.identify.blind import DEFAULT_MODEL, get_estimator
-    from psfmap.identify.cnn import PSFEstimator
+    from psfmap.blind.verbs import DEFAULT_MODEL, get_estimator
+    from psfmap.blind.estimator import PSFEstimator
 
     if args.weights is not None:
         return PSFEstimator.load(args.weights, model=args.model)
@@ -71,9 +77,10 @@ def window_options(args) -> dict[str, Any]:
 
 
 def read_plane(
-    path: str, plane: int | None, *, stack: bool = False
+    path: str, plane: int | None, *, stack: bool = False, args=None
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read a 2-D image, or one plane of a 3-D stack, as float32/float64.
+    """Read a 2-D image, or one plane of a 3-D stack, as float32/float64 (with ``args``, a
+    saturated integer image is warned about).
 
     With ``stack`` and no ``plane``, a stack is returned whole, ``(..., H, W)``: its leading
     axes are frames (planes, time points, channels).
@@ -96,6 +103,8 @@ def read_plane(
         )
     if image.ndim < 2 or (image.ndim > 2 and not stack):
         raise ValueError(f"{path!r} must be a 2-D image, got shape {image.shape}")
+    if args is not None:
+        warn_saturated(args, image, Path(path).name)
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
     return image, metadata
@@ -195,7 +204,7 @@ def label_maps(psf_map, source: str, pixel_size: float | None = None) -> None:
 
 
 def run(args) -> int:
-    from psfmap.identify.blind import estimate
+    from psfmap.blind.verbs import estimate
 
     outputs = [args.save_map, args.figure]
     if all(o is None for o in outputs):
@@ -203,7 +212,7 @@ def run(args) -> int:
     check_outputs(args, [args.image, args.weights], files=[args.save_map],
                   figures=[args.figure])
     options = window_options(args)
-    image, metadata = read_plane(args.image, args.plane, stack=True)
+    image, metadata = read_plane(args.image, args.plane, stack=True, args=args)
     estimator = load_estimator(args)
     start = time.perf_counter()
     frames = int(np.prod(image.shape[:-2]))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, summary
+from psfmap.cli._common import check_number, check_outputs, summary, warn_saturated
 
 EXAMPLE = "psfmap identify sample.tif --family family.psfmap -o operator.psfmap"
 
@@ -64,9 +64,10 @@ def read_positions(path: str) -> np.ndarray:
 
 def run(args) -> int:
     from psfmap.calibrate import OperatorFamily
+    from psfmap.calibrate.spikes import identify_from_spikes
     from psfmap.cli.calibrate import read_image
-    from psfmap.identify.spikes import identify_from_spikes
 
+    check_number(args.threshold, "--threshold", minimum=0, strict=True)
     check_outputs(args, [args.image, args.family, args.positions], files=[args.output])
     if not Path(args.image).is_file():
         raise ValueError(f"image {args.image!r} does not exist")
@@ -74,6 +75,7 @@ def run(args) -> int:
     family = OperatorFamily.load(args.family)
     array, _ = read_image(args.image)
     array = np.asarray(array)
+    warn_saturated(args, array, Path(args.image).name)
     if array.ndim == 3:
         if args.slice is None:
             raise UsageError(f"{args.image!r} is a stack of {len(array)} slices; pass --slice")

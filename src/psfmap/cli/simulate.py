@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, parse_pair, summary, warn
+from psfmap.cli._common import check_number, check_outputs, parse_pair, summary, warn
 
 # pixel sizes (µm) at which a file's own sampling is used for a Zernike pupil: below, the NA 0.8
 # pupil spans too few frequency samples; above, the PSF is under a pixel and the supersampled
@@ -57,6 +57,13 @@ def run(args) -> int:
     grid = parse_pair(args.grid, "--grid")
     if min(grid) < 1:
         raise UsageError(f"--grid must be positive, got {args.grid!r}")
+    check_number(args.photons, "--photons", minimum=0, strict=True)
+    check_number(args.quantum_efficiency, "--quantum-efficiency", minimum=0, maximum=1,
+                 strict=True, expected="a fraction in (0, 1]")
+    check_number(args.read_noise, "--read-noise", minimum=0)
+    check_number(args.offset, "--offset")
+    check_number(args.angle, "--angle")
+    check_number(args.seed, "--seed", minimum=0)
     check_outputs(args, [args.sharp], images=[args.output], files=[args.save_truth])
     sharp, metadata = read_image(args.sharp)
     if sharp.ndim != 2:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, progress_bar, summary
+from psfmap.cli._common import check_number, check_outputs, progress_bar, summary
 
 
 def add_parser(subparsers):
@@ -38,7 +38,7 @@ def add_parser(subparsers):
 
 def _base_config(args) -> dict:
     """The shipped model's config when there is one (so the command reproduces it)."""
-    from psfmap.identify.cnn import PRETRAINED
+    from psfmap.blind.estimator import PRETRAINED
 
     if args.config is not None:
         path = Path(args.config)
@@ -60,8 +60,9 @@ def _base_config(args) -> dict:
 
 
 def run(args) -> int:
-    from psfmap.identify.training import checkpoint_card_path, train
+    from psfmap.blind.checkpoint import checkpoint_card_path
     from psfmap.psf import FAMILIES
+    from psfmap.training.loop import train
 
     if args.model not in FAMILIES:
         raise UsageError(f"--model must be one of {', '.join(FAMILIES)}, got {args.model!r}")
@@ -69,8 +70,8 @@ def run(args) -> int:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    if args.minutes is not None and not args.minutes > 0:
-        raise UsageError(f"--minutes must be > 0, got {args.minutes}")
+    check_number(args.minutes, "--minutes", minimum=0, strict=True)
+    check_number(args.seed, "--seed", minimum=0)
     try:
         card = checkpoint_card_path(args.output)
     except ValueError as error:

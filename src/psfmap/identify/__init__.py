@@ -1,19 +1,22 @@
-"""Identify blur operators: from isolated spikes, CNN regression, sliding-window PSF maps."""
+"""Deprecated: the blind CNN estimation moved to :mod:`psfmap.blind`, the identification from
+spikes to :mod:`psfmap.calibrate`, the training to :mod:`psfmap.training`."""
 
-from psfmap.identify.blind import BlindResult, deblur, estimate
-from psfmap.identify.cnn import PSFEstimator
-from psfmap.identify.psf_map_estimation import estimate_psf_map
-from psfmap.identify.spikes import identify_from_spikes
-from psfmap.operators.psf_map import PSFMap, load_psf_maps, save_psf_maps
+from typing import Any
 
-__all__ = [
-    "BlindResult",
-    "PSFEstimator",
-    "PSFMap",
-    "deblur",
-    "estimate",
-    "estimate_psf_map",
-    "identify_from_spikes",
-    "load_psf_maps",
-    "save_psf_maps",
-]
+from psfmap._deprecated import forward_attribute
+
+_MOVED = {
+    "BlindResult": "psfmap.blind",
+    "PSFEstimator": "psfmap.blind",
+    "deblur": "psfmap.blind",
+    "estimate": "psfmap.blind",
+    "estimate_psf_map": "psfmap.blind",
+    "identify_from_spikes": "psfmap.calibrate",
+    "PSFMap": "psfmap.operators",
+    "load_psf_maps": "psfmap.operators",
+    "save_psf_maps": "psfmap.operators",
+}
+
+
+def __getattr__(name: str) -> Any:
+    return forward_attribute(__name__, name, _MOVED)

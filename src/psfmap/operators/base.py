@@ -1,33 +1,89 @@
-"""The linear-operator interface shared by every blur model (deepinv ``physics`` style)."""
+"""The operator contract shared by every blur model (deepinv ``physics`` style).
+
+Every operator of psfmap is a :class:`LinearOperator`: it knows the images it acts on
+(``image_shape``, ``None`` for any size), the support of its PSFs (``kernel_shape``), its
+``dtype`` and ``device``; it blurs (``forward``) and applies its exact adjoint (``adjoint``) on
+tensors ``(..., H, W)`` whose leading axes are independent frames; it converts (``to``), grows
+its domain (``extended``) and writes itself to one file (``save``). The solvers, the
+identification and the simulation use nothing else, so any new PSF source plugs in by
+subclassing it.
+"""
 
 from __future__ import annotations
 
+import abc
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import torch
 
+from psfmap._validation import as_tensor, describe
 
-class LinearOperator:
+
+class LinearOperator(abc.ABC):
     """A linear map between images with ``forward`` and its exact ``adjoint``.
 
-    Subclasses implement :meth:`forward` and :meth:`adjoint` on tensors ``(..., H, W)``.
+    Subclasses must implement :meth:`forward` and :meth:`adjoint` on tensors ``(..., H, W)``
+    (leading axes are frames, each blurred independently) and should override the other
+    members of the contract. The defaults here raise a clear error where a kind of operator
+    cannot do something: :meth:`save` raises ``NotImplementedError`` for operators that are
+    views of another one (e.g. the solvers' cropped operator: save the operator it is built
+    from), :meth:`extended` and :meth:`to` likewise.
+
+    Attributes
+    ----------
+    image_shape : (int, int) or None
+        ``(H, W)`` of the images the operator applies to; None when any size works.
     """
 
     image_shape: tuple[int, int] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    # ------------------------------------------------------------------ the contract
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Blur ``x`` ``(..., H, W)``: ``y = H x``, leading axes independent."""
-        raise NotImplementedError
 
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """The exact adjoint ``H* y``, such that ``<H x, y> = <x, H* y>`` for all ``x, y``."""
-        raise NotImplementedError
+
+    #: ``(h, w)`` of the PSFs; None when the operator has no kernel of its own
+    kernel_shape: tuple[int, int] | None = None
+    #: floating-point type and device of the operator's tensors; None for an operator that
+    #: holds none of its own and follows its input (subclasses with tensors override them)
+    dtype: torch.dtype | None = None
+    device: torch.device | None = None
+
+    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> LinearOperator:
+        """A copy with tensors in ``dtype`` on ``device`` (each kept when omitted).
+
+        Raises ``NotImplementedError`` for a kind that cannot be converted.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be converted with to()")
+
+    def extended(self, margin: int) -> LinearOperator:
+        """The same blur on the domain grown by ``margin`` pixels on every side (weights
+        edge-replicated), used by the solvers to restore without boundary ringing.
+
+        Raises ``NotImplementedError`` for a kind that cannot be extended.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be extended")
+
+    def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write the operator to one self-describing ``.psfmap`` file (atomic); return the path.
+
+        Raises ``NotImplementedError`` for operators that are views of another one (a cropped
+        or composed operator): save the operator they are built from instead.
+        """
+        raise NotImplementedError(
+            f"a {type(self).__name__} cannot be saved to a file; save the operator it is "
+            "built from instead"
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
-
-    def extended(self, margin: int) -> LinearOperator:  # pragma: no cover - abstract
-        """The same blur on the domain grown by ``margin`` pixels on every side (weights
-        edge-replicated), used by the solvers to restore without boundary ringing."""
-        raise NotImplementedError
 
     def norm_squared(
         self,
@@ -57,3 +113,23 @@ class LinearOperator:
                     return 0.0
                 x = z / value
         return value
+
+
+def as_image(x: Any, name: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
+    """``x`` as a real floating tensor ``(..., H, W)`` (half precision computed in float32, as
+    the FFTs need float32 or float64), checked against the operator's ``image_shape``."""
+    tensor = x if isinstance(x, torch.Tensor) else as_tensor(x, name)
+    if tensor.is_complex():
+        raise TypeError(f"{name} must be real, got a {tensor.dtype} tensor")
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.float()
+    if not tensor.dtype.is_floating_point:
+        tensor = tensor.to(torch.get_default_dtype())
+    if tensor.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., H, W), got {describe(x)}")
+    if image_shape is not None and tuple(tensor.shape[-2:]) != tuple(image_shape):
+        raise ValueError(
+            f"{name} has image shape {tuple(tensor.shape[-2:])}, expected {tuple(image_shape)} "
+            "(the operator's image_shape)"
+        )
+    return tensor

@@ -23,11 +23,12 @@ IEEE TCI 2021 (eigen-PSF decomposition); Denis et al., IJCV 2015.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from psfmap._validation import check_int
-from psfmap.operators.product_convolution import Convolution, ProductConvolution
+from psfmap._validation import check_int, describe
+from psfmap.operators.base import LinearOperator
 
 _PIXEL_CHUNK = 1 << 20
 
@@ -48,7 +49,7 @@ def _kernel_factors(kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return root, (kernels @ vectors) / root[None, :]
 
 
-def _weights_gram_times(operator: ProductConvolution, vectors: torch.Tensor) -> torch.Tensor:
+def _weights_gram_times(operator: Any, vectors: torch.Tensor) -> torch.Tensor:
     """``G_w @ vectors`` (``(I, ρ)``) without forming ``G_w`` for a PSF grid."""
     entries = _grid_gram_entries(operator)
     if entries is None:
@@ -60,7 +61,7 @@ def _weights_gram_times(operator: ProductConvolution, vectors: torch.Tensor) -> 
     return torch.sparse.mm(gram, vectors)
 
 
-def _grid_gram_entries(operator: ProductConvolution):
+def _grid_gram_entries(operator: Any):
     """Non-zero entries ``(i, j, <w_i, w_j>)`` of ``G_w`` when every term is one distinct
     entry of the core, ``w_i = v_i r_p s_qᵀ``: ``<w_i, w_j> = v_i v_j G_r[p_i, p_j]
     G_s[q_i, q_j]`` is non-zero only for overlapping profiles. None otherwise."""
@@ -84,7 +85,7 @@ def _grid_gram_entries(operator: ProductConvolution):
     return i, j, product[keep] * value[i] * value[j]
 
 
-def _weights_gram(operator: ProductConvolution) -> torch.Tensor:
+def _weights_gram(operator: Any) -> torch.Tensor:
     if operator.is_factored:
         # <Rᵀ C_i S, Rᵀ C_j S> = Σ_pq C_i[p, q] (G_r C_j G_s)[p, q], G_r = R Rᵀ, G_s = S Sᵀ
         rows, core, cols = (t.double() for t in operator._factors)
@@ -98,7 +99,7 @@ def _weights_gram(operator: ProductConvolution) -> torch.Tensor:
     return gram
 
 
-def _combine_weights(operator: ProductConvolution, mixing: torch.Tensor) -> torch.Tensor:
+def _combine_weights(operator: Any, mixing: torch.Tensor) -> torch.Tensor:
     """``mixing (r, I) @ W`` for dense weights, in row chunks (no float64 copy of W)."""
     height, width = operator.image_shape
     mixing = mixing.to(dtype=operator.dtype, device=operator.device)
@@ -111,13 +112,28 @@ def _combine_weights(operator: ProductConvolution, mixing: torch.Tensor) -> torc
     return out
 
 
-def compress(
-    operator: ProductConvolution, rank: int | None = None, energy: float | None = None
-) -> ProductConvolution:
+def check_compression(rank: Any, energy: Any) -> tuple[int | None, float | None]:
+    """Check ``rank`` (int ≥ 1 or None) and ``energy`` (in (0, 1] or None)."""
+    if rank is not None:
+        rank = check_int(rank, "rank")
+    if energy is not None:
+        try:
+            value = float(energy)
+        except (TypeError, ValueError):
+            raise ValueError(f"energy must be in (0, 1], got {energy!r}") from None
+        if not (0 < value <= 1 and math.isfinite(value)):
+            raise ValueError(f"energy must be in (0, 1], got {energy!r}")
+        energy = value
+    return rank, energy
+
+
+def compress(operator: Any, rank: int | None = None, energy: float | None = None) -> Any:
     """Optimal rank-``r`` product convolution approximating ``operator``.
 
     Parameters
     ----------
+    operator : ProductConvolution or Convolution
+        The operator to compress (this calls its ``compress`` method).
     rank : int, optional
         Number of kernels to keep (1 ≤ rank).
     energy : float, optional
@@ -130,15 +146,18 @@ def compress(
         With ``compression_error`` set and ``metadata['compressed_from'] = I``; a
         ``Convolution`` (one kernel) is returned as it is.
     """
-    if not isinstance(operator, (ProductConvolution, Convolution)):
+    if not (isinstance(operator, LinearOperator) and callable(getattr(operator, "compress", None))
+            and hasattr(operator, "kernels")):
         raise TypeError(f"operator must be a ProductConvolution or a Convolution, got "
-                        f"{type(operator).__name__}")
-    if rank is not None:
-        rank = check_int(rank, "rank")
-    if energy is not None and not (0 < float(energy) <= 1 and math.isfinite(float(energy))):
-        raise ValueError(f"energy must be in (0, 1], got {energy!r}")
-    if isinstance(operator, Convolution):  # one kernel: already the lowest rank
-        return operator
+                        f"{describe(operator)}")
+    return operator.compress(rank=rank, energy=energy)
+
+
+def low_rank(operator: Any, rank: int | None = None, energy: float | None = None) -> Any:
+    """The compression itself (see :func:`compress`) of a product convolution; the result is
+    built with ``type(operator)``, so this module needs no import of the operator's class."""
+    rank, energy = check_compression(rank, energy)
+    cls = type(operator)
     if rank is None and energy is None:
         energy = 0.999
     with torch.no_grad():
@@ -177,15 +196,15 @@ def compress(
             mixed = weight_mixing.to(value.device) * value.double()
             new_core.index_add_(1, p * n_cols + q, mixed.to(rows))
             new_core = new_core.reshape(chosen, rows.shape[0], n_cols)
-            compressed = ProductConvolution.from_factors(new_kernels, rows, new_core, cols,
+            compressed = cls.from_factors(new_kernels, rows, new_core, cols,
                                                          metadata)
         elif operator.is_factored:  # only the cores mix: w'_k = Rᵀ (Σ_i m_ki C_i) S
             rows, core, cols = operator._factors
             new_core = torch.einsum("ki,ipq->kpq", weight_mixing.to(core), core)
-            compressed = ProductConvolution.from_factors(new_kernels, rows, new_core, cols,
+            compressed = cls.from_factors(new_kernels, rows, new_core, cols,
                                                          metadata)
         else:
-            compressed = ProductConvolution(
+            compressed = cls(
                 new_kernels, _combine_weights(operator, weight_mixing), metadata
             )
     compressed.metadata.pop("grid", None)

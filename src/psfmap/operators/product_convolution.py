@@ -1,18 +1,18 @@
-"""Product-convolution operators: ``H f = Σ_i k_i ⋆ (w_i · f)``.
+"""Product-convolution operators ``H f = Σ_i k_i ⋆ (w_i · f)``: the representation.
 
 The local PSF emitted from pixel ``y`` is ``Σ_i w_i(y) k_i``. Convolutions are linear (zero
 outside the field) and return the input's size, with kernels centred at ``(h // 2, w // 2)``.
 
-Two evaluation strategies give the same result:
+This module holds what the operator *is*: its kernels, its weights (dense ``(I, H, W)`` maps,
+or factored ``w_i = Rᵀ C_i S`` for PSF grids and their compressions), local PSFs, dtype/device
+moves, the extended domain, compression and files. How it is *evaluated* lives beside it:
 
-* **Fourier sum** (any weights): ``H f = F⁻¹ Σ_i K_i · F(w_i f)`` — ``I`` forward FFTs and one
-  inverse FFT on the padded image; the adjoint ``H* g = Σ_i w_i · F⁻¹(conj K_i · F g)`` is one
-  forward and ``I`` inverse FFTs. Kernel spectra are cached per dtype and device.
-* **Tiles** (compactly supported weights, e.g. a PSF grid whose bilinear weights touch at most
-  four cells per pixel): each term is convolved on the bounding box of its weight only, so the
-  cost grows with the number of pixels rather than with the number of kernels.
-
-The cheaper strategy is chosen from the FFT sizes when the operator is built.
+* :mod:`psfmap.operators.fourier_sum` — sum in Fourier space with cached kernel spectra
+  (``I + 1`` FFTs of the padded image per call, any weights);
+* :mod:`psfmap.operators.tiled` — each term on its weight's support only (compact weights);
+* :mod:`psfmap.operators.cost` — which of the two is cheaper for this operator on this
+  machine class (measured, see ``benchmarks/bench_engine_choice.py``). ``engine=`` or
+  :meth:`ProductConvolution.with_engine` overrides it; both give the same result.
 
 References
 ----------
@@ -23,7 +23,9 @@ Debarnot, Escande, Mangeat, Weiss, "Learning low-dimensional models of microscop
 
 from __future__ import annotations
 
+import copy
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,42 +33,31 @@ from typing import Any
 import torch
 
 from psfmap._container import load_container, save_container
-from psfmap._validation import as_tensor, check_finite, check_ndim, check_psf, describe
-from psfmap.operators.base import LinearOperator
-from psfmap.operators.fft import centred_spectra, corner_spectra, fast_size, same_fft_shape
+from psfmap._validation import as_tensor, check_finite, check_ndim
+from psfmap.operators.base import LinearOperator, as_image
+from psfmap.operators.compression import low_rank
+from psfmap.operators.convolution import Convolution
+from psfmap.operators.cost import ENGINES, choose_engine
+from psfmap.operators.fft import same_fft_shape
+from psfmap.operators.fourier_sum import FourierSumEngine
+from psfmap.operators.tiled import TiledEngine
+
+__all__ = ["Convolution", "ProductConvolution", "load"]
 
 Box = tuple[int, int, int, int]  # row start, row stop, column start, column stop
 
 # edge-padded weights of an extended operator are kept when they fit in this many bytes;
 # larger fields (e.g. 4096² with 8 terms) are padded term by term at each use instead
 _PADDED_CACHE_BYTES = 256 * 2**20
-# tiles are transformed in batches of about this many real samples: one batch of 2 MB
-# stays in cache (a 4096² field's 16,129 tiles in one batch ran 10x slower and took GBs)
-_TILE_CHUNK_ELEMENTS = 1 << 19
-# the tiles' kernel spectra and weights are each kept when they fit in this many bytes, else
-# rebuilt per batch (the weights take ~4 values per pixel: fields up to ~4000² in float32)
-_SPECTRA_CACHE_BYTES = 256 * 2**20
-_PLAN_CACHE_BYTES = 256 * 2**20
+# the names `strategy` (deprecated) used for the engines
+_LEGACY_NAMES = {"tiles": "tiled", "fourier-sum": "fourier"}
 
 
-def _as_image(x: Any, name: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
-    tensor = x if isinstance(x, torch.Tensor) else as_tensor(x, name)
-    if tensor.is_complex():
-        raise TypeError(f"{name} must be real, got a {tensor.dtype} tensor")
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        # the FFTs need float32 or float64: half precision is computed in float32, as a NumPy
-        # float16 array is (as_tensor)
-        tensor = tensor.float()
-    if not tensor.dtype.is_floating_point:
-        tensor = tensor.to(torch.get_default_dtype())
-    if tensor.ndim < 2:
-        raise ValueError(f"{name} must have shape (..., H, W), got {describe(x)}")
-    if image_shape is not None and tuple(tensor.shape[-2:]) != tuple(image_shape):
-        raise ValueError(
-            f"{name} has image shape {tuple(tensor.shape[-2:])}, expected {tuple(image_shape)} "
-            "(the operator's image_shape)"
-        )
-    return tensor
+def _check_engine(engine: Any) -> str | None:
+    if engine is None or engine in ENGINES:
+        return engine
+    raise ValueError(f"engine must be one of {sorted(ENGINES)} or None (chosen by cost), "
+                     f"got {engine!r}")
 
 
 class ProductConvolution(LinearOperator):
@@ -80,6 +71,20 @@ class ProductConvolution(LinearOperator):
         Weight maps the size of the image.
     metadata : dict, optional
         Optics and provenance saved with the operator (pixel size in µm, wavelength, ...).
+    engine : {"tiled", "fourier"} or None
+        How to evaluate it. None (default): the cheaper one for this operator, from the cost
+        model of :mod:`psfmap.operators.cost`; both give the same result to rounding. An
+        override for experts and benchmarks; :meth:`with_engine` gives a copy with another.
+
+    Attributes
+    ----------
+    kernels : Tensor (I, h, w)
+    weights : Tensor (I, H, W)
+        Materialised on first access for factored weights.
+    image_shape, kernel_shape : (int, int)
+    metadata : dict
+    compression_error : float or None
+        ‖M − M_r‖_F / ‖M‖_F of the PSF field when the operator is a compression.
 
     Examples
     --------
@@ -92,7 +97,9 @@ class ProductConvolution(LinearOperator):
     torch.Size([64, 64])
     """
 
-    def __init__(self, kernels: Any, weights: Any, metadata: Mapping[str, Any] | None = None):
+    def __init__(self, kernels: Any, weights: Any, metadata: Mapping[str, Any] | None = None,
+                 *, engine: str | None = None):
+        engine = _check_engine(engine)
         kernels = check_finite(as_tensor(kernels, "kernels"), "kernels")
         check_ndim(kernels, "kernels", 3, "(I, h, w)")
         weights = as_tensor(weights, "weights", dtype=kernels.dtype, device=kernels.device)
@@ -104,6 +111,7 @@ class ProductConvolution(LinearOperator):
                 f"{kernels.shape[0]} kernels and {weights.shape[0]} weight maps"
             )
         self._setup(kernels, weights, None, metadata)
+        self._engine_override = engine
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -171,16 +179,16 @@ class ProductConvolution(LinearOperator):
         self.kernel_shape = (int(kernels.shape[1]), int(kernels.shape[2]))
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.compression_error: float | None = None
-        self.fft_shape = same_fft_shape(self.image_shape, self.kernel_shape)
         if any(k > n for k, n in zip(self.kernel_shape, self.fft_shape)):
             # a kernel wider than the padded FFT grid cannot be placed on it (about 2H + 1 px)
             raise ValueError(
                 f"kernels of {self.kernel_shape} px are more than twice the image "
                 f"{height}x{width}; crop the PSFs to at most about twice the image's side"
             )
-        self._supports = self._weight_supports()
-        self._tile_shapes = [self._tile_fft_shape(box) for box in self._supports]
-        self.strategy = "tiles" if self._tiles_are_cheaper() else "fourier-sum"
+        self._supports: list[Box] | None = None
+        self._engine_override: str | None = None
+        self._auto_engine: str | None = None
+        self._engines: dict[str, Any] = {}
         self._cache: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ properties
@@ -234,10 +242,18 @@ class ProductConvolution(LinearOperator):
     def __repr__(self) -> str:
         return (
             f"ProductConvolution(I={self.n_kernels}, kernel_shape={self.kernel_shape}, "
-            f"image_shape={self.image_shape}, dtype={self.dtype}, strategy={self.strategy!r})"
+            f"image_shape={self.image_shape}, dtype={self.dtype}, engine={self.engine!r})"
         )
 
     # ------------------------------------------------------------------ supports and costs
+    @property
+    def supports(self) -> list[Box]:
+        """Bounding box ``(r0, r1, c0, c1)`` of every weight's support (``(0, 0, 0, 0)`` for a
+        weight that is zero everywhere); computed once."""
+        if self._supports is None:
+            self._supports = self._weight_supports()
+        return self._supports
+
     def _weight_supports(self) -> list[Box]:
         if self._rows is not None:
             row_start, row_stop = self._profile_spans(0)
@@ -268,19 +284,6 @@ class ProductConvolution(LinearOperator):
             return start[index], stop[index]
         used = self._factors[1].abs().sum(dim=2 - axis) > 0  # (I, P) or (I, Q)
         return _term_spans(profiles, used)
-
-    def _tile_fft_shape(self, box: Box) -> tuple[int, int]:
-        h, w = self.kernel_shape
-        return fast_size(box[1] - box[0] + h - 1), fast_size(box[3] - box[2] + w - 1)
-
-    def _tiles_are_cheaper(self) -> bool:
-        fourier_sum = (self.n_kernels + 1) * self.fft_shape[0] * self.fft_shape[1]
-        tiles = sum(
-            2 * n1 * n2
-            for box, (n1, n2) in zip(self._supports, self._tile_shapes)
-            if box[1] > box[0]
-        )
-        return tiles < 0.8 * fourier_sum
 
     # ------------------------------------------------------------------ cached casts
     def _cached(self, key: str, dtype: torch.dtype, device: torch.device, build):
@@ -324,210 +327,61 @@ class ProductConvolution(LinearOperator):
             return _edge_pad(dense[i], self._margin)[r0:r1, c0:c1]  # large: pad per use
         return dense[i, r0:r1, c0:c1]
 
-    def _full_spectra(self, dtype, device) -> torch.Tensor:
-        if self.kernels.requires_grad:
-            return centred_spectra(self.kernels.to(device=device, dtype=dtype), self.fft_shape)
-        return self._cached(
-            "spectra",
-            dtype,
-            device,
-            lambda: centred_spectra(self._kernels_as(dtype, device), self.fft_shape),
-        )
+    # ------------------------------------------------------------------ engines
+    @property
+    def fft_shape(self) -> tuple[int, int]:
+        """Padded FFT shape of the whole field for a linear (not circular) convolution."""
+        return same_fft_shape(self.image_shape, self.kernel_shape)
 
-    # ------------------------------------------------------------------ forward / adjoint
+    @property
+    def engine(self) -> str:
+        """The evaluation engine in use: ``"tiled"`` or ``"fourier"`` (see
+        :func:`psfmap.operators.cost.choose_engine`; fixed by ``engine=``/:meth:`with_engine`)."""
+        if self._engine_override is not None:
+            return self._engine_override
+        if self._auto_engine is None:
+            self._auto_engine = choose_engine(self)
+        return self._auto_engine
+
+    def with_engine(self, engine: str | None) -> ProductConvolution:
+        """The same operator (sharing its tensors and caches) evaluated by ``engine``:
+        ``"tiled"``, ``"fourier"``, or None for the choice by cost."""
+        other = copy.copy(self)
+        other._engine_override = _check_engine(engine)
+        return other
+
+    @property
+    def strategy(self) -> str:
+        """Deprecated name of :attr:`engine` (``"tiles"`` or ``"fourier-sum"``)."""
+        return {"tiled": "tiles", "fourier": "fourier-sum"}[self.engine]
+
+    @strategy.setter
+    def strategy(self, value: str) -> None:
+        warnings.warn("ProductConvolution.strategy is deprecated: pass engine= or use "
+                      "with_engine()", DeprecationWarning, stacklevel=2)
+        self._engine_override = _check_engine(_LEGACY_NAMES.get(value, value))
+
+    def _evaluator(self) -> Any:
+        name = self.engine
+        if name not in self._engines:
+            self._engines[name] = (TiledEngine if name == "tiled" else FourierSumEngine)(self)
+        return self._engines[name]
+
     def forward(self, x: Any) -> torch.Tensor:
         """Blur ``x`` of shape ``(..., H, W)``: ``Σ_i k_i ⋆ (w_i · x)``, same shape out."""
-        x = _as_image(x, "x", self.image_shape)
-        flat = x.reshape((-1,) + self.image_shape)
-        if self.strategy == "tiles":
-            out = self._forward_tiles(flat)
-        elif torch.is_grad_enabled() and (flat.requires_grad or self._needs_grad()):
-            out = self._forward_fourier_differentiable(flat)
-        else:
-            out = self._forward_fourier(flat)
+        x = as_image(x, "x", self.image_shape)
+        out = self._evaluator().forward(x.reshape((-1,) + self.image_shape))
         return out.reshape(x.shape)
 
     def adjoint(self, y: Any) -> torch.Tensor:
         """Adjoint ``H* y = Σ_i w_i · (k̃_i ⋆ y)`` (``k̃`` the flipped kernel), same shape out."""
-        y = _as_image(y, "y", self.image_shape)
-        flat = y.reshape((-1,) + self.image_shape)
-        if self.strategy == "tiles":
-            out = self._adjoint_tiles(flat)
-        else:
-            out = self._adjoint_fourier(flat)
+        y = as_image(y, "y", self.image_shape)
+        out = self._evaluator().adjoint(y.reshape((-1,) + self.image_shape))
         return out.reshape(y.shape)
 
     def _needs_grad(self) -> bool:
         tensors = [self.kernels, self._dense_weights, self._rows, self._core, self._cols]
         return any(t is not None and t.requires_grad for t in tensors)
-
-    def _forward_fourier(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = self.image_shape
-        spectra = self._full_spectra(x.dtype, x.device)
-        # one zero-padded buffer reused for every term and call: only its H x W corner changes
-        shape = (x.shape[0],) + tuple(self.fft_shape)
-        buffer = self._cache.get("buffer")
-        if buffer is None or buffer.shape != shape or buffer.dtype != x.dtype or (
-            buffer.device != x.device
-        ):
-            buffer = self._cache["buffer"] = x.new_zeros(shape)
-        full = (0, height, 0, width)
-        total = None
-        for i in range(self.n_kernels):
-            torch.mul(x, self._weight(i, full, x.dtype, x.device), out=buffer[:, :height, :width])
-            term = torch.fft.rfft2(buffer)
-            if total is None:
-                total = term.mul_(spectra[i])
-            else:
-                total.addcmul_(term, spectra[i])
-        return torch.fft.irfft2(total, s=self.fft_shape)[:, :height, :width]
-
-    def _forward_fourier_differentiable(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = self.image_shape
-        spectra = self._full_spectra(x.dtype, x.device)
-        weights = self.weights.to(device=x.device, dtype=x.dtype)
-        terms = torch.fft.rfft2(weights[None] * x[:, None], s=self.fft_shape)
-        total = (terms * spectra[None]).sum(dim=1)
-        return torch.fft.irfft2(total, s=self.fft_shape)[:, :height, :width]
-
-    def _adjoint_fourier(self, y: torch.Tensor) -> torch.Tensor:
-        height, width = self.image_shape
-        spectra = self._full_spectra(y.dtype, y.device)
-        y_spectrum = torch.fft.rfft2(y, s=self.fft_shape)
-        full = (0, height, 0, width)
-        differentiable = torch.is_grad_enabled() and (y.requires_grad or self._needs_grad())
-        product = None if differentiable else torch.empty_like(y_spectrum)
-        out = None
-        for i in range(self.n_kernels):
-            weight = self._weight(i, full, y.dtype, y.device)
-            if differentiable:
-                correlated = torch.fft.irfft2(y_spectrum * spectra[i].conj(), s=self.fft_shape)
-                term = correlated[:, :height, :width] * weight
-                out = term if out is None else out + term
-                continue
-            torch.mul(y_spectrum, spectra[i].conj(), out=product)
-            correlated = torch.fft.irfft2(product, s=self.fft_shape)[:, :height, :width]
-            if out is None:
-                out = correlated.mul(weight)
-            else:
-                out.addcmul_(correlated, weight)
-        return out
-
-    def _tile_groups(self) -> list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]]:
-        """Tiles grouped by box size: ``(indices, (bh, bw), fft_shape)``; one FFT call per
-        batch of each group."""
-        if "groups" not in self._cache:
-            groups: dict[tuple[int, int], list[int]] = {}
-            for i, (r0, r1, c0, c1) in enumerate(self._supports):
-                if r1 > r0:
-                    groups.setdefault((r1 - r0, c1 - c0), []).append(i)
-            self._cache["groups"] = [
-                (torch.tensor(indices), size, self._tile_shapes[indices[0]])
-                for size, indices in groups.items()
-            ]
-        return self._cache["groups"]
-
-    def _tile_batches(self):
-        """``(indices, (bh, bw), fft_shape, key)`` per batch of same-size tiles, about
-        ``_TILE_CHUNK_ELEMENTS`` samples per image and FFT call; ``key`` names the batch."""
-        for group, (indices, size, shape) in enumerate(self._tile_groups()):
-            per_batch = max(1, _TILE_CHUNK_ELEMENTS // (shape[0] * shape[1]))
-            for start in range(0, len(indices), per_batch):
-                yield indices[start : start + per_batch], size, shape, (group, start, per_batch)
-
-    def _tile_samples(self) -> tuple[int, int]:
-        """Values held by all the tiles' spectra (complex) and weights (real), for the cache
-        budgets; counted once per operator."""
-        if "tile_samples" not in self._cache:
-            groups = self._tile_groups()
-            self._cache["tile_samples"] = (
-                sum(len(idx) * s[0] * (s[1] // 2 + 1) for idx, _, s in groups),
-                sum(len(idx) * bh * bw for idx, (bh, bw), _ in groups),
-            )
-        return self._cache["tile_samples"]
-
-    def _batch_spectra(self, key, indices, shape, dtype, device) -> torch.Tensor:
-        """Corner spectra of the kernels of one batch (cached for the whole group when small)."""
-        group, start, per_batch = key
-        if self.kernels.requires_grad:
-            return corner_spectra(self.kernels[indices].to(device=device, dtype=dtype), shape)
-        if self._tile_samples()[0] * 2 * torch.finfo(dtype).bits // 8 > _SPECTRA_CACHE_BYTES:
-            return corner_spectra(self._kernels_as(dtype, device)[indices], shape)
-        spectra = self._cached(
-            "group_spectra", dtype, device,
-            lambda: [corner_spectra(self._kernels_as(dtype, device)[idx], s)
-                     for idx, _, s in self._tile_groups()],
-        )
-        return spectra[group][start : start + per_batch]
-
-    def _batch_weights(self, indices: torch.Tensor, boxes: list[Box], dtype,
-                       device) -> torch.Tensor:
-        """Weights ``(n, bh, bw)`` of a batch of same-size tiles on their ``boxes``."""
-        if not self._all_single:
-            return torch.stack([self._weight(i, box, dtype, device)
-                                for i, box in zip(indices.tolist(), boxes, strict=True)])
-        rows, _, cols = self._factors_as(dtype, device)
-        p, q, value, _ = self._terms
-        r0, r1, c0, c1 = torch.tensor(boxes, device=device).unbind(1)
-        height, width = int(r1[0] - r0[0]), int(c1[0] - c0[0])
-        row_index = r0[:, None] + torch.arange(height, device=device)
-        col_index = c0[:, None] + torch.arange(width, device=device)
-        row_weights = rows[p[indices].to(device)[:, None], row_index]
-        col_weights = cols[q[indices].to(device)[:, None], col_index]
-        scale = value[indices].to(device=device, dtype=dtype)
-        return (scale[:, None] * row_weights)[:, :, None] * col_weights[:, None, :]
-
-    def _batch_plan(self, key, indices, dtype, device) -> tuple[torch.Tensor, list]:
-        """Weights ``(n, bh, bw)`` of a batch on its boxes and the boxes' top-left corners;
-        kept for the next calls while all the weights fit in ``_PLAN_CACHE_BYTES``."""
-        def build():
-            boxes = [self._supports[i] for i in indices.tolist()]
-            corners = [(r0, c0) for r0, _, c0, _ in boxes]
-            return self._batch_weights(indices, boxes, dtype, device), corners
-
-        weight_bytes = self._tile_samples()[1] * torch.finfo(dtype).bits // 8
-        if self._needs_grad() or weight_bytes > _PLAN_CACHE_BYTES:
-            return build()
-        return self._cached(("plan", key), dtype, device, build)
-
-    def _forward_tiles(self, x: torch.Tensor) -> torch.Tensor:
-        # Each term is convolved on its weight's bounding box only ("full" linear convolution,
-        # kernel at the FFT origin) and added back at an offset; a margin of one kernel size
-        # around the output absorbs the parts that fall outside the field.
-        height, width = self.image_shape
-        kh, kw = self.kernel_shape
-        out = x.new_zeros((x.shape[0], height + 2 * kh, width + 2 * kw))
-        for indices, (bh, bw), shape, key in self._tile_batches():
-            weights, corners = self._batch_plan(key, indices, x.dtype, x.device)
-            patches = torch.stack([x[:, r0 : r0 + bh, c0 : c0 + bw] for r0, c0 in corners], dim=1)
-            spectra = self._batch_spectra(key, indices, shape, x.dtype, x.device)
-            blurred = torch.fft.irfft2(torch.fft.rfft2(patches * weights, s=shape) * spectra,
-                                       s=shape)
-            for k, (r0, c0) in enumerate(corners):
-                top, left = r0 - kh // 2 + kh, c0 - kw // 2 + kw
-                out[:, top : top + bh + kh - 1, left : left + bw + kw - 1] += blurred[
-                    :, k, : bh + kh - 1, : bw + kw - 1
-                ]
-        return out[:, kh : kh + height, kw : kw + width]
-
-    def _adjoint_tiles(self, y: torch.Tensor) -> torch.Tensor:
-        height, width = self.image_shape
-        kh, kw = self.kernel_shape
-        padded = torch.nn.functional.pad(y, (kw, kw, kh, kh))
-        out = y.new_zeros(y.shape)
-        for indices, (bh, bw), shape, key in self._tile_batches():
-            weights, corners = self._batch_plan(key, indices, y.dtype, y.device)
-            regions = []
-            for r0, c0 in corners:
-                top, left = r0 - kh // 2 + kh, c0 - kw // 2 + kw
-                regions.append(padded[:, top : top + bh + kh - 1, left : left + bw + kw - 1])
-            spectrum = torch.fft.rfft2(torch.stack(regions, dim=1), s=shape)
-            spectra = self._batch_spectra(key, indices, shape, y.dtype, y.device)
-            correlated = torch.fft.irfft2(spectrum * spectra.conj(), s=shape)[..., :bh, :bw]
-            correlated = correlated * weights
-            for k, (r0, c0) in enumerate(corners):
-                out[:, r0 : r0 + bh, c0 : c0 + bw] += correlated[:, k]
-        return out
 
     # ------------------------------------------------------------------ local PSFs
     def psf_at(self, row: int, col: int) -> torch.Tensor:
@@ -574,6 +428,7 @@ class ProductConvolution(LinearOperator):
             if self._margin:
                 other = other._with_margin(self._margin, self.metadata)
         other.compression_error = self.compression_error
+        other._engine_override = self._engine_override
         return other
 
     def extended(self, margin: int) -> ProductConvolution:
@@ -611,9 +466,7 @@ class ProductConvolution(LinearOperator):
         See :func:`psfmap.operators.compression.compress`; the returned operator carries
         ``compression_error`` = ‖M − M_r‖_F / ‖M‖_F of the PSF field ``M = Σ_i k_i w_iᵀ``.
         """
-        from psfmap.operators.compression import compress
-
-        return compress(self, rank=rank, energy=energy)
+        return low_rank(self, rank=rank, energy=energy)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
@@ -621,6 +474,8 @@ class ProductConvolution(LinearOperator):
         meta = {**self.metadata, **dict(metadata or {})}
         meta["image_shape"] = list(self.image_shape)
         meta["compression_error"] = self.compression_error
+        if self._engine_override is not None:  # an expert's choice travels with the file
+            meta["engine"] = self._engine_override
         arrays = {"kernels": self.kernels.detach().cpu().numpy()}
         if self._all_single:  # a PSF grid: its entries, not a (cells x gy x gx) core
             meta["weights"] = "factored-entries"
@@ -693,10 +548,12 @@ def _product_convolution_from_arrays(arrays, meta, path) -> ProductConvolution:
             operator = _from_entries(kernels, arrays, meta, path)
         else:
             operator = ProductConvolution(kernels, torch.from_numpy(arrays["weights"]), meta)
+        if meta.get("engine") in ENGINES:
+            operator._engine_override = meta["engine"]
     except KeyError as missing:
         raise ValueError(f"{str(path)!r} is missing the array {missing}") from None
     operator.compression_error = meta.get("compression_error")
-    for key in ("compression_error", "weights", "image_shape"):
+    for key in ("compression_error", "weights", "image_shape", "engine"):
         operator.metadata.pop(key, None)
     return operator
 
@@ -715,104 +572,6 @@ def _from_entries(kernels, arrays, meta, path) -> ProductConvolution:
         raise ValueError(f"{str(path)!r} holds inconsistent or non-finite grid weights")
     return ProductConvolution._factored(
         kernels, rows, None, cols, meta, (p, q, value, torch.ones(n, dtype=torch.bool)))
-
-
-class Convolution(LinearOperator):
-    """Space-invariant blur by one PSF, for images of any size (zero boundary, same size).
-
-    Parameters
-    ----------
-    psf : array or tensor, shape (h, w)
-        Non-negative PSF centred at ``(h // 2, w // 2)`` (used as given, not re-normalised).
-    """
-
-    image_shape = None
-
-    def __init__(self, psf: Any, metadata: Mapping[str, Any] | None = None):
-        psf = as_tensor(psf, "psf")
-        check_ndim(psf, "psf", 2, "(h, w)")
-        self.psf = check_psf(psf, "psf")
-        self.kernel_shape = (int(psf.shape[0]), int(psf.shape[1]))
-        self.metadata: dict[str, Any] = dict(metadata or {})
-        self.compression_error = 0.0
-        self._cache: dict[Any, torch.Tensor] = {}
-
-    @property
-    def kernels(self) -> torch.Tensor:
-        return self.psf[None]
-
-    @property
-    def n_kernels(self) -> int:
-        return 1
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.psf.dtype
-
-    def __repr__(self) -> str:
-        return f"Convolution(kernel_shape={self.kernel_shape}, dtype={self.dtype})"
-
-    def _spectrum(self, image_shape, dtype, device) -> tuple[torch.Tensor, tuple[int, int]]:
-        fft_shape = same_fft_shape(image_shape, self.kernel_shape)
-        key = (fft_shape, dtype, str(device))
-        if self.psf.requires_grad:
-            return centred_spectra(self.psf.to(device=device, dtype=dtype), fft_shape), fft_shape
-        if key not in self._cache:
-            if len(self._cache) > 8:
-                self._cache.clear()
-            self._cache[key] = centred_spectra(self.psf.to(device=device, dtype=dtype), fft_shape)
-        return self._cache[key], fft_shape
-
-    def _apply(self, x: Any, name: str, conjugate: bool) -> torch.Tensor:
-        x = _as_image(x, name, None)
-        shape = tuple(x.shape[-2:])
-        spectrum, fft_shape = self._spectrum(shape, x.dtype, x.device)
-        if conjugate:
-            spectrum = spectrum.conj()
-        out = torch.fft.irfft2(torch.fft.rfft2(x, s=fft_shape) * spectrum, s=fft_shape)
-        return out[..., : shape[0], : shape[1]]
-
-    def forward(self, x: Any) -> torch.Tensor:
-        """``psf ⋆ x`` on ``(..., H, W)``."""
-        return self._apply(x, "x", conjugate=False)
-
-    def adjoint(self, y: Any) -> torch.Tensor:
-        """Correlation with the PSF (convolution with the flipped PSF)."""
-        return self._apply(y, "y", conjugate=True)
-
-    def psf_at(self, row: int, col: int) -> torch.Tensor:
-        """The PSF, the same at every pixel."""
-        return self.psf
-
-    def extended(self, margin: int) -> Convolution:
-        """Itself: a convolution acts on images of any size."""
-        return self
-
-    def compress(self, rank: int | None = None, energy: float | None = None) -> Convolution:
-        """Itself (one kernel is already the lowest rank), after the checks of
-        :func:`psfmap.operators.compress`."""
-        from psfmap.operators.compression import compress
-
-        return compress(self, rank, energy)
-
-    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> Convolution:
-        """A copy with the PSF in ``dtype`` on ``device`` (each kept when omitted)."""
-        return Convolution(
-            self.psf.to(device=device or self.psf.device, dtype=dtype or self.dtype), self.metadata
-        )
-
-    def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
-        """Write the PSF and metadata to one ``.psfmap`` file (atomic); return the path."""
-        meta = {**self.metadata, **dict(metadata or {})}
-        return save_container(path, "convolution", {"psf": self.psf.detach().cpu().numpy()}, meta)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Convolution:
-        """Read a file written by :meth:`save` (``ValueError`` for another kind of file)."""
-        _, arrays, meta = load_container(path, "convolution")
-        if "psf" not in arrays:
-            raise ValueError(f"{str(path)!r} is missing the array 'psf'")
-        return cls(torch.from_numpy(arrays["psf"]), meta)
 
 
 def load(path: str | os.PathLike) -> ProductConvolution | Convolution:

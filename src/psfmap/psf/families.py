@@ -7,6 +7,7 @@
 | ``zernike1``  | focus                    | defocus ``a4`` in RMS waves (Z-1)               |
 | ``zernike2``  | cylinder, axis           | astigmatism power and axis (Z-2)                |
 | ``zernike3``  | focus, cylinder, axis    | defocus + astigmatism (Z-3)                     |
+| ``zernike7``  | a4 … a10                 | Noll 4–10 in [−0.15, 0.15] waves (Deep-Blur)    |
 
 Astigmatism of power ``C`` along ``axis`` φ is ``C √6 ρ² cos 2(θ − φ)``, i.e. Noll
 ``a6 = C cos 2φ`` and ``a5 = C sin 2φ``; it is periodic in φ with period π. The default
@@ -37,12 +38,19 @@ _CATALOGUE: dict[str, tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...
     "zernike1": (("focus",), (0.0,), (0.4,), "zernike"),
     "zernike2": (("cylinder", "axis"), (0.0, 0.0), (0.3, np.pi), "zernike"),
     "zernike3": (("focus", "cylinder", "axis"), (0.0, 0.0, 0.0), (0.4, 0.3, np.pi), "zernike"),
+    # Noll 4-10 (defocus, astigmatisms, comas, trefoils) as plain coefficients: the linear
+    # family of the Deep-Blur Zernike example (Debarnot & Weiss)
+    "zernike7": (("a4", "a5", "a6", "a7", "a8", "a9", "a10"), (-0.15,) * 7, (0.15,) * 7,
+                 "zernike"),
 }
 FAMILIES = tuple(_CATALOGUE)
 
 
 def _zernike_coefficients(name: str, params: torch.Tensor) -> torch.Tensor:
-    """Map family parameters ``(B, N)`` to Noll coefficients ``(B, 6)`` (j = 1..6)."""
+    """Map family parameters ``(B, N)`` to Noll coefficients ``(B, 6)`` (j = 1..6), or
+    ``(B, 10)`` (j = 1..10) for ``zernike7``."""
+    if name == "zernike7":
+        return torch.cat([params.new_zeros(params.shape[0], 3), params], dim=1)
     coefficients = params.new_zeros(params.shape[0], 6)
     if name == "zernike1":
         coefficients[:, 3] = params[:, 0]

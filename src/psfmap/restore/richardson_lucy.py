@@ -7,10 +7,22 @@ from typing import Any
 
 import torch
 
-from psfmap._validation import ArrayKind, as_tensor, check_finite, check_positive, describe
+from psfmap._validation import MAX_ITERATIONS as MAX_ITERATIONS  # re-exported
+from psfmap._validation import (
+    ArrayKind,
+    as_tensor,
+    check_finite,
+    check_iterations,
+    check_positive,
+    describe,
+    fit_output,
+    power_of_two_exponents,
+    times_power_of_two,
+)
 from psfmap.restore._domain import (
     CroppedOperator,
     check_compatible,
+    check_nonnegative,
     check_operator,
     match_operator,
     solver_context,
@@ -66,16 +78,28 @@ def richardson_lucy(
     (``psfmap.operators.from_psf_grid``) gives the overlap-add deconvolution of the CNN papers
     with this same function.
 
+    Any finite image gives a finite result: each frame is scaled internally by a power of two
+    to a maximum in [0.5, 1) and back (exact in floating point, so ordinary images run the
+    same iterates bit for bit, and RL with its background is equivariant to that scale), so
+    float32 images near 3.4e38 do not overflow the FFT sums and subnormal images (1e-40) do
+    not underflow. A peak sharpened beyond the largest value of the returned dtype is
+    clipped to it with a ``RuntimeWarning`` (pass float64 to keep it).
+
     Parameters
     ----------
-    image : ndarray or Tensor (..., H, W)
+    image : ndarray or Tensor (..., H, W), or a nested list / array-like
         Blurred, non-negative image; leading axes (T, Z, ...) are frames restored together.
+        Lists and array-likes are read as NumPy arrays (float32 for a list) and give NumPy.
     operator : linear operator
         Anything with ``forward(x)`` / ``adjoint(y)`` on (..., H, W) tensors, e.g.
         ``Convolution``, ``ProductConvolution`` (also compressed), a calibrated family member.
-        It is moved to the image's dtype and device.
+        It is moved to the image's dtype and device. It must map non-negative images to
+        non-negative ones: local PSFs (``psf_at``) sampled on a 5 × 5 grid must have a positive
+        sum and at most 10 % negative mass (compressions, ``compression_error > 0``, only a
+        positive sum); otherwise ``ValueError``. Should the iterations still produce NaN, a
+        ``ValueError`` names the operator: the result is never NaN.
     iterations : int
-        Number of iterations (>= 1).
+        Number of iterations, from 1 to ``MAX_ITERATIONS`` (100 000).
     tv : float
         TV weight ``λ`` (>= 0; 0 is plain RL). Dimensionless: ``div(∇x/|∇x|)`` lies in [-4, 4].
     background : float or array broadcastable to ``image``
@@ -129,22 +153,40 @@ def richardson_lucy(
 
     operator = match_operator(operator, y.dtype, y.device)
     with solver_context(operator, y, b):
+        check_nonnegative(operator, image_shape, dtype=y.dtype, device=y.device)
         system = CroppedOperator(operator, image_shape, margin if extend else 0)
         lead = y.shape[:-2]
         frames = y.reshape(-1, *image_shape)
+        # every frame scaled by a power of two to a maximum in [0.5, 1): exact (bit for bit
+        # the same iterates for ordinary images, RL being equivariant to scaling y and b
+        # together), and no overflow in the FFT sums near the dtype's maximum nor underflow
+        # of a subnormal image
+        exponents = power_of_two_exponents(frames)
+        scale = None
+        if intensity_scale is not None:
+            scale = times_power_of_two(
+                torch.full_like(exponents, intensity_scale, dtype=torch.float64), -exponents
+            ).to(y.dtype)
         restored = _iterate(
-            frames,
+            times_power_of_two(frames, -exponents),
             system,
             iterations,
             tv,
-            b.expand_as(y).reshape(-1, *image_shape),
+            times_power_of_two(b.expand_as(y).reshape(-1, *image_shape), -exponents),
             tol=tol,
             tv_epsilon=tv_epsilon,
             callback=callback,
-            intensity_scale=intensity_scale,
+            intensity_scale=scale,
         )
-        restored = system.crop(restored).reshape(*lead, *image_shape)
-    return kind.restore(restored)
+        restored = system.crop(restored)
+        if not bool(torch.isfinite(restored).all()):
+            # the checks above should make this unreachable: never return NaN silently
+            raise ValueError(
+                f"Richardson–Lucy with operator {operator!r} produced NaN or infinite values; "
+                "expected an operator that maps non-negative images to non-negative ones"
+            )
+        restored = times_power_of_two(restored, exponents).reshape(*lead, *image_shape)
+    return kind.restore(fit_output(restored, kind, "the restored image"))
 
 
 def _iterate(
@@ -157,9 +199,12 @@ def _iterate(
     tol: float | None,
     tv_epsilon: float,
     callback: Callable[[int, float], Any] | None,
-    intensity_scale: float | None = None,
+    intensity_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """RL(-TV) iterations on frames y (B, H, W); returns the estimate on the extended domain."""
+    """RL(-TV) iterations on frames y (B, H, W); returns the estimate on the extended domain.
+
+    ``intensity_scale`` (B, 1, 1), if given, replaces each frame's maximum as the intensity
+    that ``tv_epsilon`` and the floor of ``H x + b`` are relative to."""
     n_frames = y.shape[0]
     ones = torch.ones(system.image_shape, dtype=y.dtype, device=y.device)
     normaliser = system.adjoint(ones)  # H*1 on the extended domain
@@ -171,7 +216,7 @@ def _iterate(
 
     scale = y.amax(dim=(-2, -1), keepdim=True)  # per frame
     if intensity_scale is not None:
-        scale = torch.full_like(scale, intensity_scale)
+        scale = intensity_scale.to(scale).expand_as(scale)
     flux = (y - background).clamp(min=0).sum(dim=(-2, -1), keepdim=True)
     x = (flux / total_weight) * observed  # constant start with the data's flux
     floor = torch.clamp(1e-6 * scale, min=torch.finfo(y.dtype).tiny)
@@ -246,16 +291,7 @@ def _check_image(image: Any, name: str = "image") -> torch.Tensor:
 
 
 def _check_iterations(iterations: Any, name: str = "iterations") -> int:
-    if (
-        isinstance(iterations, bool)
-        or not isinstance(iterations, (int,))
-        and not (hasattr(iterations, "__index__"))
-    ):
-        raise TypeError(f"{name} must be an integer >= 1, got {describe(iterations)}")
-    value = int(iterations)
-    if value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value}")
-    return value
+    return check_iterations(iterations, name)
 
 
 def _check_background(background: Any, y: torch.Tensor) -> torch.Tensor:

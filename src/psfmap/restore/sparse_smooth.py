@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from psfmap._validation import ArrayKind, as_tensor, check_finite, check_positive, describe
+from psfmap._validation import (
+    ArrayKind,
+    as_tensor,
+    check_finite,
+    check_positive,
+    describe,
+    fit_output,
+)
 from psfmap.restore._domain import (
     CroppedOperator,
     check_compatible,
@@ -65,6 +72,7 @@ def sparse_smooth(
     *,
     extend: bool = True,
     callback: Callable[[int], Any] | None = None,
+    intensity_scale: float | None = None,
 ) -> SparseSmoothResult:
     r"""Split an image into a smooth background and sparse spikes, deconvolving both.
 
@@ -101,6 +109,15 @@ def sparse_smooth(
         Use the non-circulant extended domain (default).
     callback : callable, optional
         ``callback(iteration)`` after every iteration.
+    intensity_scale : float, optional
+        The intensity the frames are normalised by (default: each frame's maximum), so
+        that ``sparse`` is relative to it. Restoring a large image piece by piece, pass the
+        whole image's maximum (``psfmap.deconvolve(tile=...)`` does).
+
+    The result is computed in the image's floating dtype on the normalised frames, so any
+    finite image gives a finite result: values beyond the largest value of the returned
+    dtype (peaks sharpened above an image near float32's maximum) are clipped to it with a
+    ``RuntimeWarning``, and the objective is reported in float64.
 
     Returns
     -------
@@ -115,6 +132,8 @@ def sparse_smooth(
     sparse = check_positive(sparse, "sparse", allow_zero=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {describe(callback)}")
+    if intensity_scale is not None:
+        intensity_scale = check_positive(intensity_scale, "intensity_scale")
     check_operator(operator)
     image_shape = tuple(g.shape[-2:])
     margin = check_compatible(operator, image_shape)
@@ -125,8 +144,13 @@ def sparse_smooth(
         lead = g.shape[:-2]
         frames = g.reshape(-1, *image_shape)
         scale = frames.amax(dim=(-2, -1), keepdim=True)
+        if intensity_scale is not None:
+            # in float64: the scale of a float32 image may be subnormal or near its maximum
+            scale = torch.full(scale.shape, intensity_scale, dtype=torch.float64,
+                               device=scale.device)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        normalised = frames / scale
+        # (in float64, so that the normalised frames of a subnormal image keep their digits)
+        normalised = (frames.double() / scale.double()).to(frames.dtype)
         data_lipschitz = 2.0 * 1.05 * system.norm_squared()
         step_smooth = 1.0 / (data_lipschitz + smooth * LAPLACIAN_NORM_SQUARED)
         step = 1.0 / data_lipschitz
@@ -134,17 +158,22 @@ def sparse_smooth(
             normalised, system, smooth, sparse, (step_smooth, step), iterations, callback
         )
         residual = system.forward(f1 + f2) - normalised
+        # in float64: the squared scale of an image near float32's maximum overflows float32
         objective = (
             0.5 * residual.square().sum(dim=(-2, -1))
             + 0.5 * smooth * laplacian(f1).square().sum(dim=(-2, -1))
             + sparse * f2.sum(dim=(-2, -1))
-        ) * scale.flatten() ** 2
-        f1 = (system.crop(f1) * scale).reshape(*lead, *image_shape)
-        f2 = (system.crop(f2) * scale).reshape(*lead, *image_shape)
+        ).double() * scale.double().flatten() ** 2
+        # back to the image's intensities in float64, then clipped to the returned dtype
+        f1 = (system.crop(f1).double() * scale.double()).reshape(*lead, *image_shape)
+        f2 = (system.crop(f2).double() * scale.double()).reshape(*lead, *image_shape)
+        total = fit_output(f1 + f2, kind, "the restored image", g.dtype)
+        f1 = fit_output(f1, kind, "the smooth component", g.dtype)
+        f2 = fit_output(f2, kind, "the sparse component", g.dtype)
     return SparseSmoothResult(
         smooth=kind.restore(f1),
         sparse=kind.restore(f2),
-        restored=kind.restore(f1 + f2),
+        restored=kind.restore(total),
         objective=objective.detach().cpu().numpy().astype(np.float64).reshape(lead),
         iterations=iterations,
         step=float(step),

@@ -38,6 +38,7 @@ from psfmap.simulate.samples import (
     random_points,
     texture,
 )
+from psfmap.simulate.scenes import SCENE_KINDS, scene, scenes
 
 __all__ = [
     "FIELDS",
@@ -51,6 +52,9 @@ __all__ = [
     "parameter_field",
     "poisson_gaussian",
     "random_points",
+    "SCENE_KINDS",
+    "scene",
+    "scenes",
     "simulate",
     "texture",
 ]

@@ -200,6 +200,8 @@ def texture(name: str = "camera", shape: Any = None) -> np.ndarray:
 def bundled_sample(name: str = "neuron") -> np.ndarray:
     """Real sharp fluorescence image shipped with psfmap, as float64 in [0, 1].
 
+    The background offset is removed (minimum subtracted) and the image scaled to [0, 1].
+
     Parameters
     ----------
     name : str
@@ -207,8 +209,6 @@ def bundled_sample(name: str = "neuron") -> np.ndarray:
         Purkinje neuron (Cell Image Library 10106–10108, via hammerlab/flowdec, Apache-2.0);
         ``"beads"``: 128 × 128 crop of an in-focus slice of 200 nm beads, 0.108 µm pixels
         (hoogenboom-group/PSF-Extractor, CC-BY-4.0). See ``psfmap/data/README.md``.
-
-    The background offset is removed (minimum subtracted) and the image scaled to [0, 1].
     """
     image, _ = bundled_image(name)
     image = image.astype(np.float64)

@@ -1,0 +1,356 @@
+"""Blind verbs: estimate the PSF map of an image, and deblur it with that map.
+
+Shajkofci & Liebling, "Spatially-variant CNN-based point spread function estimation for
+blind deconvolution and depth estimation in optical microscopy", IEEE TIP 2020 (and ICIP
+2018): a CNN regresses the local PSF parameters on overlapping windows, the parameter grid
+becomes a product-convolution (overlap-add) operator, and Richardson–Lucy with total
+variation restores the image with it.
+
+Examples
+--------
+>>> import psfmap
+>>> psf_map = psfmap.estimate(image, model="zernike3")          # doctest: +SKIP
+>>> restored = psfmap.deblur(image, model="zernike3")           # doctest: +SKIP
+
+A stack ``(..., H, W)`` (z-stack, time-lapse, channels) is taken frame by frame: every frame
+gets its own PSF map, since the blur changes from plane to plane and from one time point to
+the next.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from psfmap._validation import (
+    ArrayKind,
+    as_tensor,
+    check_finite,
+    check_iterations,
+    check_positive,
+    describe,
+)
+from psfmap.blind.psf_maps import estimate_psf_map
+from psfmap.operators.psf_map import PSFMap, psf_map_list
+from psfmap.restore import DEFAULT_TV as RESTORE_DEFAULT_TV
+from psfmap.restore._domain import warn_out_of_range
+
+# MIN_TILE is re-exported for cli/deblur.py (it moved to psfmap.restore.tiled)
+from psfmap.restore.tiled import (
+    DEFAULT_OVERLAP,
+    MIN_TILE,  # noqa: F401
+    check_tiling,
+    restore_tiled,
+)
+
+DEFAULT_MODEL = "zernike3"
+# Shajkofci & Liebling (2020) run RL-TV for 20 iterations with "λ_TV = 0.1", but their TV term
+# is the divergence of the L1-normalised image (numerically ~0). With the TV term of Dey et al.
+# used here, λ = 0.1 costs about 2.5 dB on the blind Table V protocol against 0.01 (3.3-3.6 dB
+# with the exact known PSFs; benchmarks/RESULTS.md), so the default is psfmap.restore's
+# λ = 0.01; pass tv=0.1 for the quoted value.
+DEFAULT_ITERATIONS = 20
+# side of the median filter of a map's parameter grid (Shajkofci & Liebling smooth the map)
+DEFAULT_MEDIAN = 3
+# frames larger than this are restored in tiles: on 4096² and 8192² images tiles of 2048 px
+# were faster (35 vs 42 s, 123 vs 199 s) and lighter (1.3 vs 1.8 GB, 2.7 vs 4.7 GB) than one
+# piece, the result within RL-TV's own sensitivity to rounding (benchmarks/RESULTS.md)
+DEFAULT_TILE = 2048
+DEFAULT_TV = RESTORE_DEFAULT_TV
+
+
+@functools.lru_cache(maxsize=8)
+def _pretrained(name: str):
+    from psfmap.blind.estimator import PSFEstimator
+
+    return PSFEstimator.pretrained(name)
+
+
+def get_estimator(model: Any):
+    """A PSF estimator from a shipped model name, or ``model`` itself if it is an estimator."""
+    if isinstance(model, str):
+        return _pretrained(model)
+    if all(hasattr(model, a) for a in ("family", "patch_size", "predict")):
+        return model
+    raise TypeError(
+        f"model must be a pretrained model name (e.g. 'zernike3') or a PSFEstimator, "
+        f"got {describe(model)}"
+    )
+
+
+@dataclass
+class BlindResult:
+    """Result of :func:`deblur` with ``return_map=True``.
+
+    Attributes
+    ----------
+    restored : ndarray or Tensor (H, W) or (..., H, W)
+        The deblurred image or stack (same kind, shape and dtype as the input).
+    psf_map : PSFMap or list of PSFMap
+        The estimated PSF map that was used; for a stack, one map per frame (frames in C order
+        of the leading axes).
+    """
+
+    restored: Any
+    psf_map: Any
+
+
+def _as_image(image: Any) -> torch.Tensor:
+    """The image as a finite tensor of shape (H, W) or (..., H, W)."""
+    tensor = check_finite(as_tensor(image, "image"), "image")
+    if tensor.ndim < 2:
+        raise ValueError(
+            f"image must be a 2-D array (H, W) or a stack (..., H, W), got shape "
+            f"{tuple(tensor.shape)}"
+        )
+    if 0 in tuple(tensor.shape):
+        raise ValueError(f"image is empty (shape {tuple(tensor.shape)})")
+    return tensor
+
+
+def _frames(tensor: torch.Tensor) -> torch.Tensor:
+    """(F, H, W): the frames of a stack in C order of its leading axes."""
+    return tensor.reshape(-1, *tensor.shape[-2:])
+
+
+def each_frame(frames: Any, action: Callable[[int, Any], Any]) -> list:
+    """``[action(index, frame) for every frame]``; a ``ValueError`` raised for one frame of
+    several names that frame (``frame 3 of 40: ...``)."""
+    results = []
+    for index, frame in enumerate(frames):
+        try:
+            results.append(action(index, frame))
+        except ValueError as error:
+            if len(frames) == 1:
+                raise
+            raise ValueError(f"frame {index} of {len(frames)}: {error}") from error
+    return results
+
+
+def estimate(
+    image: Any,
+    model: Any = DEFAULT_MODEL,
+    window: int | None = None,
+    stride: int | None = None,
+    *,
+    grid: tuple[int, int] | None = None,
+    median: int = DEFAULT_MEDIAN,
+    batch_size: int = 256,
+    callback: Callable[[int], Any] | None = None,
+):
+    """Estimate the spatially-variant PSF map of an image (or of every frame of a stack), blindly.
+
+    Runs the CNN of the shipped model ``model`` on overlapping windows
+    (:func:`~psfmap.blind.psf_maps.estimate_psf_map`: batched inference,
+    invalid windows filled by inverse-distance-weighted neighbour averaging, ``median``
+    filter of the parameter grid). Shajkofci & Liebling, IEEE TIP 2020.
+
+    Parameters
+    ----------
+    image : ndarray or Tensor (H, W) or (..., H, W)
+        Blurred image, or a stack whose leading axes are frames (planes, time points, ...).
+    model : str or PSFEstimator
+        Shipped model name (``gaussian1``, ``gaussian2``, ``zernike1``, ``zernike3``) or an
+        estimator.
+    window, stride : int, optional
+        Window side and step in pixels (defaults: the model's patch size, half of it).
+    grid : (int, int) or int, optional
+        Number of windows per axis instead of ``stride`` (one integer: the same on both).
+    median : int
+        Median filter side for the parameter grid (0: none).
+    batch_size : int
+        Patches per network call.
+    callback : callable, optional
+        ``callback(frame_index)`` after each frame's map (e.g. a progress bar).
+
+    Returns
+    -------
+    PSFMap, or list of PSFMap for a stack
+        ``.params`` (gy, gx, N), ``.validity``, ``.psfs()``, ``.operator()``, ``.save()``; a
+        stack gives one map per frame, in C order of the leading axes (save them together
+        with :func:`psfmap.save_psf_maps`). A frame whose windows are all invalid (e.g. an
+        empty plane) raises ``ValueError`` naming the frame.
+    """
+    estimator = get_estimator(model)
+    tensor = _as_image(image)
+    options = dict(grid=grid, median=median, batch_size=batch_size)
+
+    def one_frame(index: int, frame: torch.Tensor) -> PSFMap:
+        psf_map = estimate_psf_map(frame, estimator, window, stride, **options)
+        if callback is not None:
+            callback(index)
+        return psf_map
+
+    if tensor.ndim == 2:
+        return one_frame(0, tensor)
+    return each_frame(_frames(tensor), one_frame)
+
+
+def _restore_frame(
+    frame: torch.Tensor,
+    psf_map: Any,
+    iterations: int,
+    tv: float,
+    energy: float | None,
+    tile: int | None = None,
+    overlap: int = 0,
+) -> torch.Tensor:
+    """RL-TV of one (H, W) frame with the operator of its map (compressed to ``energy`` when
+    given), at a maximum of 1 and back; tile by tile when ``tile`` is given
+    (:func:`psfmap.restore.tiled.restore_tiled`: the map's PSFs are rendered once and every
+    tile gets the whole-field operator restricted to it)."""
+    from psfmap.operators.compression import compress
+    from psfmap.restore import richardson_lucy
+
+    scale = float(frame.detach().max())
+    if scale <= 0:
+        raise ValueError("image is all zero; nothing to deblur")
+
+    def solve(piece: torch.Tensor, operator: Any, region: Any) -> Any:
+        if energy is not None:
+            operator = compress(operator, energy=energy)
+        # TV relative to the frame's maximum (1 here) in every tile, as in one piece
+        return richardson_lucy(piece.to(operator.dtype), operator, iterations=iterations,
+                               tv=tv, intensity_scale=1.0)
+
+    return restore_tiled(frame / scale, psf_map, solve, tile, overlap) * scale
+
+
+def _maps_for_frames(psf_map: Any, count: int, frame_shape: tuple[int, int]) -> list:
+    """One map per frame from a map (used for all frames), a sequence of ``count`` maps, or
+    a file of either; each must cover frames of ``frame_shape``."""
+    if isinstance(psf_map, (str, os.PathLike)):
+        from psfmap.operators.psf_map import load_psf_maps
+
+        psf_map = load_psf_maps(psf_map)
+        psf_map = psf_map[0] if len(psf_map) == 1 else psf_map
+    if isinstance(psf_map, PSFMap):  # one map for every frame
+        psf_map.check_covers(frame_shape, "psf_map")
+        return [psf_map] * count
+    if isinstance(psf_map, (str, bytes)) or not hasattr(psf_map, "__iter__"):
+        raise TypeError(
+            f"psf_map must be a PSFMap, a sequence of PSFMap or a path to a .psfmap file, "
+            f"got {describe(psf_map)}"
+        )
+    maps = list(psf_map)
+    if len(maps) != count:
+        raise ValueError(f"psf_map holds {len(maps)} maps for a stack of {count} frames")
+    maps = psf_map_list(maps, "deblur with", name="psf_map")
+    for index, one in enumerate(maps):
+        one.check_covers(frame_shape, f"psf_map[{index}]")
+    return maps
+
+
+def deblur(
+    image: Any,
+    model: Any = DEFAULT_MODEL,
+    iterations: int = DEFAULT_ITERATIONS,
+    tv: float = DEFAULT_TV,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    grid: tuple[int, int] | None = None,
+    median: int = DEFAULT_MEDIAN,
+    psf_map: Any = None,
+    compress: float | None = None,
+    tile: int | None = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 256,
+    return_map: bool = False,
+) -> Any:
+    r"""Blind spatially-variant deblurring: estimate the PSF map, then RL-TV with it.
+
+    1. ``psf_map = estimate(image, model, ...)`` (CNN on sliding windows), unless a map is
+       given;
+    2. ``H = psf_map.operator()``: the overlap-add product convolution
+       ``H f = Σ_rc k_rc ⋆ (w_rc · f)`` of the local PSFs (bilinear weights);
+    3. Richardson–Lucy with total variation (Dey et al. 2006),
+
+       .. math:: x^{k+1} = \frac{x^k}{H^*1 - λ\,\mathrm{div}(∇x^k/|∇x^k|)}\,H^*\frac{y}{Hx^k},
+
+       for 20 iterations as in Shajkofci & Liebling (IEEE TIP 2020). Their quoted
+       λ_TV = 0.1 multiplies a TV term that is numerically ~0 in their code; with this TV
+       term 0.1 over-smooths (about 2.5 dB lower ΔSNR on the blind Table V protocol), so
+       the default is λ = 0.01 (``psfmap.restore.DEFAULT_TV``). The image is scaled to a
+       maximum of 1 for the solver and back.
+
+    A stack ``(..., H, W)`` is deblurred frame by frame, each frame with its own map; all
+    maps are estimated before the first restoration, so a frame that cannot be estimated
+    (e.g. an empty plane) fails fast, with its index in the message.
+
+    Parameters
+    ----------
+    image : ndarray or Tensor (H, W) or (..., H, W)
+        Blurred, non-negative image, or a stack whose leading axes are frames.
+    model : str or PSFEstimator
+        Shipped model name or estimator.
+    iterations : int
+        Richardson–Lucy iterations.
+    tv : float
+        λ_TV (0: plain Richardson–Lucy); default 0.01.
+    window, stride, grid, median, batch_size
+        Passed to :func:`estimate`.
+    psf_map : PSFMap, sequence of PSFMap, or path, optional
+        Use this map instead of estimating one; for a stack, one map for every frame or one
+        map per frame; a path reads them (:func:`psfmap.load_psf_maps`). Each must have been
+        made for images of this frame size (``PSFMap.check_covers``).
+    compress : float, optional
+        Restore with the operator compressed to this fraction of its energy
+        (:func:`psfmap.operators.compress`, e.g. 0.9999): the fewest kernels ``u_i ⋆ (v_i ·)``
+        that keep it, hence fewer FFTs per iteration. On the real DAPI z-stack of
+        ``benchmarks/bench_stack.py`` 0.9999 keeps 2–3 of 18 kernels, deblurs 2.8× faster
+        and changes the result by 1.0 % (median over the planes; 1.25 % at most, relative
+        L2). On large fields (thousands of cells) it does not pay: the compressed operator
+        works on the whole field and is slower than the tiled one (4096²: 7.1 s against
+        1.55 s per forward and adjoint). Default: no compression.
+    tile : int or None
+        Restore frames larger than ``tile × tile`` pixels (``tile`` ≥ 32) in tiles of at
+        most that size, each with ``overlap`` pixels of context on every side (together at
+        least a PSF wide): the memory then depends on the tile size, not on the frame size.
+        The map is still estimated on the whole frame and every tile is restored with the
+        whole-frame operator restricted to it
+        (``PSFMap.operator(region=...)``), so the PSF at every pixel is the same; only the
+        solver's view ends at the tile's context border. Default 2048 (smaller frames are
+        restored in one piece); None: always one piece.
+    overlap : int
+        Context around each tile, in pixels (default 64; see ``benchmarks/RESULTS.md`` for
+        the difference from a one-piece restoration).
+    return_map : bool
+        Return a :class:`BlindResult` (``restored``, ``psf_map``) instead of the image.
+
+    Returns
+    -------
+    restored : same kind, shape and dtype as ``image`` (or a :class:`BlindResult`, whose
+        ``psf_map`` is a list of maps for a stack).
+    """
+    kind = ArrayKind(image)
+    tensor = _as_image(image)
+    iterations = check_iterations(iterations)
+    tv = check_positive(tv, "tv", allow_zero=True)
+    if compress is not None and not 0 < check_positive(compress, "compress") <= 1:
+        raise ValueError(f"compress must be an energy fraction in (0, 1], got {compress!r}")
+    tile, overlap = check_tiling(tile, overlap)
+    if bool((tensor < 0).any()):
+        raise ValueError("image has negative values; Richardson–Lucy needs a non-negative image")
+    frames = _frames(tensor)
+    if psf_map is None:
+        maps = estimate(
+            tensor, model, window, stride, grid=grid, median=median, batch_size=batch_size
+        )
+        maps = maps if tensor.ndim > 2 else [maps]
+    else:
+        maps = _maps_for_frames(psf_map, len(frames), tuple(tensor.shape[-2:]))
+        warn_out_of_range(maps, "psf_map")
+    restored = each_frame(
+        frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv, compress,
+                                                    tile, overlap)
+    )
+    restored = kind.restore(torch.stack(restored).reshape(tensor.shape))
+    if return_map:
+        return BlindResult(restored=restored, psf_map=maps if tensor.ndim > 2 else maps[0])
+    return restored

@@ -1,0 +1,7 @@
+"""``python -m psfmap.cli ...``: the same as the ``psfmap`` script."""
+
+import sys
+
+from psfmap.cli import main
+
+sys.exit(main())

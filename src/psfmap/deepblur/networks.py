@@ -1,0 +1,173 @@
+r"""The two Deep-Blur networks, in plain torch.
+
+* :class:`IdentificationNet` — a ResNet (He et al., CVPR 2016: basic residual blocks, one
+  stride-2 stage per width) ending in adaptive average pooling and a linear layer:
+  blurred image ``y`` → normalised coefficients ``γ̂ ∈ R^P``. Adaptive pooling makes it accept
+  any image at least :attr:`IdentificationNet.field` pixels wide; pooling to a ``g × g`` grid
+  (``pool=g``) keeps where in the field the blur was seen, which a space-variant family needs.
+  Deep-Blur uses ResNet-18; this one is narrower (widths 16–128, ~0.3 M parameters) so that it
+  trains on a CPU and ships in < 2 MB.
+* :class:`UnrolledFISTA` — FISTA (Beck & Teboulle, SIAM J. Imaging Sci. 2009) for
+  ``min_x ½‖A x − y‖² + R(x)`` unrolled for ``K = 15`` iterations, the proximal operator of ``R``
+  replaced by a small residual CNN shared by all iterations (Debarnot & Weiss, Deep-Blur):
+
+  .. math::
+
+      x_{k+1} = \mathrm{prox}_θ\big(z_k − τ_k A^*(A z_k − y)\big),\quad
+      z_{k+1} = x_{k+1} + \tfrac{t_k − 1}{t_{k+1}} (x_{k+1} − x_k),\quad
+      t_{k+1} = \tfrac{1 + \sqrt{1 + 4 t_k^2}}{2}.
+
+  The data term uses the operator's own ``forward``/``adjoint`` (psfmap ``Convolution`` or
+  ``ProductConvolution``), so one network serves every operator of the family. ``x`` lives on
+  the domain extended by the PSF half-width and only the centre of ``A x`` is compared with
+  ``y`` (the non-circulant scheme of :func:`psfmap.richardson_lucy`), so light from outside the
+  field does not ring at the edges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["IdentificationNet", "ProximalCNN", "UnrolledFISTA", "image_scale"]
+
+
+def image_scale(images: torch.Tensor) -> torch.Tensor:
+    """A robust intensity scale per image ``(B, 1, 1)``: the 99.5 % quantile (or the max)."""
+    flat = images.reshape(images.shape[0], -1)
+    scale = torch.quantile(flat.float(), 0.995, dim=1).to(images.dtype)
+    scale = torch.where(scale > 0, scale, flat.amax(1))
+    return scale.clamp_min(1e-12)[:, None, None]
+
+
+class _Block(nn.Module):
+    """Basic residual block (two 3 × 3 convolutions, batch norm, identity or 1 × 1 shortcut)."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or channels_in != channels_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
+                nn.BatchNorm2d(channels_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class IdentificationNet(nn.Module):
+    """Blurred image ``(B, H, W)`` → normalised coefficients ``(B, P)``.
+
+    Parameters
+    ----------
+    n_params : int
+        P, the number of coefficients.
+    widths : sequence of int
+        Channels of the stages; each stage halves the resolution.
+    blocks : int
+        Residual blocks per stage.
+    pool : int
+        Adaptive average pooling to ``pool × pool`` before the linear head (1: global).
+    """
+
+    def __init__(self, n_params: int, widths: Sequence[int] = (16, 32, 64, 128),
+                 blocks: int = 1, pool: int = 1):
+        super().__init__()
+        self.config = {"n_params": int(n_params), "widths": list(widths), "blocks": int(blocks),
+                       "pool": int(pool)}
+        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers: list[nn.Module] = []
+        channels = widths[0]
+        for width in widths:
+            for index in range(blocks):
+                layers.append(_Block(channels, width, 2 if index == 0 else 1))
+                channels = width
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pool)
+        self.head = nn.Linear(channels * pool * pool, n_params)
+        # the smallest image whose pooled grid is made of distinct features
+        self.field = pool * 2 ** len(widths)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images (B, H, W)`` (any intensity scale) → ``(B, P)``."""
+        x = images / image_scale(images)
+        x = self.body(self.stem(x[:, None]))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+class ProximalCNN(nn.Module):
+    """The learned proximal step: ``x + β · CNN(x)``, a 4-layer residual CNN (dilated middle)."""
+
+    def __init__(self, channels: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=2, dilation=2), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, 1, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        return x + gain * self.net(x[:, None])[:, 0]
+
+
+class UnrolledFISTA(nn.Module):
+    """FISTA unrolled for ``iterations`` steps with a learned proximal CNN (module docstring).
+
+    Parameters
+    ----------
+    iterations : int
+        K, the number of unrolled iterations (Deep-Blur: 15).
+    channels : int
+        Width of the proximal CNN.
+    """
+
+    def __init__(self, iterations: int = 15, channels: int = 16):
+        super().__init__()
+        self.config = {"iterations": int(iterations), "channels": int(channels)}
+        self.prox = ProximalCNN(channels)
+        # τ_k = softplus(·) starts at 1 (‖A‖ ≈ 1 for PSFs summing to 1); β_k starts small
+        self.steps = nn.Parameter(torch.full((iterations,), math.log(math.e - 1)))
+        self.gains = nn.Parameter(torch.full((iterations,), 0.1))
+
+    def forward(self, images: torch.Tensor, operators: Sequence[Any] | Any) -> torch.Tensor:
+        """Restore ``images (B, H, W)`` blurred by ``operators`` (one, or one per image)."""
+        batch, height, width = images.shape
+        if not isinstance(operators, (list, tuple)):
+            operators = [operators] * batch
+        if len(operators) != batch:
+            raise ValueError(f"operators must be one operator or one per image ({batch}), got "
+                             f"{len(operators)}")
+        scale = image_scale(images)
+        y = images / scale
+        margins = [max(op.kernel_shape) // 2 for op in operators]
+        margin = max(margins)
+        extended = [op.extended(margin) for op in operators]
+
+        def forward_op(x: torch.Tensor) -> torch.Tensor:
+            out = [op.forward(x[b]) for b, op in enumerate(extended)]
+            return torch.stack(out)[:, margin : margin + height, margin : margin + width]
+
+        def adjoint_op(r: torch.Tensor) -> torch.Tensor:
+            padded = nn.functional.pad(r, (margin, margin, margin, margin))
+            return torch.stack([op.adjoint(padded[b]) for b, op in enumerate(extended)])
+
+        x = nn.functional.pad(y, (margin, margin, margin, margin), mode="replicate")
+        z, t = x, 1.0
+        for k in range(len(self.steps)):
+            gradient = adjoint_op(forward_op(z) - y)
+            x_next = self.prox(z - nn.functional.softplus(self.steps[k]) * gradient,
+                               self.gains[k])
+            t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            z = x_next + ((t - 1) / t_next) * (x_next - x)
+            x, t = x_next, t_next
+        return x[:, margin : margin + height, margin : margin + width] * scale

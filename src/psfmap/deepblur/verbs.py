@@ -1,0 +1,132 @@
+"""The Deep-Blur verbs: :func:`identify` (image → γ̂) and :func:`deblur` (image → restored).
+
+Debarnot & Weiss, "Deep-Blur: blind identification and deblurring with convolutional neural
+networks": a first network estimates the coefficients ``γ̂`` of the operator ``A(γ)`` that
+blurred the image, a second (FISTA unrolled, learned proximal step) restores the image with
+``A(γ̂)`` in its data term.
+
+Bad ``gamma``: a vector of the wrong length is refused; a γ outside the admissible set is
+projected onto it with a ``UserWarning`` (``outside="project"``, the default, as a γ̂ from the
+network may stray just outside it) or refused (``outside="raise"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from psfmap._validation import ArrayKind, as_tensor, check_finite, describe
+from psfmap.deepblur.model import load_model
+
+__all__ = ["deblur", "identify"]
+
+
+def _frames(image: Any, name: str, field: int) -> tuple[torch.Tensor, ArrayKind, tuple]:
+    """``image (..., H, W)`` → float32 frames ``(T, H, W)``, the caller's kind, leading shape."""
+    if not isinstance(image, (np.ndarray, torch.Tensor, list, tuple)):
+        raise TypeError(f"{name} must be a NumPy array or torch tensor (..., H, W), got "
+                        f"{describe(image)}")
+    kind = ArrayKind(image)
+    tensor = check_finite(as_tensor(image, name), name)
+    if tensor.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., H, W), got {tuple(tensor.shape)}")
+    height, width = tensor.shape[-2:]
+    if min(height, width) < field:
+        raise ValueError(f"{name} is {height}x{width}, smaller than the network's field "
+                         f"{field}x{field}; expected an image at least that large")
+    if bool((tensor < 0).any()):
+        raise ValueError(f"{name} has negative values; expected a fluorescence image >= 0 "
+                         "(subtract the camera offset first, then clip)")
+    lead = tuple(tensor.shape[:-2])
+    frames = tensor.detach().cpu().float().reshape(-1, height, width)
+    return frames, kind, lead
+
+
+def identify(image: Any, model: Any, *, family: Any = None) -> Any:
+    """Estimate the coefficients ``γ̂`` of the operator that blurred ``image``.
+
+    Parameters
+    ----------
+    image : ndarray or Tensor (H, W) or (..., H, W)
+        Blurred, non-negative image(s); each side at least ``model.field`` px.
+    model : str, path or DeepBlurModel
+        A shipped name (``"zernike7"``, ``"beads12"``), a ``.json``/``.pt`` file or a model.
+    family : optional
+        A family replacing the model's own (it must have the weights' P).
+
+    Returns
+    -------
+    ndarray or Tensor (P,) or (..., P)
+        Of the caller's kind; for a stack, one γ̂ per frame. Not projected onto the
+        admissible set (:func:`deblur` does that; ``model.family.project`` on request).
+    """
+    model = load_model(model, family)
+    frames, kind, lead = _frames(image, "image", model.field)
+    with torch.no_grad():
+        unit = model.identifier.eval()(frames)
+        gamma = model.family.denormalize(unit.double())
+    gamma = gamma.reshape(*lead, model.n_params)
+    if kind.numpy:
+        return gamma.numpy()
+    return gamma.to(kind.torch_dtype if kind.torch_dtype.is_floating_point else torch.float32
+                    ).to(kind.device)
+
+
+def deblur(image: Any, model: Any, gamma: Any = None, *, family: Any = None,
+           outside: str = "project") -> Any:
+    """Restore ``image`` with the unrolled network and the operator ``A(γ)``.
+
+    Parameters
+    ----------
+    image : ndarray or Tensor (H, W) or (..., H, W)
+        Blurred, non-negative image(s); stacks are restored frame by frame.
+    model : str, path or DeepBlurModel
+        As in :func:`identify`.
+    gamma : array (P,) or (..., P), optional
+        The operator's coefficients; estimated with :func:`identify` when omitted.
+    family : optional
+        A family replacing the model's own (same P).
+    outside : {"project", "raise"}
+        What a γ outside the admissible set gets: projected with a warning, or refused.
+
+    Returns
+    -------
+    ndarray or Tensor, the shape and kind of ``image``.
+    """
+    model = load_model(model, family)
+    frames, kind, lead = _frames(image, "image", model.field)
+    n_params = model.n_params
+    if gamma is None:
+        gammas = np.asarray(identify(frames, model), dtype=np.float64).reshape(-1, n_params)
+        checked = []
+        for row in gammas:  # the network's γ̂ may stray just outside: project it quietly
+            checked.append(row if model.family.contains(row) else model.family.project(row))
+        gammas = np.stack(checked)
+    else:
+        if isinstance(gamma, torch.Tensor):
+            gamma = gamma.detach().cpu().double().numpy()
+        try:
+            gammas = np.asarray(gamma, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"gamma must be an array of {n_params} numbers, got "
+                            f"{describe(gamma)}") from None
+        if gammas.ndim == 0 or gammas.shape[-1] != n_params:
+            raise ValueError(f"gamma must have length P = {n_params} (the family's number of "
+                             f"coefficients), got shape {gammas.shape}")
+        gammas = gammas.reshape(-1, n_params)
+        if len(gammas) == 1:
+            gammas = np.repeat(gammas, len(frames), axis=0)
+        elif len(gammas) != len(frames):
+            raise ValueError(f"gamma holds {len(gammas)} vectors for {len(frames)} frames; "
+                             "expected one, or one per frame")
+        gammas = np.stack([model.family.check_gamma(row, outside=outside) for row in gammas])
+    shape = tuple(frames.shape[-2:])
+    restored = torch.empty_like(frames)
+    with torch.no_grad():
+        for index, frame in enumerate(frames):
+            operator = model.family.operator(gammas[index], shape)
+            restored[index] = model.deblurrer.eval()(frame[None], [operator])[0]
+    restored = restored.clamp_min(0).reshape(*lead, *shape)
+    return kind.restore(restored)

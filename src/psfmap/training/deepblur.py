@@ -1,0 +1,292 @@
+"""Training of the Deep-Blur networks (identification ResNet, unrolled FISTA) for one family.
+
+The two networks are trained separately, as in Debarnot & Weiss (Deep-Blur):
+
+* material: procedural scenes sharp by construction (:func:`psfmap.simulate.scenes`, rendered
+  4× finer and binned), ``size + 2·pad`` pixels, each flipped/rotated at random;
+* operators: a pool of ``γ`` spread over the admissible set by MaxiSumMin
+  (:func:`psfmap.deepblur.sample_box` / :func:`~psfmap.deepblur.sample_convex`); the scene is
+  blurred by ``A(γ)`` extended by ``pad`` and cropped to ``size`` (so light comes in from
+  outside the field, as in a real image), then Poisson noise at ``photons`` per unit;
+* identification: MSE on normalised coefficients; for a family with twins (``zernike7``: the
+  even Noll terms 4–6 negated give the same PSF) the smaller of the two errors;
+* deblurring: MSE to the sharp scene, the network given the true operator.
+
+Run ``python -m psfmap.training.deepblur --name zernike7 --part identify`` (then ``deblur``,
+then ``assemble``) to reproduce the shipped weights; ``--config FILE.json`` overrides any
+field of :data:`CONFIGS`. Training writes its full config beside the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from psfmap.calibrate import OperatorFamily
+from psfmap.deepblur import (
+    CalibratedHullFamily,
+    DeepBlurModel,
+    IdentificationNet,
+    UnrolledFISTA,
+    ZernikeBoxFamily,
+)
+from psfmap.operators import Convolution
+from psfmap.psf import model as psf_model
+from psfmap.simulate.scenes import scenes
+
+PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
+
+#: the shipped models' configs (``psfmap train``/``python -m`` reproduce them)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "zernike7": {
+        "name": "zernike7", "family": {"kind": "box", "psf_model": "zernike7"},
+        "size": 64, "pad": 16, "photons": 1000.0, "pool_scenes": 600, "scene_seed": 1000,
+        "pool_operators": 4000, "operator_seed": 7, "seed": 0, "time_limit": 2700,
+        "identify": {"steps": 1000, "batch": 32, "lr": 2e-3, "widths": [16, 32, 64, 128],
+                     "blocks": 1, "pool": 1},
+        "deblur": {"steps": 250, "batch": 8, "lr": 2e-3, "iterations": 15, "channels": 16},
+    },
+    "beads12": {
+        "name": "beads12",
+        "family": {"kind": "calibrated_hull", "name": "beads12",
+                   "family_file": "deepblur-beads12.family.psfmap"},
+        "size": 64, "pad": 16, "photons": 1000.0, "pool_scenes": 600, "scene_seed": 1000,
+        "pool_operators": 4000, "operator_seed": 12, "seed": 0, "time_limit": 2700,
+        "identify": {"steps": 1000, "batch": 32, "lr": 2e-3, "widths": [16, 32, 64, 128],
+                     "blocks": 1, "pool": 4},
+        "deblur": {"steps": 250, "batch": 8, "lr": 2e-3, "iterations": 15, "channels": 16},
+    },
+}
+
+
+def build_family(config: dict[str, Any], directory: Path = PRETRAINED):
+    """The family of a training config."""
+    spec = config["family"]
+    if spec["kind"] == "box":
+        return ZernikeBoxFamily(psf_model(spec["psf_model"]))
+    path = Path(spec["family_file"])
+    path = path if path.is_absolute() else directory / path
+    return CalibratedHullFamily(OperatorFamily.load(path), spec.get("name", "calibrated"),
+                                source=spec["family_file"])
+
+
+def calibrated_family(path: Path) -> Path:
+    """Calibrate the ``beads12`` family from synthetic bead images and save it to ``path``.
+
+    Nine conditions of :func:`psfmap.calibrate.synthetic.synthetic_calibration_set` (a known
+    Zernike microscope whose focus tilts and astigmatism varies across a 256² field), calibrated
+    by :func:`psfmap.calibrate` with I = 4 eigen-PSFs and J = 3 spatial maps: P = I·J = 12.
+    """
+    from psfmap.calibrate import calibrate
+    from psfmap.calibrate.synthetic import synthetic_calibration_set
+
+    microscope, _, images, _ = synthetic_calibration_set(
+        n_conditions=9, image_shape=(256, 256), n_beads=60, psf_size=17, seed=0)
+    family = calibrate(images, psf_size=17, n_eigen=4, spatial_rank=3,
+                       metadata={**microscope.optics})
+    return family.save(path, metadata={"source": "psfmap.training.deepblur.calibrated_family: "
+                                       "synthetic_calibration_set(9 conditions, 256², seed 0)"})
+
+
+def scene_pool(n: int, size: int, seed: int, cache: Path | None = None) -> torch.Tensor:
+    """``n`` procedural scenes ``(n, size, size)`` from ``seed`` (cached to ``cache``)."""
+    if cache is not None and cache.exists():
+        pool = torch.load(cache, weights_only=True)
+        if tuple(pool.shape) == (n, size, size):
+            return pool
+    pool = scenes(n, size, generator=torch.Generator().manual_seed(seed))
+    if cache is not None:
+        torch.save(pool, cache)
+    return pool
+
+
+def _dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    out = images.clone()
+    for index in range(len(out)):
+        turns = int(torch.randint(0, 4, (1,), generator=generator))
+        image = torch.rot90(out[index], turns, (0, 1))
+        if bool(torch.rand(1, generator=generator) < 0.5):
+            image = image.flip(1)
+        out[index] = image
+    return out
+
+
+def make_batch(family, pool: torch.Tensor, gammas: np.ndarray, batch: int, size: int,
+               pad: int, photons: float, generator: torch.Generator,
+               psfs: torch.Tensor | None = None):
+    """One training batch: ``(noisy (B, size, size), sharp, γ (B, P), operators on size²)``."""
+    pick = torch.randint(0, len(pool), (batch,), generator=generator)
+    sharp_big = _dihedral(pool[pick], generator)
+    index = torch.randint(0, len(gammas), (batch,), generator=generator).numpy()
+    chosen = gammas[index]
+    if psfs is not None:  # a box family's PSFs, evaluated once for the whole pool
+        operators = [Convolution(psfs[i]) for i in index]
+    else:
+        operators = family.operators(chosen, (size, size))
+    blurred = torch.stack([op.extended(pad).forward(image)
+                           for op, image in zip(operators, sharp_big, strict=True)])
+    crop = slice(pad, pad + size)
+    blurred = blurred[:, crop, crop].clamp_min(0)
+    noisy = torch.poisson(blurred * photons, generator=generator) / photons
+    return noisy, sharp_big[:, crop, crop], torch.from_numpy(chosen), operators
+
+
+def _pool_psfs(family, gammas: np.ndarray) -> torch.Tensor | None:
+    """The PSFs of a box family's operator pool (None for other families)."""
+    return family.psfs(gammas).float() if isinstance(family, ZernikeBoxFamily) else None
+
+
+def _cosine(step: int, steps: int, lr: float) -> float:
+    return 0.5 * lr * (1 + math.cos(math.pi * step / max(steps, 1)))
+
+
+def _out_of_time(config: dict[str, Any], started: float) -> bool:
+    """A wall-clock cap (``time_limit`` s, optional) for shared machines; the log records the
+    steps done, so a capped run is visible (the shipped runs' logs say whether they were)."""
+    limit = config.get("time_limit")
+    return limit is not None and time.perf_counter() - started > limit
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def train_identifier(config: dict[str, Any], family, pool, gammas) -> tuple[IdentificationNet,
+                                                                           dict[str, Any]]:
+    """Train the identification network; returns it and a training log."""
+    spec = config["identify"]
+    psfs = _pool_psfs(family, gammas)
+    torch.manual_seed(config["seed"])
+    net = IdentificationNet(family.n_params, spec["widths"], spec["blocks"], spec["pool"])
+    optimizer = torch.optim.Adam(net.parameters(), lr=spec["lr"])
+    generator = torch.Generator().manual_seed(config["seed"] + 1)
+    started, losses = time.perf_counter(), []
+    for step in range(spec["steps"]):
+        if _out_of_time(config, started):
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine(step, spec["steps"], spec["lr"])
+        noisy, _, gamma, _ = make_batch(family, pool, gammas, spec["batch"], config["size"],
+                                        config["pad"], config["photons"], generator, psfs)
+        prediction = net(noisy.float())
+        target = family.normalize(gamma).float()
+        twin = family.normalize(family.twin(gamma)).float()
+        # twins are the same PSF: regress to whichever the network is closer to
+        loss = torch.minimum(((prediction - target) ** 2).mean(1),
+                             ((prediction - twin) ** 2).mean(1)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == spec["steps"] - 1:
+            _log(f"identify {step}/{spec['steps']} loss {np.mean(losses[-200:]):.4f}")
+    return net, {"seconds": time.perf_counter() - started, "steps_done": len(losses),
+                 "final_loss": float(np.mean(losses[-200:]))}
+
+
+def train_deblurrer(config: dict[str, Any], family, pool, gammas) -> tuple[UnrolledFISTA,
+                                                                          dict[str, Any]]:
+    """Train the unrolled network with the true operators; returns it and a training log."""
+    spec = config["deblur"]
+    psfs = _pool_psfs(family, gammas)
+    torch.manual_seed(config["seed"])
+    net = UnrolledFISTA(spec["iterations"], spec["channels"])
+    optimizer = torch.optim.Adam(net.parameters(), lr=spec["lr"])
+    generator = torch.Generator().manual_seed(config["seed"] + 2)
+    started, losses = time.perf_counter(), []
+    for step in range(spec["steps"]):
+        if _out_of_time(config, started):
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine(step, spec["steps"], spec["lr"])
+        noisy, sharp, _, operators = make_batch(family, pool, gammas, spec["batch"],
+                                                config["size"], config["pad"],
+                                                config["photons"], generator, psfs)
+        restored = net(noisy.float(), operators)
+        loss = ((restored - sharp) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 25 == 0 or step == spec["steps"] - 1:
+            _log(f"deblur {step}/{spec['steps']} loss {np.mean(losses[-50:]):.5f}")
+    return net, {"seconds": time.perf_counter() - started, "steps_done": len(losses),
+                 "final_loss": float(np.mean(losses[-50:]))}
+
+
+def operator_pool(config: dict[str, Any], family) -> np.ndarray:
+    """The training ``γ``: ``pool_operators`` points spread by MaxiSumMin."""
+    return family.sample(config["pool_operators"], seed=config["operator_seed"])
+
+
+def run(config: dict[str, Any], part: str, out: Path, cache: Path | None = None) -> Path:
+    """Train one part (``identify``, ``deblur``) into ``out``, ``assemble`` the model, or
+    calibrate the ``family`` file of a calibrated-hull config."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = config["name"]
+    if part == "family":
+        return calibrated_family(out / config["family"]["family_file"])
+    family = build_family(config)
+    if part == "assemble":
+        identify_state = torch.load(out / f"{name}-identify.pt", weights_only=False)
+        deblur_state = torch.load(out / f"{name}-deblur.pt", weights_only=False)
+        identifier = IdentificationNet(**identify_state["config"])
+        identifier.load_state_dict(identify_state["state"])
+        deblurrer = UnrolledFISTA(**deblur_state["config"])
+        deblurrer.load_state_dict(deblur_state["state"])
+        model = DeepBlurModel(family, identifier, deblurrer, {
+            "field": config["size"], "training": config,
+            "training_log": {"identify": identify_state["log"], "deblur": deblur_state["log"]},
+        }, name)
+        return model.save(out / f"deepblur-{name}.pt")
+    pool = scene_pool(config["pool_scenes"], config["size"] + 2 * config["pad"],
+                      config["scene_seed"], cache)
+    gammas = operator_pool(config, family)
+    if part == "identify":
+        net, log = train_identifier(config, family, pool, gammas)
+    elif part == "deblur":
+        net, log = train_deblurrer(config, family, pool, gammas)
+    else:
+        raise ValueError(f"part must be 'identify', 'deblur' or 'assemble', got {part!r}")
+    path = out / f"{name}-{part}.pt"
+    torch.save({"config": net.config, "state": net.state_dict(), "log": log,
+                "training": config}, path)
+    (out / f"{name}-{part}.config.json").write_text(json.dumps(config, indent=2))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m psfmap.training.deepblur",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--name", choices=sorted(CONFIGS), default="zernike7")
+    parser.add_argument("--config", type=Path, help="JSON overriding fields of the config")
+    parser.add_argument("--part", choices=("family", "identify", "deblur", "assemble"),
+                        required=True)
+    parser.add_argument("--out", type=Path, default=Path("runs/deepblur"))
+    parser.add_argument("--cache", type=Path, help="file caching the scene pool")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = json.loads(json.dumps(CONFIGS[args.name]))
+    if args.config is not None:
+        override = json.loads(args.config.read_text())
+        for key, value in override.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key].update(value)
+            else:
+                config[key] = value
+    path = run(config, args.part, args.out, args.cache)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

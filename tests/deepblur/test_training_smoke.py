@@ -1,0 +1,29 @@
+"""A tiny end-to-end training run (slow): identify, deblur, assemble, load, use."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from psfmap.deepblur import identify, load_model
+
+
+@pytest.mark.slow
+def test_tiny_training_run(tmp_path):
+    from psfmap.training.deepblur import main
+
+    override = {"pool_scenes": 3, "pool_operators": 20, "size": 32, "pad": 8,
+                "identify": {"steps": 2, "batch": 2, "widths": [4, 8]},
+                "deblur": {"steps": 1, "batch": 1, "iterations": 2, "channels": 4}}
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(override))
+    for part in ("identify", "deblur", "assemble"):
+        assert main(["--name", "zernike7", "--part", part, "--config", str(config),
+                     "--out", str(tmp_path)]) == 0
+    model = load_model(str(tmp_path / "deepblur-zernike7.json"))
+    assert model.config["training"]["identify"]["steps"] == 2
+    assert model.config["training_log"]["identify"]["steps_done"] == 2
+    gamma = identify(np.random.default_rng(0).random((32, 32)).astype(np.float32), model)
+    assert gamma.shape == (7,)

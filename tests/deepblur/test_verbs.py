@@ -1,0 +1,80 @@
+"""psfmap.deepblur.identify / deblur: kinds, stacks, bad input, files, shipped models."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from psfmap.deepblur import (
+    DeepBlurModel,
+    IdentificationNet,
+    deblur,
+    identify,
+    load_model,
+    pretrained_names,
+)
+
+
+def test_identify_kinds_and_stacks(tiny_model):
+    image = np.random.default_rng(0).random((40, 36)).astype(np.float32)
+    gamma = identify(image, tiny_model)
+    assert isinstance(gamma, np.ndarray) and gamma.shape == (7,)
+    stack = identify(np.stack([image, image]), tiny_model)
+    assert stack.shape == (2, 7)
+    np.testing.assert_allclose(stack[0], gamma, rtol=1e-5, atol=1e-6)
+    as_torch = identify(torch.from_numpy(image), tiny_model)
+    assert isinstance(as_torch, torch.Tensor) and as_torch.shape == (7,)
+
+
+def test_deblur_kinds_and_given_gamma(tiny_model):
+    image = np.random.default_rng(1).random((2, 40, 36)).astype(np.float32)
+    restored = deblur(image, tiny_model)
+    assert restored.shape == image.shape and restored.dtype == np.float32
+    assert np.all(restored >= 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an admissible gamma gets no warning
+        given = deblur(torch.from_numpy(image[0]), tiny_model, gamma=np.zeros(7))
+    assert isinstance(given, torch.Tensor) and given.shape == (40, 36)
+
+
+def test_bad_input_messages(tiny_model, hull_family):
+    image = np.random.default_rng(2).random((40, 40)).astype(np.float32)
+    with pytest.raises(ValueError, match="smaller than the network's field 32x32"):
+        identify(image[:20], tiny_model)
+    with pytest.raises(ValueError, match="gamma must have length P = 7"):
+        deblur(image, tiny_model, gamma=np.zeros(5))
+    with pytest.warns(UserWarning, match="outside the admissible set"):
+        deblur(image, tiny_model, gamma=np.full(7, 0.4))
+    with pytest.raises(ValueError, match="outside the admissible set"):
+        deblur(image, tiny_model, gamma=np.full(7, 0.4), outside="raise")
+    with pytest.raises(ValueError, match="negative values"):
+        deblur(image - 1, tiny_model)
+    with pytest.raises(ValueError, match="family has P = 12 .* weights predict 7"):
+        DeepBlurModel(hull_family, tiny_model.identifier, tiny_model.deblurrer)
+    with pytest.raises(ValueError, match="neither a shipped Deep-Blur model"):
+        load_model("no-such-model")
+
+
+def test_save_load_round_trip(tiny_model, tmp_path):
+    path = tiny_model.save(tmp_path / "tiny.pt")
+    assert path.with_suffix(".json").exists()
+    loaded = load_model(str(path.with_suffix(".json")))
+    image = np.random.default_rng(3).random((40, 40)).astype(np.float32)
+    np.testing.assert_allclose(identify(image, loaded), identify(image, tiny_model),
+                               rtol=1e-5, atol=1e-6)
+    wrong = IdentificationNet(3, widths=(4, 8))
+    with pytest.raises(ValueError, match="weights predict 3"):
+        DeepBlurModel(loaded.family, wrong, loaded.deblurrer)
+
+
+@pytest.mark.parametrize("name", ["zernike7", "beads12"])
+def test_shipped_models(name):
+    if name not in pretrained_names():
+        pytest.skip(f"deepblur-{name} weights not installed")
+    model = load_model(name)
+    assert model.n_params == {"zernike7": 7, "beads12": 12}[name]
+    assert model.field == 64
+    assert model.config["training"]["size"] == 64
