@@ -48,9 +48,9 @@ from psfmap.optics import (
     PhaseMask,
     Propagation,
     ZernikeSource,
+    affine_match,
     circular_gradient,
     cubic_phase,
-    affine_match,
     fit,
     intensity,
     lens,
@@ -206,7 +206,7 @@ def case_b(rng: np.random.Generator, obj: torch.Tensor, steps: int, size: int = 
         images = microscope(PhaseMask(phase))(obj, offsets)
     model = microscope(PhaseMask(size=size))
     report = fit(model, obj, images, ["mask.phase"], depths=offsets, steps=steps, lr=0.08,
-                 patience=30)
+                 patience=60)
     recovered = report.after["mask.phase"]
     index = torch.arange(size, dtype=torch.float32) - size // 2
     inside = (index[:, None] ** 2 + index[None, :] ** 2) <= (0.97 * radius) ** 2

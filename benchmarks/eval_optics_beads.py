@@ -74,7 +74,7 @@ def psfextractor(half: int = 32) -> dict:
     beads = crops - np.median(corners)
     mean = beads.mean(0)
     noise = corners.std(axis=(0, 2, 3)).mean() / np.sqrt(len(crops))
-    return {"name": "psfextractor (mean of %d beads)" % len(crops), "stack": mean,
+    return {"name": f"psfextractor (mean of {len(crops)} beads)", "stack": mean,
             "reference": reference, "z_step": 0.3, "pixel_size": 0.108, "na": 0.95,
             "wavelength": 0.52, "immersion_index": 1.0, "bead": 0.2, "noise": float(noise),
             "field": 4 * half}
@@ -134,7 +134,7 @@ def run(data: dict, steps: int, spacing: int) -> dict:
     others = np.array([k not in planes for k in range(depth_count)])
     result = {"data": data["name"], "planes": planes, "fit_seconds": round(seconds, 1),
               "loss_start": report.loss[0], "loss_end": report.final_loss,
-              "steps": report.steps, "fitted": report.to_dict()["after"],
+              "steps": report.steps, "parameters": report.to_dict()["after"],
               "truth": truth.tolist(), "visible": visible.tolist()}
     for name, microscope in (("fitted", model), ("ideal", _microscope(data, size))):
         estimate = estimate_depth(stack, microscope, candidates, objects=ball)

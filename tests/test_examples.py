@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -13,6 +15,7 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_space_variant_deconvolution_example(tmp_path, check_figure):
     scores = _load("space_variant_deconvolution").main(tmp_path, size=256)
     check_figure(tmp_path / "space_variant_deconvolution.png")

@@ -13,6 +13,10 @@ tifffile. tifffile stores any ``(3|4, H, W)`` array as planar "RGB(A)" by defaul
 photometric tag of such a file says nothing about its content, and no colour image is stored
 as floating-point planes.
 
+``.zarr``/``.ome.zarr`` paths go to :mod:`psfmap._zarr`: ``read_image`` opens an OME-Zarr
+image lazily (a dask array, NGFF 0.4 and 0.5, with pixel and voxel sizes) and ``write_image``
+writes one chunk by chunk with a multiscale pyramid.
+
 A damaged file gives one ``ValueError`` sentence: tifffile's own log lines are muted during a
 read, and a header that claims more pixels than the memory available is refused before any
 allocation.
@@ -36,6 +40,7 @@ import torch
 from psfmap._container import atomic_write, jsonable
 from psfmap._memory import array_bytes, memory_problem
 from psfmap._validation import check_positive, describe
+from psfmap._zarr import is_zarr_path
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -93,11 +98,15 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         larger than the memory available.
     """
     path = Path(path)
+    if is_zarr_path(path):  # OME-Zarr: opened lazily, a dask array (psfmap._zarr)
+        from psfmap._zarr import read_zarr
+
+        return read_zarr(path)
     suffix = _suffix(path)
     if suffix not in (*TIFF_SUFFIXES, ".ome.tif", ".ome.tiff", *RASTER_SUFFIXES):
         raise ValueError(
             f"cannot read {str(path)!r}: unsupported extension {suffix or '(none)'!r}; expected "
-            ".tif, .tiff, .ome.tif, .png, .jpg or .jpeg"
+            ".tif, .tiff, .ome.tif, .ome.zarr, .png, .jpg or .jpeg"
         )
     if not path.is_file():
         raise ValueError(f"image file {str(path)!r} does not exist")
@@ -322,6 +331,7 @@ def write_image(
     *,
     axes: str | None = None,
     inputs: Iterable[str | os.PathLike] = (),
+    zarr_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an image to TIFF or OME-TIFF, atomically.
 
@@ -341,6 +351,12 @@ def write_image(
         Axis letters for OME-TIFF (default ``"YX"``, ``"ZYX"``, ... by dimension).
     inputs : path or iterable of paths
         Files this run read; writing over one of them is refused.
+    zarr_options : dict, optional
+        For a ``.zarr``/``.ome.zarr`` path: keywords of :func:`psfmap._zarr.write_zarr`
+        (``resume``, ``overwrite``, ``client``, ``chunks``, ``progress``). An OME-Zarr store
+        is written chunk by chunk as the chunks are computed (a dask ``array`` stays lazy
+        until then), with a multiscale pyramid; it is not an atomic write (see
+        :mod:`psfmap._zarr`).
 
     Returns
     -------
@@ -350,11 +366,22 @@ def write_image(
     import tifffile
 
     path = Path(path)
+    if is_zarr_path(path):  # OME-Zarr: chunk by chunk, with a pyramid (psfmap._zarr)
+        from psfmap._zarr import write_zarr
+
+        for source in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:
+            if source is not None and Path(source).resolve() == path.resolve():
+                raise ValueError(f"output {str(path)!r} is also an input; refusing to "
+                                 "overwrite it")
+        if pixel_size is not None:
+            pixel_size = check_positive(pixel_size, "pixel_size (µm)")
+        return write_zarr(path, array, pixel_size, dict(metadata or {}), axes=axes,
+                          **(zarr_options or {}))
     suffix = _suffix(path)
     if suffix not in (*TIFF_SUFFIXES, ".ome.tif", ".ome.tiff"):
         raise ValueError(
             f"cannot write {str(path)!r}: unsupported extension {suffix or '(none)'!r}; expected "
-            ".tif, .tiff or .ome.tif"
+            ".tif, .tiff, .ome.tif or .ome.zarr"
         )
     target = path.resolve()
     if isinstance(inputs, (str, os.PathLike)):  # one path, not an iterable of its characters

@@ -42,6 +42,7 @@ def test_pretrained_family_and_patch_size(estimator):
     assert estimator.patch_size == estimator.config["data"]["patch_size"]
 
 
+@pytest.mark.slow
 def test_pretrained_regresses_its_family(estimator):
     family = estimator.family
     periodic = [angle for _, angle in estimator.network.periodic]
@@ -103,6 +104,7 @@ def test_predict_does_not_depend_on_the_intensity_scale(estimator):
         np.testing.assert_allclose(scaled_validity, validity, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pretrained_predicts_the_size_of_its_own_errors(estimator):
     family = estimator.family
     assert estimator.has_uncertainty

@@ -112,6 +112,7 @@ def test_calibrate_accepts_a_torch_stack_through_the_top_level_verb(synthetic):
     assert family.n_conditions == 2
 
 
+@pytest.mark.slow
 def test_figure_is_written(synthetic, tmp_path, check_figure):
     from psfmap.calibrate import plot_family
 
@@ -184,6 +185,7 @@ def test_too_few_beads_for_the_requested_ranks(synthetic):
 # ---------------------------------------------------------------- real data
 
 
+@pytest.mark.slow
 def test_real_leica_beads_smoke(shared_data):
     """A few slices near focus (z ≈ 31) of the Leica confocal stack, cropped to 640²."""
     tifffile = pytest.importorskip("tifffile")
@@ -207,6 +209,7 @@ def test_real_leica_beads_smoke(shared_data):
     assert np.median(error) < 0.25
 
 
+@pytest.mark.slow
 def test_real_crowded_multimode_fibre_beads(shared_data):
     """35 beads through a multimode fibre: the default patch leaves none isolated, and the
     error names the way out; with 21² patches the calibration holds most of them."""

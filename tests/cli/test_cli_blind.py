@@ -132,9 +132,9 @@ def test_stack_gets_one_map_per_frame(tmp_path, image_file, capsys, check_figure
     np.testing.assert_array_equal(tifffile.imread(again), restored)
     maps[0].save(tmp_path / "one.psfmap")
     assert main(["deblur", str(stack_file), "--psf-map", str(tmp_path / "one.psfmap"),
-                 "--iterations", "2", "--compress", "0.9999", "-o", str(again), "--quiet"]) == 0
+                 "--iterations", "2", "--energy", "0.9999", "-o", str(again), "--quiet"]) == 0
     assert tifffile.imread(again).shape == (2, 2, 64, 64)
-    assert main(["deblur", str(stack_file), "--psf-map", str(maps_file), "--compress", "2",
+    assert main(["deblur", str(stack_file), "--psf-map", str(maps_file), "--energy", "2",
                  "-o", str(tmp_path / "x.tif")]) == 2
     # a map file for another frame count, or for a single image
     assert main(["deblur", str(image_file), "--psf-map", str(maps_file), "-o",

@@ -26,6 +26,7 @@ def files(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_calibrate_then_identify(files, capsys, check_figure):
     family_path = files / "family.psfmap"
     figure = files / "calibration.png"

@@ -127,6 +127,7 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["simulate", str(negative), "-o", str(tmp_path / "o.tif"), "--debug"])
 
 
+@pytest.mark.slow
 def test_demo_writes_its_outputs(tmp_path, capsys):
     output = tmp_path / "demo"
     assert main(["demo", "-o", str(output)]) == 0

@@ -278,6 +278,7 @@ def test_psf_grid_equals_the_same_grid_with_a_dense_core(tmp_path):
     assert _adjoint_gap(wide, wide.image_shape, torch.float32) < 1e-5
 
 
+@pytest.mark.slow
 def test_large_grid_never_builds_its_dense_core(tmp_path):
     # a 2048² field at the default 32 px stride has 63 x 63 cells: its dense core would take
     # 3969² floats; build, apply and adjoin without it
@@ -326,6 +327,7 @@ def test_psf_grid_region_is_the_whole_field_operator_seen_through_a_window():
             from_psf_grid(psfs, (96, 128), region=bad)
 
 
+@pytest.mark.slow
 def test_compressing_a_grid_with_more_cells_than_kernel_pixels():
     # 30 x 30 cells of 7 x 7 kernels (I = 900 > hw = 49): kernel factors from Kᵀ K, a sparse
     # weight Gram; the same optimum as the dense weights

@@ -38,10 +38,11 @@ def test_fit_recovers_the_defocus_and_stops_early():
     with torch.no_grad():
         images = truth(None, OFFSETS)
     model = _microscope()
-    report = fit(model, None, images, "source.depth", depths=OFFSETS, steps=200, lr=0.05,
-                 patience=5, tolerance=1e-3)
-    assert float(report.after["source.depth"]) == pytest.approx(0.4, abs=0.01)
-    assert report.stopped_early and report.steps < 200
+    report = fit(model, None, images, "source.depth", depths=OFFSETS, steps=200, lr=0.02,
+                 patience=5, tolerance=0.01)
+    assert float(report.after["source.depth"]) == pytest.approx(0.4, abs=0.02)
+    # it stopped once the loss stalled, long before the step budget
+    assert report.stopped_early and report.steps < 100
     assert report.final_loss < 1e-3 * report.loss[0]
 
 

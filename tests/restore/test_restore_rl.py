@@ -319,6 +319,7 @@ def test_bad_images_and_operators():
 # ----------------------------------------------------------------- real data (issue 3 §4)
 
 
+@pytest.mark.slow
 def test_rl_tv_on_real_data_with_a_zernike_psf_grid(shared_data):
     """Real confocal neuron, 4×4 grid of Zernike PSFs with defocus growing across the field,
     Poisson–Gaussian noise: RL-TV with the true operator gains >= 2 dB and beats RL-TV with

@@ -38,6 +38,7 @@ def varying_blur(shape) -> object:
     return from_psf_grid(psfs.reshape(3, 3, 13, 13), shape)
 
 
+@pytest.mark.slow
 def test_beads_on_smooth_background_under_space_variant_blur(rng):
     background, beads, positions = bead_scene(rng)
     operator = varying_blur(background.shape)

@@ -106,6 +106,7 @@ def test_r2_score_eq15():
         r2_score(truth, truth[:, :1])
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_gaussian_width_on_points(tmp_path):
     config = TrainConfig(
         model="gaussian1",
@@ -242,6 +243,7 @@ def test_dihedral_augmentation_transforms_labels_with_the_image(name):
                  & (moved_params <= torch.from_numpy(family.high) + 1e-9)).all())
 
 
+@pytest.mark.slow
 def test_minutes_limited_run_is_replayed_by_its_recorded_config(tmp_path):
     config = TrainConfig(
         model="gaussian1", family=model("gaussian1", size=9).config(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,8 @@ DEFAULT_MEDIAN = 3
 # were faster (35 vs 42 s, 123 vs 199 s) and lighter (1.3 vs 1.8 GB, 2.7 vs 4.7 GB) than one
 # piece, the result within RL-TV's own sensitivity to rounding (benchmarks/RESULTS.md)
 DEFAULT_TILE = 2048
+# low-rank accuracy of deblur's operator when compressing it is faster (benchmarks/RESULTS.md)
+DEFAULT_ENERGY = 0.999
 DEFAULT_TV = RESTORE_DEFAULT_TV
 
 
@@ -201,10 +204,11 @@ def _restore_frame(
     overlap: int = 0,
 ) -> torch.Tensor:
     """RL-TV of one (H, W) frame with the operator of its map (compressed to ``energy`` when
-    given), at a maximum of 1 and back; tile by tile when ``tile`` is given
-    (:func:`psfmap.restore.tiled.restore_tiled`: the map's PSFs are rendered once and every
-    tile gets the whole-field operator restricted to it)."""
-    from psfmap.operators.compression import compress
+    given and cheaper, :func:`psfmap.operators.cost.cheapest`), at a maximum of 1 and back;
+    tile by tile when ``tile`` is given (:func:`psfmap.restore.tiled.restore_tiled`: the
+    map's PSFs are rendered once and every tile gets the whole-field operator restricted to
+    it)."""
+    from psfmap.operators.cost import cheapest
     from psfmap.restore import richardson_lucy
 
     scale = float(frame.detach().max())
@@ -212,8 +216,8 @@ def _restore_frame(
         raise ValueError("image is all zero; nothing to deblur")
 
     def solve(piece: torch.Tensor, operator: Any, region: Any) -> Any:
-        if energy is not None:
-            operator = compress(operator, energy=energy)
+        if energy is not None:  # compressed only where that is predicted to be faster
+            operator = cheapest(operator, energy=energy, calls=iterations + 1)
         # TV relative to the frame's maximum (1 here) in every tile, as in one piece
         return richardson_lucy(piece.to(operator.dtype), operator, iterations=iterations,
                                tv=tv, intensity_scale=1.0)
@@ -257,11 +261,12 @@ def deblur(
     grid: tuple[int, int] | None = None,
     median: int = DEFAULT_MEDIAN,
     psf_map: Any = None,
-    compress: float | None = None,
+    energy: float | None = DEFAULT_ENERGY,
     tile: int | None = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 256,
     return_map: bool = False,
+    compress: float | None = None,
 ) -> Any:
     r"""Blind spatially-variant deblurring: estimate the PSF map, then RL-TV with it.
 
@@ -299,15 +304,15 @@ def deblur(
         Use this map instead of estimating one; for a stack, one map for every frame or one
         map per frame; a path reads them (:func:`psfmap.load_psf_maps`). Each must have been
         made for images of this frame size (``PSFMap.check_covers``).
+    energy : float or None
+        Fraction of the PSF field's energy kept when the operator is compressed to a low
+        rank (:func:`psfmap.operators.compress`): the fewest kernels ``u_i ⋆ (v_i ·)`` that
+        keep it, hence fewer FFTs per iteration. The operator is compressed only where that
+        is predicted to be faster (:func:`psfmap.operators.cost.cheapest`: maps with many
+        cells on frames of moderate size); the PSF field's relative error is at most
+        ``√(1 − energy)`` (3.2 % at the default 0.999). ``None``: always the exact operator.
     compress : float, optional
-        Restore with the operator compressed to this fraction of its energy
-        (:func:`psfmap.operators.compress`, e.g. 0.9999): the fewest kernels ``u_i ⋆ (v_i ·)``
-        that keep it, hence fewer FFTs per iteration. On the real DAPI z-stack of
-        ``benchmarks/bench_stack.py`` 0.9999 keeps 2–3 of 18 kernels, deblurs 2.8× faster
-        and changes the result by 1.0 % (median over the planes; 1.25 % at most, relative
-        L2). On large fields (thousands of cells) it does not pay: the compressed operator
-        works on the whole field and is slower than the tiled one (4096²: 7.1 s against
-        1.55 s per forward and adjoint). Default: no compression.
+        Deprecated name of ``energy`` (one release).
     tile : int or None
         Restore frames larger than ``tile × tile`` pixels (``tile`` ≥ 32) in tiles of at
         most that size, each with ``overlap`` pixels of context on every side (together at
@@ -332,8 +337,12 @@ def deblur(
     tensor = _as_image(image)
     iterations = check_iterations(iterations)
     tv = check_positive(tv, "tv", allow_zero=True)
-    if compress is not None and not 0 < check_positive(compress, "compress") <= 1:
-        raise ValueError(f"compress must be an energy fraction in (0, 1], got {compress!r}")
+    if compress is not None:
+        warnings.warn("deblur(compress=...) is deprecated; use energy=", DeprecationWarning,
+                      stacklevel=2)
+        energy = compress
+    if energy is not None and not 0 < check_positive(energy, "energy") <= 1:
+        raise ValueError(f"energy must be an energy fraction in (0, 1], got {energy!r}")
     tile, overlap = check_tiling(tile, overlap)
     if bool((tensor < 0).any()):
         raise ValueError("image has negative values; Richardson–Lucy needs a non-negative image")
@@ -347,7 +356,7 @@ def deblur(
         maps = _maps_for_frames(psf_map, len(frames), tuple(tensor.shape[-2:]))
         warn_out_of_range(maps, "psf_map")
     restored = each_frame(
-        frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv, compress,
+        frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv, energy,
                                                     tile, overlap)
     )
     restored = kind.restore(torch.stack(restored).reshape(tensor.shape))

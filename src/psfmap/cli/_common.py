@@ -49,13 +49,23 @@ def check_outputs(
         if target in seen:
             raise UsageError(f"output {str(output)!r} is named twice; outputs must differ")
         seen.add(target)
+        if kind == "image" and str(target).lower().endswith(".zarr"):
+            # an OME-Zarr store: a folder written chunk by chunk, kept for --resume on failure
+            # (psfmap.cli._large); an existing one needs --resume or --overwrite
+            from psfmap.cli._large import check_zarr_output
+
+            if not target.parent.is_dir():
+                raise UsageError(f"output folder {str(Path(output).parent)!r} does not exist")
+            check_zarr_output(args, output)
+            continue
         if target.is_dir():
             raise UsageError(f"output {str(output)!r} is a folder; expected a file name")
         if not target.parent.is_dir():
             raise UsageError(f"output folder {str(Path(output).parent)!r} does not exist")
         suffix = target.suffix.lower()
         if kind == "image" and suffix not in TIFF_SUFFIXES:
-            raise UsageError(f"output {str(output)!r} is an image: give it a .tif name")
+            raise UsageError(f"output {str(output)!r} is an image: give it a .tif or .ome.zarr "
+                             "name")
         if kind == "figure" and suffix not in FIGURE_SUFFIXES:
             raise UsageError(f"figure {str(output)!r}: expected one of "
                              f"{', '.join(FIGURE_SUFFIXES)}")
@@ -63,7 +73,8 @@ def check_outputs(
             raise UsageError(f"output {str(output)!r} is a psfmap file, not an image or a "
                              "figure: give it a .psfmap name")
         check_writable(output)
-    args.created = [Path(path) for path, _ in named if not Path(path).exists()]
+    args.created = [Path(path) for path, kind in named if not Path(path).exists()
+                    and not (kind == "image" and str(path).lower().endswith(".zarr"))]
     for path, _ in named:  # temporary files of earlier runs killed outright (SIGKILL)
         sweep_stale_temps(path)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
+from psfmap.cli._large import add_large_flags, wants_chunks
 from psfmap.cli._common import (
     check_number,
     check_outputs,
@@ -98,9 +99,13 @@ def add_parser(subparsers):
     parser.add_argument(
         "--overlap", type=int, default=None, metavar="PIXELS",
         help=f"context around each tile, at least a PSF wide (default {DEFAULT_OVERLAP}; "
-        "with --tile)",
+        "with --tile); in a chunked run, the halo of every chunk (default from the PSF size "
+        "and the iterations)",
     )
-    parser.add_argument("-o", "--output", required=True, help="restored image to write (TIFF)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="restored image to write (TIFF, or .ome.zarr written chunk by "
+                        "chunk)")
+    add_large_flags(parser)
     return parser
 
 
@@ -134,8 +139,12 @@ def _method(args) -> str:
         raise UsageError(f"--tile must be >= {MIN_TILE} pixels (0: one piece), got {args.tile}")
     if args.overlap is not None and args.overlap < 0:
         raise UsageError(f"--overlap must be >= 0 pixels, got {args.overlap}")
-    if args.overlap is not None and not args.tile:
-        raise UsageError("--overlap applies with --tile")
+    chunked = (args.image.lower().rstrip("/").endswith(".zarr")
+               or args.output.lower().rstrip("/").endswith(".zarr")
+               or args.workers is not None or args.scheduler is not None
+               or args.chunk is not None)
+    if args.overlap is not None and not args.tile and not chunked:
+        raise UsageError("--overlap applies with --tile (or as the halo of a chunked run)")
     return method
 
 
@@ -242,6 +251,8 @@ def run(args) -> int:
     check_number(args.smooth, "--smooth", minimum=0)
     check_number(args.sparse, "--sparse", minimum=0)
     iterations = args.iterations or (200 if method == "sparse-smooth" else 20)
+    if wants_chunks(args, args.image, outputs):
+        return _run_chunked(args, method, iterations, [p for p in inputs if p is not None])
 
     image, metadata = read_image(args.image)
     image = np.asarray(image)
@@ -346,4 +357,73 @@ def run(args) -> int:
         f"deconvolved {len(frames)} frame(s) of {shape[0]}x{shape[1]} with {method} "
         f"({iterations} iterations{stopped}, {source}) in {elapsed:.1f} s -> {args.output}",
     )
+    return 0
+
+
+def _check_pixel_size(args, operator, metadata: dict) -> float | None:
+    """The image's pixel size, checked against the operator's when both say one: a store
+    without one is assumed at the operator's (warning), a different one is refused."""
+    image_size = metadata.get("pixel_size")
+    operator_size = (getattr(operator, "metadata", None) or {}).get("pixel_size")
+    if operator_size is None:
+        return image_size
+    if image_size is None:
+        warn(args, f"{Path(args.image).name} gives no pixel size; assuming the operator's "
+                   f"{float(operator_size):g} µm")
+        return float(operator_size)
+    if abs(float(image_size) - float(operator_size)) > 0.01 * float(operator_size):
+        raise ValueError(f"{args.image!r} has pixels of {float(image_size):g} µm, the operator "
+                         f"was built for {float(operator_size):g} µm; expected the same size")
+    return image_size
+
+
+def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
+    """Chunked restoration (dask): an OME-Zarr input read lazily, chunks restored with a halo
+    on threads or a cluster (--workers / --scheduler), an OME-Zarr output written chunk by
+    chunk (--resume completes an interrupted one)."""
+    from psfmap.cli._large import as_dask, dask_client, write_chunked
+    from psfmap.io import read_image
+    from psfmap.restore import DEFAULT_TV, deconvolve
+
+    if args.sparse_out is not None or args.smooth_out is not None:
+        raise UsageError("--sparse-out and --smooth-out need one piece; they do not combine "
+                         "with chunked runs (.ome.zarr, --workers, --scheduler, --chunk)")
+    if args.tile:
+        raise UsageError("--tile applies to in-memory restoration; a chunked run restores "
+                         "chunk by chunk (--chunk PIXELS)")
+    image, metadata = read_image(args.image)
+    if image.ndim < 2:
+        raise ValueError(f"{args.image!r} must be an image (..., H, W), got shape {image.shape}")
+    image = as_dask(image, args.chunk)
+    if not np.issubdtype(image.dtype, np.floating):
+        image = image.astype(np.float32)
+    start = time.perf_counter()
+    with dask_client(args) as client:
+        image, known = _shift_negative(args, image)
+        shape = tuple(int(v) for v in image.shape[-2:])
+        operator, source = _load_operator(args, shape)
+        pixel_size = _check_pixel_size(args, operator, metadata)
+        tv = (DEFAULT_TV if args.tv is None else args.tv) if method == "rl-tv" else None
+        options = ({"background": known, "tol": args.tol} if method != "sparse-smooth" else
+                   {k: v for k, v in (("smooth", args.smooth), ("sparse", args.sparse))
+                    if v is not None})
+        restored = deconvolve(image, operator, method, iterations, tv, overlap=args.overlap,
+                              **options)
+        kept = provenance(metadata, psfmap_command="deconvolve", source=Path(args.image).name,
+                          method=method, iterations=iterations, blur=source,
+                          chunks=[int(c) for c in image.chunksize])
+        if method == "rl-tv":
+            kept["tv"] = tv
+        if args.offset:
+            kept["offset"] = args.offset
+        axes = metadata.get("axes")
+        write_chunked(args, args.output, restored, client, pixel_size=pixel_size,
+                      metadata=kept, axes=axes if axes and len(axes) == image.ndim else None,
+                      inputs=inputs)
+    where = (f"{args.workers} worker(s)" if args.workers else
+             f"scheduler {args.scheduler}" if args.scheduler else "threads")
+    summary(args, f"deconvolved {'x'.join(str(n) for n in image.shape)} in "
+                  f"{int(np.prod(image.numblocks))} chunk(s) with {method} ({iterations} "
+                  f"iterations, {source}, {where}) in {time.perf_counter() - start:.1f} s "
+                  f"-> {args.output}")
     return 0

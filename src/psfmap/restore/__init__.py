@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from psfmap._chunks import is_dask
 from psfmap._validation import ArrayKind, as_tensor, describe
 from psfmap.restore._domain import as_operator, warn_out_of_range
 from psfmap.restore.richardson_lucy import (
@@ -100,7 +101,14 @@ def deconvolve(
         result to float precision, RL-TV within its own sensitivity to rounding. Default None:
         one piece (as ``psfmap.deblur(tile=None)``).
     overlap : int, optional
-        Context around each tile in pixels (>= 0, default 64); used only with ``tile``.
+        Context around each tile in pixels (>= 0, default 64); used with ``tile``, and as the
+        halo of a dask array's chunks.
+
+    A ``dask.array.Array`` image gives a lazy dask array of the same shape and chunks: every
+    chunk is restored with a halo of its neighbours (default
+    :func:`psfmap.restore.chunked.default_halo`, or ``overlap``) and the operator restricted
+    to it, relative to its frame's maximum (:mod:`psfmap.restore.chunked`); ``tile`` does
+    not apply (the chunks are the tiles).
     callback : callable, optional
         Passed to the solver (``callback(iteration, change)`` for RL, ``callback(iteration)``
         for sparse-smooth); with tiles it is called for every tile's iterations.
@@ -109,13 +117,19 @@ def deconvolve(
 
     Returns
     -------
-    ndarray or Tensor (..., H, W)
-        The restored image, same kind, dtype and device as ``image`` (NumPy for a list).
+    ndarray or Tensor (..., H, W), or dask.array.Array
+        The restored image, same kind, dtype and device as ``image`` (NumPy for a list; a
+        lazy dask array, float32 or float64, for a dask array).
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    halo = overlap  # None: the chunked default, sized from the PSF and the iterations
     tile, overlap = check_tiling(tile, overlap)
-    if not isinstance(image, (np.ndarray, torch.Tensor)):
+    chunked = is_dask(image)
+    if chunked and tile is not None:
+        raise ValueError(f"tile applies to in-memory images; a dask array is restored chunk by "
+                         f"chunk (rechunk it instead of tile={tile})")
+    if not chunked and not isinstance(image, (np.ndarray, torch.Tensor)):
         # lists and array-likes are NumPy arrays here, as in richardson_lucy and deblur
         # (None or another type: TypeError naming the argument)
         image = as_tensor(image, "image").numpy()
@@ -135,6 +149,11 @@ def deconvolve(
             tv = DEFAULT_TV
         iterations = 20 if iterations is None else iterations
     warn_out_of_range(operator)
+    if chunked:
+        from psfmap.restore.chunked import deconvolve_chunked
+
+        return deconvolve_chunked(image, operator, method, iterations, tv, halo=halo,
+                                  callback=callback, options=options)
     if tile is not None and max(int(shape[-2]), int(shape[-1])) > tile:
         return _deconvolve_tiled(image, operator, method, iterations, tv, tile, overlap,
                                  callback, options)

@@ -128,6 +128,25 @@ class CroppedOperator(LinearOperator):
         m = self.margin
         self.domain_shape = (self.image_shape[0] + 2 * m, self.image_shape[1] + 2 * m)
 
+    @property
+    def kernel_shape(self) -> tuple[int, int] | None:
+        return getattr(self.operator, "kernel_shape", None)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return getattr(self.operator, "dtype", None)
+
+    @property
+    def device(self) -> torch.device | None:
+        return getattr(self.operator, "device", None)
+
+    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> CroppedOperator:
+        """The same view of the extended operator converted (``margin`` already applied)."""
+        view = CroppedOperator.__new__(CroppedOperator)
+        view.__dict__.update(self.__dict__)
+        view.operator = self.operator.to(dtype=dtype, device=device)
+        return view
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.operator.forward(x)
         return self.crop(y)
@@ -152,14 +171,19 @@ class CroppedOperator(LinearOperator):
             return y
         return torch.nn.functional.pad(y, (m, m, m, m))
 
-    def norm_squared(self, iterations: int = 30, seed: int = 0) -> float:
-        """Power-iteration estimate of ``||A||^2`` for the composed operator itself."""
-        dtype = getattr(self.operator, "dtype", None) or torch.get_default_dtype()
-        kernels = getattr(self.operator, "kernels", None)
-        device = kernels.device if isinstance(kernels, torch.Tensor) else None
-        return LinearOperator.norm_squared(
-            self, self.domain_shape, iterations=iterations, seed=seed, dtype=dtype, device=device
-        )
+    def norm_squared(
+        self,
+        shape: tuple[int, int] | None = None,
+        iterations: int = 30,
+        seed: int = 0,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> float:
+        """Power-iteration estimate of ``||A||^2`` for the composed operator itself (its input
+        is the extended domain, whatever ``shape`` says)."""
+        dtype = dtype or self.dtype or torch.get_default_dtype()
+        return LinearOperator.norm_squared(self, self.domain_shape, iterations=iterations,
+                                           seed=seed, dtype=dtype, device=device or self.device)
 
 
 def needs_gradient(operator: Any, *tensors: torch.Tensor) -> bool:

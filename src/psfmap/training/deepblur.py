@@ -147,6 +147,13 @@ def _cosine(step: int, steps: int, lr: float) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * step / max(steps, 1)))
 
 
+def _warm_start(net: torch.nn.Module, spec: dict[str, Any]) -> None:
+    """Start from the weights of an earlier run of the same part (``init``: its ``.pt``), e.g.
+    to continue a run that a shared machine cut short; the chain is recorded in the config."""
+    if spec.get("init"):
+        net.load_state_dict(torch.load(spec["init"], weights_only=False)["state"])
+
+
 def _out_of_time(config: dict[str, Any], started: float) -> bool:
     """A wall-clock cap (``time_limit`` s, optional) for shared machines; the log records the
     steps done, so a capped run is visible (the shipped runs' logs say whether they were)."""
@@ -165,6 +172,7 @@ def train_identifier(config: dict[str, Any], family, pool, gammas) -> tuple[Iden
     psfs = _pool_psfs(family, gammas)
     torch.manual_seed(config["seed"])
     net = IdentificationNet(family.n_params, spec["widths"], spec["blocks"], spec["pool"])
+    _warm_start(net, spec)
     optimizer = torch.optim.Adam(net.parameters(), lr=spec["lr"])
     generator = torch.Generator().manual_seed(config["seed"] + 1)
     started, losses = time.perf_counter(), []
@@ -198,6 +206,7 @@ def train_deblurrer(config: dict[str, Any], family, pool, gammas) -> tuple[Unrol
     psfs = _pool_psfs(family, gammas)
     torch.manual_seed(config["seed"])
     net = UnrolledFISTA(spec["iterations"], spec["channels"])
+    _warm_start(net, spec)
     optimizer = torch.optim.Adam(net.parameters(), lr=spec["lr"])
     generator = torch.Generator().manual_seed(config["seed"] + 2)
     started, losses = time.perf_counter(), []
