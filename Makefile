@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch pinned: installs from the local CPU wheel here, from the registry elsewhere
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	# the dev extra holds the test and the docs tools (pytest, hypothesis, mkdocs, mkdocstrings)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# the dev extra holds the test and the docs tools (pytest, hypothesis, mkdocs, mkdocstrings);
+	# the napari extra the plugin and its viewer tests (napari, PyQt5, pytest-qt, pytest-xvfb)
+	$(PY) -m pip install --quiet -e ".[dev,napari]"
 	touch $(STAMP)
 
 env: $(STAMP)

@@ -29,7 +29,7 @@ def main(output: Path = OUTPUT, model: str = "zernike3", timeout: float = 300.0)
     from psfmap.napari import BlindDeblurWidget, sample_data
 
     viewer = napari.Viewer(show=False, title="psfmap in napari")
-    viewer.window.resize(1400, 760)
+    viewer.window.resize(1500, 720)
     (data, kwargs, _), = sample_data()
     image = viewer.add_image(data, **kwargs)
     widget = BlindDeblurWidget(viewer)
@@ -56,7 +56,12 @@ def main(output: Path = OUTPUT, model: str = "zernike3", timeout: float = 300.0)
         viewer.layers.move(viewer.layers.index(layer_name), index)
     viewer.grid.enabled = True
     viewer.grid.stride = len(order) - 1
+    viewer.layers.selection.active = viewer.layers[f"{name} PSF map"]
+    app.processEvents()
     viewer.reset_view()
+    # reset_view fits the grid to the canvas's size before the window's layout (the window is
+    # never shown): zoom in to fill the canvas of the docked window
+    viewer.camera.zoom *= 1.45
     app.processEvents()
     output.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(output), canvas_only=False)
@@ -68,4 +73,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=OUTPUT)
     parser.add_argument("--model", default="zernike3")
-    print(main(parser.parse_args().output, parser.parse_args().model))
+    arguments = parser.parse_args()
+    print(main(arguments.output, arguments.model))

@@ -118,8 +118,11 @@ def map_with_halo(
     ndim = array.ndim
     height, width = array.shape[-2:]
     starts = [_starts(c) for c in array.chunks]
-    grown = (da.overlap.overlap(array, depth={ndim - 2: halo, ndim - 1: halo},
-                                boundary="none") if halo else array)
+    # an axis in one chunk borrows nothing (the whole field is there)
+    rows_halo = halo if len(array.chunks[-2]) > 1 else 0
+    cols_halo = halo if len(array.chunks[-1]) > 1 else 0
+    grown = (da.overlap.overlap(array, depth={ndim - 2: rows_halo, ndim - 1: cols_halo},
+                                boundary="none") if rows_halo or cols_halo else array)
 
     def block(piece: np.ndarray, block_info: dict | None = None, **kwargs: Any) -> np.ndarray:
         location = block_info[None]["chunk-location"]
@@ -127,8 +130,8 @@ def map_with_halo(
         rows, cols = starts[-2], starts[-1]
         top, bottom = int(rows[location[-2]]), int(rows[location[-2] + 1])
         left, right = int(cols[location[-1]]), int(cols[location[-1] + 1])
-        region = (max(0, top - halo), min(height, bottom + halo),
-                  max(0, left - halo), min(width, right + halo))
+        region = (max(0, top - rows_halo), min(height, bottom + rows_halo),
+                  max(0, left - cols_halo), min(width, right + cols_halo))
         if piece.shape[-2:] != (region[1] - region[0], region[3] - region[2]):
             raise RuntimeError(f"block {location} has shape {piece.shape}, not the one of its "
                                f"region {region}: dask's overlap layout changed")

@@ -128,20 +128,32 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_writes_its_outputs(tmp_path, capsys):
+def test_demo_writes_its_outputs(tmp_path, capsys, check_figure):
     output = tmp_path / "demo"
     assert main(["demo", "-o", str(output)]) == 0
     names = sorted(p.name for p in output.iterdir())
     assert names == ["blurred.tif", "estimated.psfmap", "psf_map.png", "psf_map_comparison.png",
-                     "restored.tif", "sharp.tif", "truth.psfmap"]
+                     "real_estimated.psfmap", "real_measurement.tif", "real_psf_map.png",
+                     "real_restored.tif", "restored.tif", "sharp.tif", "truth.psfmap"]
     sharp, _ = read_image(output / "sharp.tif")
     blurred, _ = read_image(output / "blurred.tif")
     restored, _ = read_image(output / "restored.tif")
     assert sharp.shape == blurred.shape == restored.shape == (256, 256)
     assert PSFMap.load(output / "truth.psfmap").grid == (4, 4)
     assert PSFMap.load(output / "estimated.psfmap").family.name == "zernike3"
+    # the scored part: restoring the unseen procedural scene helps
+    from psfmap.metrics import snr
+
+    assert snr(sharp, restored) > snr(sharp, blurred) + 0.5
+    # the real part: the bundled measurement, its restoration and map
+    measured, _ = read_image(output / "real_measurement.tif")
+    real, _ = read_image(output / "real_restored.tif")
+    assert measured.shape == real.shape == (512, 512)
+    assert PSFMap.load(output / "real_estimated.psfmap").image_shape == (512, 512)
+    for figure in ("psf_map.png", "psf_map_comparison.png", "real_psf_map.png"):
+        check_figure(output / figure)
     out = capsys.readouterr().out
-    assert "SNR" in out and "zernike3" in out
+    assert "never used in training" in out and "SNR" in out
 
 
 def test_a_zernike_pupil_keeps_its_own_pixel_size_for_an_implausible_file(tmp_path, capsys):

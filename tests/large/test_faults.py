@@ -66,6 +66,7 @@ def test_a_killed_worker_does_not_change_the_result(cluster, rng):
     victim = sorted(pids.values())[0]
     os.kill(victim, signal.SIGKILL)
     result = future.result(timeout=300)
+    cluster.wait_for_workers(2, timeout=120)
     assert victim not in cluster.run(os.getpid).values()  # the nanny restarted it
     assert np.array_equal(result, expected)
 

@@ -9,7 +9,7 @@ import torch
 from psfmap.calibrate import OperatorFamily
 from psfmap.io import read_image
 from psfmap.napari._io import get_reader, sample_data, write_image_layer
-from psfmap.napari._layers import PSF_MAP_KEY, psf_map_layers
+from psfmap.napari._layers import PSF_MAP_KEY, psf_map_layers, support_crop
 from psfmap.operators import from_psf_grid
 from psfmap.operators.psf_map import PSFMap, save_psf_maps
 from psfmap.psf import gaussian
@@ -41,8 +41,10 @@ def test_psf_map_layers_put_every_cell_on_its_centre():
     names = [kwargs["name"] for _, kwargs, _ in layers]
     assert names == ["cells PSF map", "cells width", "cells validity"]
     mosaic, kwargs, kind = layers[0]
-    kernel = psf_map.psfs().shape[-1]
-    assert kind == "image" and mosaic.shape == (2 * kernel, 3 * kernel)
+    # tiles: the central window of the PSFs that holds 95 % of their flux (odd side)
+    kernel = mosaic.shape[0] // 2
+    assert kind == "image" and mosaic.shape == (2 * kernel, 3 * kernel) and kernel % 2 == 1
+    assert kernel < psf_map.psfs().shape[-1]
     assert kwargs["metadata"][PSF_MAP_KEY] is psf_map
     # each tile is its PSF normalised to its peak (gamma 0.5): peak 1 at the tile's centre
     tile = mosaic[kernel:, 2 * kernel:]
@@ -58,6 +60,16 @@ def test_psf_map_layers_put_every_cell_on_its_centre():
     np.testing.assert_allclose(heat, psf_map.params[..., 0])
     origin = np.array(heat_kwargs["translate"]) + np.array(heat_kwargs["scale"]) * [1, 2]
     np.testing.assert_allclose(origin, expected)
+
+
+def test_support_crop_keeps_the_flux_of_every_psf():
+    psfs = np.stack([gaussian(33, 1.0).numpy(), gaussian(33, 3.0).numpy()])
+    window = support_crop(psfs)
+    side = window.shape[-1]
+    assert side % 2 == 1 and 7 <= side < 33
+    assert np.all(window.sum(axis=(-2, -1)) >= 0.95 * psfs.sum(axis=(-2, -1)))
+    # one pixel less on each side would lose more than 5 % of the wide PSF
+    assert window[1, 1:-1, 1:-1].sum() < 0.95 * psfs[1].sum()
 
 
 def test_reader_opens_psf_maps_operators_and_families(tmp_path):

@@ -28,8 +28,8 @@ KERNEL = 9
 class Case:
     name: str
     build: Callable[[torch.dtype], Any]
-    in_shape: tuple[int, int]
-    out_shape: tuple[int, int]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
     saveable: bool = True
 
     def __repr__(self) -> str:  # the test id
@@ -79,6 +79,27 @@ def psf_gaussian(dtype: torch.dtype) -> torch.Tensor:
     return (psf * bump[None, :]).to(dtype)  # asymmetric: catches a flipped kernel
 
 
+# volumes: (D, H, W) stacks and (d, h, w) kernels (psfmap.operators.volume)
+VOLUME = (7, 12, 10)
+VOLUME_KERNEL = (5, 5, 3)
+
+
+def volume_psfs(dtype: torch.dtype, grid: tuple[int, int, int] = (2, 2, 1)) -> torch.Tensor:
+    """``(gz, gy, gx, 5, 5, 3)`` asymmetric 3D kernels (a flip in any axis would show)."""
+    g = torch.Generator().manual_seed(3)
+    psfs = torch.rand(grid + VOLUME_KERNEL, generator=g, dtype=torch.float64)
+    return (psfs / psfs.sum(dim=(-3, -2, -1), keepdim=True)).to(dtype)
+
+
+def volume_dense(dtype: torch.dtype) -> Any:
+    g = torch.Generator().manual_seed(4)
+    kernels = torch.rand((3,) + VOLUME_KERNEL, generator=g, dtype=torch.float64).to(dtype)
+    weights = torch.rand((3,) + VOLUME, generator=g, dtype=torch.float64).to(dtype)
+    return ProductConvolution(kernels, weights)
+
+
+VOLUME_WIDE = (VOLUME[0] + 4, VOLUME[1] + 6, VOLUME[2] + 2)
+
 MARGIN = 4
 WIDE = (SHAPE[0] + 2 * MARGIN, SHAPE[1] + 2 * MARGIN)
 
@@ -101,4 +122,16 @@ CASES = [
          SHAPE, saveable=False),
     Case("psf-map", psf_map_operator, SHAPE, SHAPE),
     Case("family", family_operator, SHAPE, SHAPE),
+    Case("volume-convolution", lambda dtype: Convolution(volume_psfs(dtype)[0, 0, 0]), VOLUME,
+         VOLUME),
+    Case("volume-dense", volume_dense, VOLUME, VOLUME),
+    Case("volume-grid", lambda dtype: from_psf_grid(volume_psfs(dtype), VOLUME), VOLUME, VOLUME),
+    Case("volume-compressed",
+         lambda dtype: from_psf_grid(volume_psfs(dtype), VOLUME).compress(rank=2), VOLUME,
+         VOLUME),
+    Case("volume-extended",
+         lambda dtype: from_psf_grid(volume_psfs(dtype), VOLUME).extended((2, 3, 1)),
+         VOLUME_WIDE, VOLUME_WIDE),
+    Case("volume-extended-dense", lambda dtype: volume_dense(dtype).extended((2, 3, 1)),
+         VOLUME_WIDE, VOLUME_WIDE),
 ]

@@ -28,10 +28,11 @@ def test_satisfies_the_contract(case):
         assert callable(getattr(op, member)), member
     image_shape = op.image_shape
     assert image_shape is None or tuple(image_shape) == case.out_shape
-    assert op.kernel_shape is None or len(op.kernel_shape) == 2
-    if isinstance(op, ProductConvolution | Convolution):
+    axes = len(case.out_shape)  # 2D images or 3D volumes
+    assert op.kernel_shape is None or len(op.kernel_shape) == axes
+    if hasattr(op, "kernels"):
         assert op.dtype == torch.float64 and op.device == torch.device("cpu")
-        assert op.kernel_shape == tuple(op.kernels.shape[-2:])
+        assert op.kernel_shape == tuple(op.kernels.shape[-axes:])
 
 
 def test_adjoint_is_exact_in_float64(case):

@@ -189,7 +189,7 @@ def test_load_rejects_newer_format_and_corrupted_files(tmp_path):
          "outside"),
         (lambda: Convolution(-torch.rand(5, 5)), "negative"),
         (lambda: Convolution(torch.zeros(5, 5)), "all zero"),
-        (lambda: Convolution(torch.rand(2, 5, 5)), r"\(h, w\)"),
+        (lambda: Convolution(torch.rand(2, 2, 5, 5)), r"\(h, w\)"),  # (d, h, w) is a volume
         (lambda: from_psf_grid(torch.rand(2, 2, 5, 5), (1, 10)), "at least"),
         (lambda: from_psf_grid(torch.rand(2, 5, 5), (10, 10)), r"\(gy, gx, h, w\)"),
         (lambda: from_psf_grid(torch.rand(2, 2, 5, 5), (10,)), "image_shape"),

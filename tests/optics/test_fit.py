@@ -158,3 +158,14 @@ def test_propagation_block_takes_the_focus_offsets():
     reference = Microscope([ZernikeSource(32, na=0.05, wavelength=0.5, pixel_size=2.0),
                             Camera(crop=9)]).psf()
     assert torch.allclose(stack[0], reference, atol=1e-6)
+
+
+def test_cli_refuses_a_broken_optics_file(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "beads.tif", np.ones((5, 20, 20), dtype=np.float32))
+    (tmp_path / "train.json").write_text("{not json")
+    code = main(["optics", "fit", str(tmp_path / "beads.tif"), "--optics",
+                 str(tmp_path / "train.json"), "--planes", "1,2,3", "--z-step", "0.3",
+                 "-o", str(tmp_path / "out.json")])
+    assert code == 1
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()

@@ -145,3 +145,12 @@ def test_a_distance_beyond_memory_is_refused():
     # band-limiting instead keeps the memory constant
     out = propagate(field, 1e6, wavelength=WAVELENGTH, pixel_size=0.4, padding="band-limit")
     assert out.shape == field.shape and bool(torch.isfinite(out.real).all())
+
+
+def test_grazing_angles_need_band_limiting():
+    generator = torch.Generator().manual_seed(5)
+    noise = torch.randn(32, 32, dtype=torch.complex64, generator=generator)
+    with pytest.raises(ValueError, match="grazing angles .* padding='band-limit'"):
+        propagate(noise, 10.0, wavelength=0.5, pixel_size=0.25)
+    out = propagate(noise, 10.0, wavelength=0.5, pixel_size=0.25, padding="band-limit")
+    assert out.shape == noise.shape and out.dtype == torch.complex64

@@ -178,6 +178,14 @@ def estimate(
         stack gives one map per frame, in C order of the leading axes (save them together
         with :func:`psfmap.save_psf_maps`). A frame whose windows are all invalid (e.g. an
         empty plane) raises ``ValueError`` naming the frame.
+
+    Warns
+    -----
+    UserWarning
+        When a map is doubtful (:func:`~psfmap.blind.reliability.reliability_warnings`:
+        estimates piled up at the upper end of the model's range, mostly textureless cells,
+        large predicted errors); the reasons are also kept in
+        ``psf_map.metadata["warnings"]``.
     """
     estimator = get_estimator(model)
     tensor = _as_image(image)
@@ -185,6 +193,7 @@ def estimate(
 
     def one_frame(index: int, frame: torch.Tensor) -> PSFMap:
         psf_map = estimate_psf_map(frame, estimator, window, stride, **options)
+        _flag(psf_map, f"frame {index}: " if tensor.ndim > 2 else "")
         if callback is not None:
             callback(index)
         return psf_map
@@ -223,6 +232,16 @@ def _restore_frame(
                                tv=tv, intensity_scale=1.0)
 
     return restore_tiled(frame / scale, psf_map, solve, tile, overlap) * scale
+
+
+def _flag(psf_map: PSFMap, where: str, lead: str = "") -> None:
+    """Warn (once per map) when a blind map is doubtful, and keep the reasons with it."""
+    from psfmap.blind.reliability import reliability_warnings
+
+    reasons = reliability_warnings(psf_map)
+    if reasons:
+        psf_map.metadata["warnings"] = reasons
+        warnings.warn(f"{lead}{where}{'; '.join(reasons)}", UserWarning, stacklevel=4)
 
 
 def _maps_for_frames(psf_map: Any, count: int, frame_shape: tuple[int, int]) -> list:
@@ -355,6 +374,9 @@ def deblur(
     else:
         maps = _maps_for_frames(psf_map, len(frames), tuple(tensor.shape[-2:]))
         warn_out_of_range(maps, "psf_map")
+        for index, one in enumerate(maps):  # estimated maps were flagged by estimate()
+            _flag(one, f"psf_map[{index}]: " if len(maps) > 1 else "psf_map: ",
+                  "restoring with a PSF map flagged as unreliable: ")
     restored = each_frame(
         frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv, energy,
                                                     tile, overlap)

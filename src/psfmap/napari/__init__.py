@@ -14,7 +14,8 @@ from __future__ import annotations
 from psfmap.napari._blind import BlindDeblurWidget
 from psfmap.napari._calibrate import CalibrateWidget
 from psfmap.napari._deconvolve import DeconvolveWidget
-from psfmap.napari._io import get_reader, sample_data, write_image_layer
+from psfmap.napari._io import get_reader, read_psfmap, sample_data, write_image_layer
+from psfmap.napari._layers import psf_map_layers
 from psfmap.napari._simulate import SimulateWidget
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "DeconvolveWidget",
     "SimulateWidget",
     "get_reader",
+    "psf_map_layers",
+    "read_psfmap",
     "sample_data",
     "write_image_layer",
 ]

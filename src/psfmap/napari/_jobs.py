@@ -35,8 +35,14 @@ class Ticker:
         self._worker: Any = None
         self.steps = 0
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the widget's Cancel was pressed, or napari asked the worker to quit (the
+        cancel of its activity dock)."""
+        return self._cancel.is_set() or bool(getattr(self._worker, "abort_requested", False))
+
     def __call__(self, *_: Any) -> None:
-        if self._cancel.is_set():
+        if self.cancelled:
             raise Cancelled
         self.steps += 1
         if self._worker is not None:
@@ -45,7 +51,7 @@ class Ticker:
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if the job was cancelled (between two verb calls)."""
-        if self._cancel.is_set():
+        if self.cancelled:
             raise Cancelled
 
 
@@ -104,13 +110,14 @@ class Job:
         self.ticker._worker = self.worker
 
         def returned(value: Any) -> None:
-            if value is CANCELLED or self._cancel.is_set():
+            if value is CANCELLED or self.ticker.cancelled:
                 self.cancelled = True
                 return
             on_result(value)
 
         self.worker.returned.connect(returned)
-        self.worker.finished.connect(lambda: on_finished(self.cancelled))
+        self.worker.finished.connect(
+            lambda: on_finished(self.cancelled or self.ticker.cancelled))
         if on_progress is not None:
             self.worker.yielded.connect(on_progress)
 

@@ -5,9 +5,9 @@ Every result layer keeps the geometry of the layer it was computed from (``scale
 is shown as two kinds of layer over the image it describes:
 
 * a **mosaic** of its local PSFs: cell ``(r, c)`` of a ``gy × gx`` map over an ``H × W``
-  image shows that cell's PSF, normalised to its peak, stretched over the cell, its centre
-  pixel on the cell centre ``((r + ½) H / gy, (c + ½) W / gx)`` of
-  :func:`psfmap.operators.from_psf_grid`;
+  image shows that cell's PSF (the central window that holds 95 % of every PSF's flux),
+  normalised to its peak, stretched over the cell, its centre pixel on the cell centre
+  ``((r + ½) H / gy, (c + ½) W / gx)`` of :func:`psfmap.operators.from_psf_grid`;
 * one **heat map** per model parameter (and one of the validity), one value per cell, the
   value of cell ``(r, c)`` drawn centred on that same cell centre.
 
@@ -28,6 +28,8 @@ from psfmap.operators.psf_map import PSFMap
 GEOMETRY = ("scale", "translate", "units", "axis_labels")
 # display gamma of the PSF mosaic: < 1 brings out the faint rings (as psfmap.figures does)
 MOSAIC_GAMMA = 0.5
+# each tile of the mosaic is the central window holding this fraction of every PSF's flux
+MOSAIC_ENERGY = 0.95
 # the Python object travels with the layer that shows it, so that Deconvolve can reuse it
 PSF_MAP_KEY = "psfmap_psf_map"
 LayerData = tuple[Any, dict[str, Any], str]
@@ -97,6 +99,22 @@ def frame_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return scale, translate
 
 
+def support_crop(psfs: np.ndarray, energy: float = MOSAIC_ENERGY, minimum: int = 7) -> np.ndarray:
+    """The central ``(2r + 1)²`` window of every PSF ``(..., h, w)``, with the smallest ``r``
+    that keeps ``energy`` of the flux of every one of them (at least ``minimum`` pixels a
+    side): a mosaic of these windows magnifies the PSFs rather than their empty margins."""
+    height, width = psfs.shape[-2:]
+    cy, cx = height // 2, width // 2
+    largest = min(cy, cx, height - 1 - cy, width - 1 - cx)
+    total = np.clip(psfs, 0, None).sum(axis=(-2, -1))
+    total = np.where(total > 0, total, 1.0)
+    for radius in range(max(minimum // 2, 1), largest + 1):
+        window = psfs[..., cy - radius:cy + radius + 1, cx - radius:cx + radius + 1]
+        if np.all(np.clip(window, 0, None).sum(axis=(-2, -1)) >= energy * total):
+            return window
+    return psfs[..., cy - largest:cy + largest + 1, cx - largest:cx + largest + 1]
+
+
 def psf_mosaic(psfs: Any) -> np.ndarray:
     """Local PSFs ``(..., gy, gx, h, w)`` tiled into ``(..., gy h, gx w)``, each normalised to
     its peak and shown with gamma :data:`MOSAIC_GAMMA` (float32 in [0, 1])."""
@@ -158,7 +176,7 @@ def psf_map_layers(
     lead_scale, lead_translate = scale[:-2], translate[:-2]
     gy, gx = first.grid
     image_shape = first.image_shape
-    psfs = np.stack([m.psfs().detach().cpu().numpy() for m in maps])
+    psfs = support_crop(np.stack([m.psfs().detach().cpu().numpy() for m in maps]))
     kernel = psfs.shape[-2:]
     mosaic = psf_mosaic(psfs).reshape(*lead_shape, gy * kernel[0], gx * kernel[1])
     mosaic_scale, mosaic_translate = _placed(

@@ -16,6 +16,19 @@ from psfmap.operators.compression import check_compression
 from psfmap.operators.fft import centred_spectra, same_fft_shape
 
 
+def _ndim(value: Any) -> int | None:
+    """Number of axes of an array-like without converting it (None when unknown)."""
+    ndim = getattr(value, "ndim", None)
+    if ndim is None and isinstance(value, (list, tuple)):
+        import numpy as np
+
+        try:
+            ndim = np.ndim(value)
+        except ValueError:  # ragged
+            return None
+    return ndim
+
+
 class Convolution(LinearOperator):
     """Space-invariant blur by one PSF, for images of any size (zero boundary, same size).
 
@@ -32,9 +45,17 @@ class Convolution(LinearOperator):
 
     image_shape = None
 
+    def __new__(cls, psf: Any = None, metadata: Mapping[str, Any] | None = None):
+        # a 3D PSF (d, h, w) gives the volume operator (psfmap.operators.volume)
+        if cls is Convolution and psf is not None and _ndim(psf) == 3:
+            from psfmap.operators.volume import VolumeConvolution
+
+            return VolumeConvolution(psf, metadata)
+        return super().__new__(cls)
+
     def __init__(self, psf: Any, metadata: Mapping[str, Any] | None = None):
         psf = as_tensor(psf, "psf")
-        check_ndim(psf, "psf", 2, "(h, w)")
+        check_ndim(psf, "psf", 2, "(h, w), or (d, h, w) for volumes")
         self.psf = check_psf(psf, "psf")
         self.kernel_shape = (int(psf.shape[0]), int(psf.shape[1]))
         self.metadata: dict[str, Any] = dict(metadata or {})
@@ -120,4 +141,4 @@ class Convolution(LinearOperator):
         _, arrays, meta = load_container(path, "convolution")
         if "psf" not in arrays:
             raise ValueError(f"{str(path)!r} is missing the array 'psf'")
-        return cls(torch.from_numpy(arrays["psf"]), meta)
+        return Convolution(torch.from_numpy(arrays["psf"]), meta)  # 3D PSF: VolumeConvolution

@@ -65,7 +65,9 @@ def from_psf_grid(psfs: Any, image_shape: Any, region: Any = None) -> ProductCon
     Parameters
     ----------
     psfs : array or tensor, shape (gy, gx, h, w)
-        Local PSF of each cell (non-negative, centred at ``(h // 2, w // 2)``).
+        Local PSF of each cell (non-negative, centred at ``(h // 2, w // 2)``). A grid of 3D
+        PSFs ``(gz, gy, gx, d, h, w)`` with ``image_shape = (D, H, W)`` gives the depth- and
+        field-variant volume operator of :func:`psfmap.operators.volume.from_psf_grid_3d`.
     image_shape : (int, int)
         ``(H, W)`` of the images the operator applies to (extra leading entries are ignored,
         so ``image.shape`` of a stack works).
@@ -84,6 +86,10 @@ def from_psf_grid(psfs: Any, image_shape: Any, region: Any = None) -> ProductCon
         evaluation exploits, and compression keeps the weights factored.
     """
     psfs = as_tensor(psfs, "psfs")
+    if psfs.ndim == 6:  # a (gz, gy, gx, d, h, w) grid of 3D PSFs
+        from psfmap.operators.volume import from_psf_grid_3d
+
+        return from_psf_grid_3d(psfs, image_shape)
     check_ndim(psfs, "psfs", 4, "(gy, gx, h, w)")
     check_psf(psfs, "psfs")
     height, width = _image_shape(image_shape)

@@ -97,6 +97,17 @@ class ProductConvolution(LinearOperator):
     torch.Size([64, 64])
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # kernels (I, d, h, w) give the volume operator (psfmap.operators.volume)
+        kernels = args[0] if args else kwargs.get("kernels")
+        if cls is ProductConvolution and getattr(as_tensor(kernels, "kernels")
+                                                 if kernels is not None else None,
+                                                 "ndim", 0) == 4:
+            from psfmap.operators.volume import VolumeProductConvolution
+
+            return VolumeProductConvolution(*args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, kernels: Any, weights: Any, metadata: Mapping[str, Any] | None = None,
                  *, engine: str | None = None):
         engine = _check_engine(engine)
@@ -537,6 +548,10 @@ def _edge_pad(weights: torch.Tensor, margin: int) -> torch.Tensor:
 
 
 def _product_convolution_from_arrays(arrays, meta, path) -> ProductConvolution:
+    if getattr(arrays.get("kernels"), "ndim", 3) == 4:  # a volume operator
+        from psfmap.operators.volume import volume_from_arrays
+
+        return volume_from_arrays(arrays, meta, path)
     try:
         kernels = torch.from_numpy(arrays["kernels"])
         if meta.get("weights") == "factored":

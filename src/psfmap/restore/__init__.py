@@ -30,6 +30,7 @@ from psfmap.restore.sparse_smooth import (
 )
 from psfmap.restore.tiled import check_tiling, restore_tiled
 from psfmap.restore.tv import divergence, gradient, total_variation, tv_curvature
+from psfmap.restore.volume import as_volume_operator, is_volume_operator, richardson_lucy_volume
 
 METHODS = ("rl", "rl-tv", "sparse-smooth")
 # λ_TV for method "rl-tv". The CNN papers quote λ = 0.1, but their code regularises with the
@@ -50,6 +51,7 @@ __all__ = [
     "richardson_lucy",
     "sparse_smooth",
     "spike_centroids",
+    "richardson_lucy_volume",
     "total_variation",
     "tv_curvature",
 ]
@@ -76,6 +78,9 @@ def deconvolve(
         array-likes (anything ``numpy.asarray`` reads) are taken as NumPy arrays, and the
         result is then a NumPy array.
     operator : linear operator, PSF (h, w), PSF grid (gy, gx, h, w) or PSFMap
+        A 3D operator, a 3D PSF ``(d, h, w)`` or a grid of 3D PSFs ``(gz, gy, gx, d, h, w)``
+        restores ``(..., D, H, W)`` as volumes (methods "rl" and "rl-tv"; option
+        ``accelerate=True`` for Biggs–Andrews).
         Anything with ``forward``/``adjoint``; a PSF array becomes ``Convolution(psf)``, a PSF
         grid ``from_psf_grid(psfs, image.shape[-2:])``, a ``PSFMap`` (e.g. from
         ``psfmap.estimate``) its ``.operator()``. A PSF map whose parameters lie outside its
@@ -148,6 +153,9 @@ def deconvolve(
         elif tv is None:
             tv = DEFAULT_TV
         iterations = 20 if iterations is None else iterations
+    if _is_volume_request(operator):
+        return _deconvolve_volume(image, operator, method, iterations, tv, tile, chunked,
+                                  callback, options)
     warn_out_of_range(operator)
     if chunked:
         from psfmap.restore.chunked import deconvolve_chunked
@@ -164,6 +172,30 @@ def deconvolve(
                              **options).restored
     return richardson_lucy(image, operator, iterations=iterations, tv=tv, callback=callback,
                            **options)
+
+
+def _is_volume_request(operator: Any) -> bool:
+    """A 3D operator, a 3D PSF (d, h, w) or a grid of 3D PSFs (gz, gy, gx, d, h, w)."""
+    if isinstance(operator, (np.ndarray, torch.Tensor)):
+        return operator.ndim in (3, 6)
+    return is_volume_operator(operator)
+
+
+def _deconvolve_volume(image: Any, operator: Any, method: str, iterations: int, tv: float,
+                       tile: int | None, chunked: bool, callback: Any,
+                       options: dict[str, Any]) -> Any:
+    """``deconvolve`` of ``(..., D, H, W)`` stacks as volumes with a 3D operator."""
+    if method == "sparse-smooth":
+        raise ValueError("method 'sparse-smooth' restores 2D images; with a 3D operator use "
+                         "method 'rl' or 'rl-tv'")
+    if tile is not None or chunked:
+        raise ValueError("a 3D operator restores in-memory volumes in one piece; tile= and dask "
+                         "arrays apply to 2D restoration")
+    if len(image.shape) < 3:
+        raise ValueError(f"image must be a volume (..., D, H, W) for a 3D operator, got shape "
+                         f"{tuple(image.shape)}")
+    return richardson_lucy_volume(image, as_volume_operator(operator, tuple(image.shape[-3:])),
+                                  iterations, tv, callback=callback, **options)
 
 
 def _deconvolve_tiled(

@@ -28,6 +28,7 @@ from psfmap.restore._domain import (
     solver_context,
 )
 from psfmap.restore.tv import tv_curvature
+from psfmap.restore.volume import is_volume_operator, richardson_lucy_volume
 
 # the TV-RL denominator is kept >= this fraction of H*1 (positivity, bounded step)
 DENOMINATOR_FLOOR = 0.1
@@ -91,6 +92,9 @@ def richardson_lucy(
         Blurred, non-negative image; leading axes (T, Z, ...) are frames restored together.
         Lists and array-likes are read as NumPy arrays (float32 for a list) and give NumPy.
     operator : linear operator
+        A 3D operator (``Convolution``/``ProductConvolution`` with kernels ``(d, h, w)``)
+        restores ``(..., D, H, W)`` as volumes
+        (:func:`psfmap.restore.volume.richardson_lucy_volume`).
         Anything with ``forward(x)`` / ``adjoint(y)`` on (..., H, W) tensors, e.g.
         ``Convolution``, ``ProductConvolution`` (also compressed), a calibrated family member.
         It is moved to the image's dtype and device. It must map non-negative images to
@@ -135,6 +139,12 @@ def richardson_lucy(
     >>> x = torch.zeros(64, 64); x[20, 30] = 100.0
     >>> restored = richardson_lucy(blur(x), blur, iterations=30)
     """
+    if is_volume_operator(operator):  # a 3D operator restores (..., D, H, W) as volumes
+        if intensity_scale is not None:
+            raise ValueError("intensity_scale applies to 2D restoration only, got "
+                             f"{intensity_scale!r} with a 3D operator")
+        return richardson_lucy_volume(image, operator, iterations, tv, background, tol=tol,
+                                      tv_epsilon=tv_epsilon, extend=extend, callback=callback)
     kind = ArrayKind(image)
     y = _check_image(image)
     iterations = _check_iterations(iterations)

@@ -61,3 +61,26 @@ def total_variation(image: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
     """Isotropic total variation ``sum_ij |grad x|_eps`` over the last two axes -> (...)."""
     grad = gradient(image)
     return torch.sqrt(grad[0] ** 2 + grad[1] ** 2 + epsilon**2).sum(dim=(-2, -1))
+
+
+def tv_curvature_3d(volume: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
+    """``div(grad x / |grad x|_eps)`` over the last three axes of ``(..., D, H, W)``.
+
+    Forward differences with a Neumann boundary along z, y and x; the divergence is minus the
+    adjoint of that gradient (backward differences), as in 2D. Values lie in [-6, 6].
+    """
+    grads = []
+    for axis in (-3, -2, -1):
+        grad = torch.zeros_like(volume)
+        length = volume.shape[axis]
+        grad.narrow(axis, 0, length - 1).copy_(
+            volume.narrow(axis, 1, length - 1) - volume.narrow(axis, 0, length - 1))
+        grads.append(grad)
+    modulus = torch.sqrt(sum(g * g for g in grads) + epsilon**2)
+    div = torch.zeros_like(volume)
+    for axis, grad in zip((-3, -2, -1), grads):
+        p = grad / modulus
+        length = volume.shape[axis]
+        div.narrow(axis, 0, length - 1).add_(p.narrow(axis, 0, length - 1))
+        div.narrow(axis, 1, length - 1).sub_(p.narrow(axis, 0, length - 1))
+    return div

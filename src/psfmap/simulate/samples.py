@@ -18,6 +18,7 @@ from psfmap._validation import check_pair, check_seed
 BUNDLED = {
     "neuron": "confocal_neuron_mip.tif",
     "beads": "psfextractor_beads_crop.ome.tif",
+    "measurement": "rdmpy_measurement_crop.tif",
 }
 TEXTURES = ("camera", "astronaut", "coffee", "brick", "grass", "gravel", "moon", "text",
             "coins", "page", "rocket", "cat")
@@ -207,6 +208,8 @@ def bundled_sample(name: str = "neuron") -> np.ndarray:
     name : str
         ``"neuron"``: 256 × 256 maximum-intensity projection of a confocal stack of a
         Purkinje neuron (Cell Image Library 10106–10108, via hammerlab/flowdec, Apache-2.0);
+        ``"measurement"``: 512 × 512 crop of a real blurred fluorescence measurement
+        (apsk14/rdmpy, MIT; no sharp version exists; never used to train a network);
         ``"beads"``: 128 × 128 crop of an in-focus slice of 200 nm beads, 0.108 µm pixels
         (hoogenboom-group/PSF-Extractor, CC-BY-4.0). See ``psfmap/data/README.md``.
     """

@@ -1,0 +1,59 @@
+"""Real 3D FFTs for volume operators, with the inverse routed around a torch CPU crash.
+
+With torch 2.13 on CPU, ``torch.fft.irfftn`` over three axes corrupts the heap and kills the
+process for many volume shapes (reported for (33…40, 1024, 1024), (40, 1000, 1000),
+(20, 2048, 2048); issue 20), while ``rfftn``, batched ``irfft2`` and an inverse done as a
+complex ``ifft`` over the leading axes followed by a ``irfft`` over the last one all pass.
+:func:`irfft3` is that last form: mathematically the same transform (``irfftn`` is a complex
+inverse over the leading axes and a complex-to-real inverse over the last), at the same cost.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from psfmap.operators.fft import fast_size
+
+AXES = (-3, -2, -1)
+
+
+def same_fft_shape_3d(image_shape: tuple[int, ...], kernel_shape: tuple[int, ...]
+                      ) -> tuple[int, int, int]:
+    """Padded FFT shape for a same-size *linear* 3D convolution with a centred kernel
+    (``N ≥ D + max(c, d − 1 − c)``, ``c = d // 2``, on each axis; even smooth sizes)."""
+    return tuple(fast_size(n + max(k // 2, k - 1 - k // 2))
+                 for n, k in zip(image_shape, kernel_shape))
+
+
+def rfft3(x: torch.Tensor, fft_shape: tuple[int, int, int]) -> torch.Tensor:
+    """``rfftn`` of ``(..., D, H, W)`` zero-padded to ``fft_shape`` over the last three axes."""
+    return torch.fft.rfftn(x, s=tuple(fft_shape), dim=AXES)
+
+
+def irfft3(spectrum: torch.Tensor, fft_shape: tuple[int, int, int]) -> torch.Tensor:
+    """The inverse of :func:`rfft3`, as ``ifft2`` over the two leading axes then ``irfft`` over
+    the last: never ``irfftn`` over three axes (it crashes torch 2.13 on CPU, see the module
+    docstring)."""
+    partial = torch.fft.ifft2(spectrum, dim=(-3, -2))
+    return torch.fft.irfft(partial, n=int(fft_shape[-1]), dim=-1)
+
+
+def centred_spectra_3d(kernels: torch.Tensor, fft_shape: tuple[int, int, int]) -> torch.Tensor:
+    """``rfft3`` of kernels ``(I, d, h, w)`` zero-padded to ``fft_shape``, centre rolled to the
+    origin (so that the product is a same-size linear convolution after cropping)."""
+    d, h, w = kernels.shape[-3:]
+    shifts = (-(d // 2), -(h // 2), -(w // 2))
+    if kernels.requires_grad:
+        padded = torch.nn.functional.pad(
+            kernels, (0, fft_shape[2] - w, 0, fft_shape[1] - h, 0, fft_shape[0] - d))
+        return torch.fft.rfftn(torch.roll(padded, shifts=shifts, dims=AXES), dim=AXES)
+    spectra = torch.empty(
+        (kernels.shape[0], fft_shape[0], fft_shape[1], fft_shape[2] // 2 + 1),
+        dtype=torch.complex128 if kernels.dtype == torch.float64 else torch.complex64,
+        device=kernels.device,
+    )
+    buffer = kernels.new_zeros(tuple(fft_shape))
+    for i, kernel in enumerate(kernels):  # one padded kernel at a time bounds the peak memory
+        buffer[:d, :h, :w] = kernel
+        spectra[i] = torch.fft.rfftn(torch.roll(buffer, shifts=shifts, dims=AXES), dim=AXES)
+    return spectra
