@@ -37,7 +37,7 @@ def test_the_operators_invert_without_irfftn(monkeypatch):
     x[2, 3, 3] = 27.0
     y = op.forward(x)
     assert float(y[1:4, 2:5, 2:5].min()) == pytest.approx(1.0, abs=1e-5)
-    assert float(op.adjoint(y).sum()) == pytest.approx(27.0 * 27 / 27 * 27 / 27, rel=1e-5)
+    assert float(op.adjoint(y).sum()) == pytest.approx(27.0, rel=1e-5)  # away from edges
     assert fft3d.irfft3.__doc__ and "irfftn" in fft3d.irfft3.__doc__
 
 
