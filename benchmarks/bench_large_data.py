@@ -143,17 +143,20 @@ def throughput(frames: int) -> None:
           f"{100 * (four / one - 1):.0f} % (halo + scheduling)")
 
 
-def _rss_all() -> int:
-    """Resident bytes of this process and all its descendants."""
+def _rss_all(each: dict[int, int] | None = None) -> int:
+    """Resident bytes of this process and all its descendants (``each``: the peak per pid)."""
     import psutil
 
     me = psutil.Process()
     total = 0
     for process in [me, *me.children(recursive=True)]:
         try:
-            total += process.memory_info().rss
+            rss = process.memory_info().rss
         except psutil.Error:
-            pass
+            continue
+        total += rss
+        if each is not None:
+            each[process.pid] = max(each.get(process.pid, 0), rss)
     return total
 
 
@@ -177,11 +180,12 @@ def memory(size: int, iterations: int) -> None:
     image = da.zeros((size, size), dtype=np.float32, chunks=chunk).map_blocks(make)
     write_image(source, image, pixel_size=0.1)
     peak = [0]
+    each: dict[int, int] = {}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss_all())
+            peak[0] = max(peak[0], _rss_all(each))
             time.sleep(0.1)
 
     psfs = psf_grid(16, 16)
@@ -203,7 +207,8 @@ def memory(size: int, iterations: int) -> None:
     print(f"memory: {size}² float32 OME-Zarr ({chunk}² chunks), 16x16 PSF map, RL-TV "
           f"{iterations} it, 2-worker LocalCluster: peak RSS over all processes "
           f"{peak[0] / 1e9:.2f} GB (this process alone before: {baseline / 1e9:.2f} GB), "
-          f"{elapsed:.0f} s")
+          f"{elapsed:.0f} s; peak per process (GB): "
+          f"{', '.join(f'{v / 1e9:.2f}' for v in sorted(each.values(), reverse=True))}")
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)

@@ -76,7 +76,7 @@ def main() -> None:
         f"{log['deblur']['steps_done']} steps of {training['deblur']['batch']} images, MSE to "
         f"the sharp scene with the true operator, {log['deblur']['seconds'] / 60:.0f} min. "
         "Both on a shared 2-core CPU, 1 torch thread per process, the two trainings and two "
-        "of the other model running at once beside other jobs (load 6–11): the times are "
+        "of the other model running at once beside other jobs (load 6–14): the times are "
         "wall times under that contention. Reproduce: `python -m psfmap.training.deepblur "
         f"--name {args.model} --part identify|deblur|assemble` (the config is in "
         f"`deepblur-{args.model}.json`).",

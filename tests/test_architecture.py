@@ -15,9 +15,14 @@ DEPRECATED = {"identify", "depth"}
 # psf -> optics -> operators -> (simulate, restore) -> (calibrate, blind, deepblur) -> (cli, napari)
 RANK = {
     "_validation": 0, "_container": 0, "_memory": 0, "_callable_module": 0, "_deprecated": 0,
-    "_chunks": 0, "metrics": 0, "io": 1, "_zarr": 1, "psf": 1, "optics": 2, "operators": 3, "simulate": 4, "restore": 4,
-    "figures": 4, "calibrate": 5, "blind": 5, "deepblur": 5, "training": 6, "cli": 7,
-    "napari": 7,
+    "_lazy": 0, "_chunks": 0, "metrics": 0,
+    "io": 1, "_zarr": 1, "psf": 1,
+    "optics": 2,
+    "operators": 3,
+    "simulate": 4, "restore": 4, "figures": 4,
+    "calibrate": 5, "blind": 5, "deepblur": 5,
+    "training": 6,
+    "cli": 7, "napari": 7,
 }
 
 

@@ -54,14 +54,17 @@ def main(output: Path = OUTPUT, model: str = "zernike3", timeout: float = 300.0)
     ] + [f"{name} deblurred"]
     for index, layer_name in enumerate(order):
         viewer.layers.move(viewer.layers.index(layer_name), index)
-    viewer.grid.enabled = True
-    viewer.grid.stride = len(order) - 1
+    # napari 0.9 moved grid and camera to viewer.canvas and viewer.scene
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    grid.enabled = True
+    grid.stride = len(order) - 1
     viewer.layers.selection.active = viewer.layers[f"{name} PSF map"]
     app.processEvents()
     viewer.reset_view()
     # reset_view fits the grid to the canvas's size before the window's layout (the window is
     # never shown): zoom in to fill the canvas of the docked window
-    viewer.camera.zoom *= 1.45
+    camera.zoom *= 1.45
     app.processEvents()
     output.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(output), canvas_only=False)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from psfmap._lazy import lazy_attribute
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it (``simulate`` and ``calibrate`` are sub-packages that
@@ -46,11 +48,7 @@ __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES) + ["__version__"]
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES or name in _DEPRECATED_SUBMODULES:
         return importlib.import_module(f"psfmap.{name}")
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'psfmap' has no attribute {name!r}")
+    return lazy_attribute(__name__, globals(), _EXPORTS, name)
 
 
 def __dir__() -> list[str]:

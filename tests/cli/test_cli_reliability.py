@@ -166,7 +166,7 @@ BAD_VALUES = {
                   ["--smoothing", "-1"], ["--psf-size", "4"]],
     "identify": [["--threshold", "nan"]],
     "estimate": [["--median", "-1"], ["--window", "0"], ["--grid", "0x3"]],
-    "deblur": [["--tv", "nan"], ["--tile", "8"], ["--compress", "2"], ["--iterations", "0"]],
+    "deblur": [["--tv", "nan"], ["--tile", "8"], ["--energy", "2"], ["--iterations", "0"]],
     "depth": [["--z-start", "inf"]],
     "train": [["--seed", "-1"], ["--minutes", "nan"]],
     "demo": [["--seed", "-1"]],

@@ -27,3 +27,20 @@ def test_tiny_training_run(tmp_path):
     assert model.config["training_log"]["identify"]["steps_done"] == 2
     gamma = identify(np.random.default_rng(0).random((32, 32)).astype(np.float32), model)
     assert gamma.shape == (7,)
+
+
+@pytest.mark.slow
+def test_psfmap_train_deepblur(tmp_path, capsys):
+    from psfmap.cli import main
+
+    override = {"pool_scenes": 2, "pool_operators": 10, "size": 32, "pad": 8,
+                "identify": {"steps": 1, "batch": 2, "widths": [4, 8]},
+                "deblur": {"steps": 1, "batch": 1, "iterations": 2, "channels": 4}}
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(override))
+    output = tmp_path / "mine.pt"
+    assert main(["train", "--model", "deepblur-zernike7", "--config", str(config),
+                 "-o", str(output), "--quiet"]) == 0
+    assert load_model(str(output.with_suffix(".json"))).n_params == 7
+    assert main(["train", "--model", "deepblur-nothing", "-o", str(output)]) == 2
+    assert "NAME must be one of" in capsys.readouterr().err

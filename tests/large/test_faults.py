@@ -105,3 +105,17 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(tmp_path, rng, sig
     assert full.returncode == 0, full.stderr
     assert np.array_equal(read_image(tmp_path / "out.ome.zarr")[0].compute(),
                           read_image(tmp_path / "full.ome.zarr")[0].compute())
+
+
+def test_cli_workers_equal_the_threaded_run(tmp_path, rng):
+    from psfmap.cli import main
+
+    image = (rng.random((2, 80, 96)) * 50 + 5).astype(np.float32)
+    write_image(tmp_path / "in.ome.zarr", image, axes="TYX")
+    tifffile.imwrite(tmp_path / "psf.tif", gaussian(9, 1.5).numpy())
+    base = ["deconvolve", str(tmp_path / "in.ome.zarr"), "--psf", str(tmp_path / "psf.tif"),
+            "--iterations", "4", "--quiet"]
+    assert main([*base, "-o", str(tmp_path / "threads.ome.zarr")]) == 0
+    assert main([*base, "-o", str(tmp_path / "cluster.ome.zarr"), "--workers", "2"]) == 0
+    assert np.array_equal(read_image(tmp_path / "threads.ome.zarr")[0].compute(),
+                          read_image(tmp_path / "cluster.ome.zarr")[0].compute())

@@ -150,3 +150,17 @@ def test_gradients_flow_to_3d_kernels():
 def test_bad_input_raises_one_clear_sentence(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+def test_slab_engine_equals_the_fourier_sum_on_depth_grids():
+    psfs = volume_psfs(torch.float64, (4, 1, 1))
+    op = from_psf_grid(psfs, (20, 12, 10))
+    assert op.engine == "slabs" and op.z_spans[0] == (0, 8)
+    for operator in (op, op.extended((2, 3, 1)), ProductConvolution(op.kernels, op.weights)):
+        shape = operator.image_shape
+        x, y = _random((2,) + shape, 5), _random((2,) + shape, 6)
+        fourier, slabs = operator.with_engine("fourier"), operator.with_engine("slabs")
+        torch.testing.assert_close(slabs.forward(x), fourier.forward(x), rtol=0, atol=1e-12)
+        torch.testing.assert_close(slabs.adjoint(y), fourier.adjoint(y), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="engine"):
+        op.with_engine("tiled")

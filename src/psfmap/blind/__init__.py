@@ -12,8 +12,9 @@ Names are imported lazily so that ``import psfmap.blind`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from psfmap._lazy import lazy_attribute
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -43,11 +44,7 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'psfmap.blind' has no attribute {name!r}")
+    return lazy_attribute(__name__, globals(), _EXPORTS, name)
 
 
 def __dir__() -> list[str]:

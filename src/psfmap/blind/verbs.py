@@ -62,8 +62,10 @@ DEFAULT_MEDIAN = 3
 # were faster (35 vs 42 s, 123 vs 199 s) and lighter (1.3 vs 1.8 GB, 2.7 vs 4.7 GB) than one
 # piece, the result within RL-TV's own sensitivity to rounding (benchmarks/RESULTS.md)
 DEFAULT_TILE = 2048
-# low-rank accuracy of deblur's operator when compressing it is faster (benchmarks/RESULTS.md)
-DEFAULT_ENERGY = 0.999
+# deblur restores with the exact operator unless asked: Richardson–Lucy with a compressed
+# operator (negative lobes) can diverge on real images (the fly wing, 31 x 31 map, rank 3:
+# values of 1e6 after 10 iterations; benchmarks/RESULTS.md)
+DEFAULT_ENERGY = None
 DEFAULT_TV = RESTORE_DEFAULT_TV
 
 
@@ -329,7 +331,10 @@ def deblur(
         keep it, hence fewer FFTs per iteration. The operator is compressed only where that
         is predicted to be faster (:func:`psfmap.operators.cost.cheapest`: maps with many
         cells on frames of moderate size); the PSF field's relative error is at most
-        ``√(1 − energy)`` (3.2 % at the default 0.999). ``None``: always the exact operator.
+        ``√(1 − energy)`` (3.2 % at 0.999). Default ``None``: always the exact operator —
+        Richardson–Lucy with a compressed operator, whose eigen-PSFs have negative lobes, can
+        diverge on real images (measured on the fly wing: ``benchmarks/RESULTS.md``), so
+        check the result when you ask for it.
     compress : float, optional
         Deprecated name of ``energy`` (one release).
     tile : int or None
@@ -352,6 +357,14 @@ def deblur(
     restored : same kind, shape and dtype as ``image`` (or a :class:`BlindResult`, whose
         ``psf_map`` is a list of maps for a stack).
     """
+    from psfmap._chunks import is_dask
+
+    if is_dask(image):
+        return _deblur_frames_lazily(image, model=model, iterations=iterations, tv=tv,
+                                     window=window, stride=stride, grid=grid, median=median,
+                                     psf_map=psf_map, energy=energy, compress=compress,
+                                     tile=tile, overlap=overlap, batch_size=batch_size,
+                                     return_map=return_map)
     kind = ArrayKind(image)
     tensor = _as_image(image)
     iterations = check_iterations(iterations)
@@ -385,3 +398,35 @@ def deblur(
     if return_map:
         return BlindResult(restored=restored, psf_map=maps if tensor.ndim > 2 else maps[0])
     return restored
+
+
+def _deblur_frames_lazily(image: Any, *, return_map: bool, **settings: Any) -> Any:
+    """``deblur`` of a dask array: a lazy dask array of the same shape and chunks, every frame
+    deblurred in memory as ``deblur`` would (its map estimated on the whole frame), frames in
+    parallel. A frame split into chunks is gathered into one chunk first (with a warning):
+    blind estimation needs the whole frame; for frames larger than memory, estimate a map
+    and pass ``deconvolve(dask_array, psf_map)``."""
+    if return_map:
+        raise ValueError("return_map=True needs an in-memory image; a dask array gives a lazy "
+                         "restored array only (estimate the maps with psfmap.estimate)")
+    if image.ndim < 2:
+        raise ValueError(f"image must be a dask array (..., H, W), got shape {image.shape}")
+    original = image.chunks
+    if len(original[-2]) > 1 or len(original[-1]) > 1:
+        warnings.warn(
+            f"deblur estimates each frame's PSF map on the whole frame; the frames of "
+            f"{image.shape[-2]}x{image.shape[-1]} px stored in chunks of "
+            f"{max(original[-2])}x{max(original[-1])} px are gathered into one chunk each "
+            "(for frames larger than memory: psfmap.estimate, then psfmap.deconvolve of the "
+            "dask array)", UserWarning, stacklevel=3)
+        image = image.rechunk(original[:-2] + ((image.shape[-2],), (image.shape[-1],)))
+    import numpy as np
+
+    dtype = np.float64 if image.dtype == np.float64 else np.float32
+
+    def block(frames: Any) -> Any:
+        return np.asarray(deblur(np.asarray(frames, dtype=dtype), **settings), dtype=dtype)
+
+    result = image.map_blocks(block, dtype=dtype,
+                              meta=np.empty((0,) * image.ndim, dtype))
+    return result if result.chunks == original else result.rechunk(original)

@@ -83,22 +83,20 @@ def check_zarr_output(args, output: Any) -> None:
                          "complete it or --overwrite to replace it")
 
 
-class _OneTorchThread:
-    """Worker plugin: one torch thread per worker process (processes are the parallelism;
-    torch's own threads would compete for the same cores). Also set on restarted workers."""
+def _one_torch_thread_plugin() -> Any:
+    """A worker plugin: one torch thread per worker process (processes are the parallelism;
+    torch's own threads would compete for the same cores), set on restarted workers too."""
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    name = "psfmap-one-torch-thread"
+    class OneTorchThread(WorkerPlugin):
+        name = "psfmap-one-torch-thread"
 
-    def setup(self, worker: Any = None) -> None:
-        import torch
+        def setup(self, worker: Any) -> None:
+            import torch
 
-        torch.set_num_threads(1)
+            torch.set_num_threads(1)
 
-    def teardown(self, worker: Any = None) -> None:
-        return None
-
-    def transition(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    return OneTorchThread()
 
 
 @contextlib.contextmanager
@@ -118,15 +116,15 @@ def dask_client(args) -> Iterator[Any]:
             raise UsageError(f"--scheduler {args.scheduler!r}: no dask scheduler answers "
                              f"({error})") from None
         with client:
-            client.register_plugin(_OneTorchThread())
+            client.register_plugin(_one_torch_thread_plugin())
             yield client
         return
     # one thread per worker: torch threads inside a task would oversubscribe the cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=40) as cluster, \
+                      dashboard_address=":0", silence_logs=40) as cluster, \
             Client(cluster) as client:
-        client.register_plugin(_OneTorchThread())
+        client.register_plugin(_one_torch_thread_plugin())
         yield client
 
 

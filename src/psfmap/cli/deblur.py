@@ -62,8 +62,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--energy", type=float, default=DEFAULT_ENERGY, metavar="FRACTION",
-        help="energy of the PSF field kept when compressing the operator is faster (default "
-        f"{DEFAULT_ENERGY}: PSF field error <= 3.2 %%; 1: exact)",
+        help="compress the operator to this fraction of its PSF field's energy where that is "
+        "faster, e.g. 0.999 (PSF field error <= 3.2 %%; check the result: RL with a compressed "
+        "operator can diverge); default: the exact operator",
     )
     # the old name of --energy, kept for one release
     parser.add_argument("--compress", type=float, dest="energy", help=argparse.SUPPRESS)
@@ -113,7 +114,7 @@ def run(args) -> int:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
     if not 0 <= args.tv < float("inf"):
         raise UsageError(f"--tv must be a weight >= 0, got {args.tv}")
-    if not 0 < args.energy <= 1:
+    if args.energy is not None and not 0 < args.energy <= 1:
         raise UsageError(f"--energy must be a fraction in (0, 1], got {args.energy}")
     if args.tile != 0 and args.tile < MIN_TILE:
         raise UsageError(f"--tile must be >= {MIN_TILE} pixels (0: one piece), got {args.tile}")
@@ -183,6 +184,6 @@ def run(args) -> int:
     return 0
 
 
-def _energy(value: float) -> float | None:
+def _energy(value: float | None) -> float | None:
     """--energy 1 keeps the whole PSF field: the exact operator."""
-    return None if value >= 1 else value
+    return None if value is None or value >= 1 else value

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._large import add_large_flags, wants_chunks
 from psfmap.cli._common import (
     check_number,
     check_outputs,
@@ -18,6 +17,8 @@ from psfmap.cli._common import (
     warn,
     warn_saturated,
 )
+from psfmap.cli._large import add_large_flags, wants_chunks
+from psfmap.cli._volume import add_volume_flags, run_volume, volume_operator
 
 # frames restored together: at most this many pixels per batch (memory stays bounded)
 BATCH_PIXELS = 4 * 1024 * 1024
@@ -47,7 +48,8 @@ def add_parser(subparsers):
     parser.add_argument("image", help="image to restore (TIFF; leading Z/T/C axes are frames)")
     blur = parser.add_mutually_exclusive_group(required=True)
     blur.add_argument("--psf", help="one PSF image at the image's pixel size, background "
-                      "subtracted and cropped (TIFF, 2-D; a 3-D stack: its brightest plane)")
+                      "subtracted and cropped (TIFF, 2-D; a 3-D PSF with a z-stack restores "
+                      "it as a volume, see --z-step and --plane-by-plane)")
     blur.add_argument("--operator", help="operator file written by psfmap (psfmap identify, "
                       "or an operator's .save() in Python; .psfmap/.npz)")
     blur.add_argument("--psf-map", help="PSF map file (psfmap estimate / deblur --save-map, "
@@ -106,6 +108,7 @@ def add_parser(subparsers):
                         help="restored image to write (TIFF, or .ome.zarr written chunk by "
                         "chunk)")
     add_large_flags(parser)
+    add_volume_flags(parser)
     return parser
 
 
@@ -241,7 +244,7 @@ def run(args) -> int:
     method = _method(args)
     inputs = [args.image, args.psf, args.operator, args.psf_map]
     outputs = [args.output, args.sparse_out, args.smooth_out]
-    check_outputs(args, inputs, images=outputs)
+    check_outputs(args, inputs, images=outputs, figures=[args.views])
     if args.iterations is not None and args.iterations < 1:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
     check_number(args.background, "--background", minimum=0,
@@ -262,6 +265,13 @@ def run(args) -> int:
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
     image, known = _shift_negative(args, image)
+    volume = volume_operator(args, image)  # a 3-D PSF or operator: restore as volumes
+    if volume is not None:
+        return run_volume(args, image, metadata, method, iterations, known, *volume,
+                          inputs=[p for p in inputs if p is not None])
+    if args.views is not None or args.accelerate:
+        raise UsageError("--views and --accelerate apply to volumes (a 3-D --psf or "
+                         "--operator with a z-stack)")
     shape = image.shape[-2:]
     frames = image.reshape(-1, *shape)
     operator, source = _load_operator(args, tuple(shape))

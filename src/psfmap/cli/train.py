@@ -17,7 +17,9 @@ def add_parser(subparsers):
         "psfmap train --model gaussian1 --steps 4000 --seed 0 -o gaussian1.pt",
     )
     parser.add_argument("--model", required=True,
-                        help="PSF family: gaussian1, gaussian2, zernike1, zernike2, zernike3")
+                        help="PSF family: gaussian1, gaussian2, zernike1, zernike2, zernike3; "
+                             "or deepblur-zernike7 / deepblur-beads12 (both Deep-Blur networks, "
+                             "--config, --seed and --threads apply)")
     parser.add_argument("--steps", type=int, default=None,
                         help="optimisation steps (default: the shipped model's, which replays its "
                              "recorded schedule; else 2000)")
@@ -64,6 +66,8 @@ def run(args) -> int:
     from psfmap.psf import FAMILIES
     from psfmap.training.loop import train
 
+    if args.model.startswith("deepblur-"):  # Deep-Blur: psfmap.training.deepblur
+        return _train_deepblur(args)
     if args.model not in FAMILIES:
         raise UsageError(f"--model must be one of {', '.join(FAMILIES)}, got {args.model!r}")
     if args.steps is not None and args.steps < 1:
@@ -103,4 +107,22 @@ def run(args) -> int:
     best = written["metrics"]["validation"]
     summary(args, f"wrote {path} ({written['config']['steps']} steps, validation R² "
                   f"{best['r2_mean']:.3f}, validity accuracy {best['validity_accuracy']:.3f})")
+    return 0
+
+
+def _train_deepblur(args) -> int:
+    from psfmap.training.deepblur import CONFIGS, train_all
+
+    name = args.model[len("deepblur-"):]
+    if name not in CONFIGS:
+        raise UsageError(f"--model deepblur-NAME: NAME must be one of {', '.join(CONFIGS)}, "
+                         f"got {name!r}")
+    if args.steps is not None or args.minutes is not None:
+        raise UsageError("--steps/--minutes do not apply to Deep-Blur models; set "
+                         "identify.steps / deblur.steps / time_limit in --config")
+    check_outputs(args, [args.config], [args.output])
+    path = train_all(name, args.output, config=args.config, threads=args.threads or 1,
+                     seed=args.seed)
+    summary(args, f"wrote {path} and {path.with_suffix('.json').name} (Deep-Blur {name}: "
+                  "identification and unrolled networks)")
     return 0

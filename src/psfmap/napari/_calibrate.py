@@ -85,5 +85,4 @@ class CalibrateWidget(JobWidget):
             return (f"{family.n_eigen_psfs} eigen-PSFs, {family.n_conditions} conditions, "
                     f"saved to {output.name}")
 
-        self.saved_to = output
         return Plan(task, n_images, layer_data, after)

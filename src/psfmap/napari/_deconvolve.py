@@ -88,19 +88,15 @@ class DeconvolveWidget(JobWidget):
         self.image = layer_box(napari_viewer, "image")
         self.psf = layer_box(napari_viewer, "PSF layer", nullable=True)
         self.psf_file = FileEdit(label="or PSF file", mode="r", nullable=True,
-                                 filter="*.psfmap *.tif *.tiff")
-        self.method = ComboBox(label="method", choices=list(METHODS), value="rl-tv")
+                                 filter="*.psfmap *.tif *.tiff",
+                                 tooltip="a PSF image (.tif) or a PSF map / operator (.psfmap); "
+                                         "used instead of the PSF layer when given")
+        self.method = ComboBox(label="method", choices=list(METHODS), value="rl-tv",
+                               tooltip="rl: Richardson–Lucy; rl-tv: with total variation; "
+                                       "sparse-smooth: spikes + smooth background")
         self.iterations = SpinBox(label="iterations", value=20, min=1, max=100_000)
-        self.tv = FloatSpinBox(label="λ_TV", value=DEFAULT_TV, min=0.0, max=1.0, step=0.001)
-        for widget in (self.psf_file, self.method, self.iterations, self.tv):
-            widget.tooltip = {
-                self.psf_file: "a PSF image (.tif) or a PSF map / operator (.psfmap); "
-                               "used instead of the PSF layer when given",
-                self.method: "rl: Richardson–Lucy; rl-tv: with total variation; "
-                             "sparse-smooth: spikes + smooth background",
-                self.iterations: "solver iterations",
-                self.tv: "weight of the total-variation term (method rl-tv)",
-            }[widget]
+        self.tv = FloatSpinBox(label="λ_TV", value=DEFAULT_TV, min=0.0, max=1.0, step=0.001,
+                               tooltip="weight of the total-variation term (method rl-tv)")
         super().__init__(napari_viewer, [self.image, self.psf, self.psf_file, self.method,
                                          self.iterations, self.tv])
 

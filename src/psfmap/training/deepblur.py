@@ -254,6 +254,9 @@ def run(config: dict[str, Any], part: str, out: Path, cache: Path | None = None)
         model = DeepBlurModel(family, identifier, deblurrer, {
             "field": config["size"], "training": config,
             "training_log": {"identify": identify_state["log"], "deblur": deblur_state["log"]},
+            # each part's own config (a part may have been run with overrides, e.g. ``init``)
+            "training_parts": {"identify": identify_state.get("training"),
+                               "deblur": deblur_state.get("training")},
         }, name)
         return model.save(out / f"deepblur-{name}.pt")
     pool = scene_pool(config["pool_scenes"], config["size"] + 2 * config["pad"],
@@ -272,6 +275,46 @@ def run(config: dict[str, Any], part: str, out: Path, cache: Path | None = None)
     return path
 
 
+def train_all(name: str, output: str | Path, *, config: str | Path | None = None,
+              threads: int = 1, seed: int | None = None) -> Path:
+    """Train both networks of the shipped model ``name`` and assemble them into ``output``
+    (``psfmap train --model deepblur-NAME -o OUTPUT.pt``); part files go beside it."""
+    if name not in CONFIGS:
+        raise ValueError(f"name must be one of {', '.join(CONFIGS)}, got {name!r}")
+    torch.set_num_threads(threads)
+    settings = _configure(name, Path(config) if config is not None else None)
+    if seed is not None:
+        settings["seed"] = int(seed)
+    output = Path(output)
+    folder = output.parent
+    family_file = settings["family"].get("family_file")
+    if family_file and not (folder / family_file).exists():
+        calibrated_family(folder / family_file)
+    settings["family"] = dict(settings["family"])
+    if family_file:  # the family the model will be read with, beside it
+        settings["family"]["family_file"] = str((folder / family_file).resolve())
+    for part in ("identify", "deblur"):
+        run(settings, part, folder)
+    path = run(settings, "assemble", folder)
+    if path.resolve() != output.with_suffix(".pt").resolve():
+        for suffix in (".pt", ".json"):
+            path.with_suffix(suffix).replace(output.with_suffix(suffix))
+        path = output.with_suffix(".pt")
+    return path
+
+
+def _configure(name: str, override_path: Path | None) -> dict[str, Any]:
+    config = json.loads(json.dumps(CONFIGS[name]))
+    if override_path is not None:
+        override = json.loads(override_path.read_text())
+        for key, value in override.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key].update(value)
+            else:
+                config[key] = value
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m psfmap.training.deepblur",
                                      description=__doc__.split("\n")[0])
@@ -284,14 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = json.loads(json.dumps(CONFIGS[args.name]))
-    if args.config is not None:
-        override = json.loads(args.config.read_text())
-        for key, value in override.items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key].update(value)
-            else:
-                config[key] = value
+    config = _configure(args.name, args.config)
     path = run(config, args.part, args.out, args.cache)
     print(f"wrote {path}")
     return 0

@@ -1,0 +1,36 @@
+"""deblur given a dask array (issue 24): lazy, same chunks, every frame as in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import psfmap
+
+da = pytest.importorskip("dask.array")
+
+
+def scene(rng, shape) -> np.ndarray:
+    """Blobs and points blurred a little: texture the estimator accepts."""
+    from scipy.ndimage import gaussian_filter
+
+    sharp = rng.random(shape) < 0.01
+    image = gaussian_filter(sharp.astype(float) + gaussian_filter(rng.random(shape), 3),
+                            (0,) * (len(shape) - 2) + (1.5, 1.5))
+    return (image / image.max()).astype(np.float32)
+
+
+def test_deblur_of_a_dask_time_lapse_equals_the_in_memory_frames(rng):
+    frames = scene(rng, (2, 96, 96))
+    lazy = psfmap.deblur(da.from_array(frames, chunks=(1, 96, 96)), iterations=3)
+    assert isinstance(lazy, da.Array) and lazy.chunks == ((1, 1), (96,), (96,))
+    assert np.array_equal(lazy.compute(), psfmap.deblur(frames, iterations=3))
+
+
+def test_deblur_gathers_split_frames_with_a_note_and_refuses_return_map(rng):
+    frame = scene(rng, (96, 96))
+    with pytest.warns(UserWarning, match="gathered into one chunk each"):
+        lazy = psfmap.deblur(da.from_array(frame, chunks=48), iterations=2)
+    assert lazy.chunks == ((48, 48), (48, 48))
+    with pytest.raises(ValueError, match="return_map=True needs an in-memory image"):
+        psfmap.deblur(da.from_array(frame), return_map=True)
