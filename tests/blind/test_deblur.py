@@ -233,10 +233,9 @@ def test_compressed_operator_gives_nearly_the_same_restoration(blurred_pair):
     widths = np.linspace(1.0, 2.2, 16).reshape(4, 4, 1)        # varies over the field
     psf_map = PSFMap(psfmap.psf.model("gaussian1", size=11), widths, blurred.shape)
     full = deblur(blurred, iterations=5, psf_map=psf_map, energy=None)
-    # by default the exact operator; energy= compresses where that is predicted faster
-    np.testing.assert_array_equal(deblur(blurred, iterations=5, psf_map=psf_map), full)
-    light = deblur(blurred, iterations=5, psf_map=psf_map, energy=0.9999)
-    assert np.linalg.norm(light - full) / np.linalg.norm(full) < 0.02
+    # by default compressed to 99.9 % where that is predicted faster, within its accuracy
+    default = deblur(blurred, iterations=5, psf_map=psf_map)
+    assert np.linalg.norm(default - full) / np.linalg.norm(full) < 0.032
     every = deblur(blurred, iterations=5, psf_map=psf_map, energy=1.0)
     np.testing.assert_allclose(every, full, rtol=1e-3, atol=1e-4)
     with pytest.warns(DeprecationWarning, match="use energy="):
@@ -321,3 +320,19 @@ def test_a_grid_is_a_pair_or_one_integer_never_a_truncated_float(blurred_pair):
     for bad in ((2.5, 3), (0, 2), "3x3"):
         with pytest.raises(ValueError, match="grid must be"):
             estimate(blurred, OracleEstimator(), grid=bad)
+
+
+@pytest.mark.slow
+def test_compressed_deblur_of_the_real_fly_wing_stays_within_its_accuracy(shared_data):
+    """Without the floor of H x, RL with the fly wing's rank-3 compression reached 1e6."""
+    from psfmap.io import read_image
+
+    image = np.asarray(read_image(shared_data / "blurred" / "fly_wing_tilted.png")[0],
+                       dtype=np.float32)
+    psf_map = estimate(image, model="gaussian1")
+    exact = deblur(image, psf_map=psf_map, energy=None)
+    compressed = deblur(image, psf_map=psf_map)
+    assert compressed.max() < 1.1 * exact.max()
+    difference = np.linalg.norm((compressed - exact).astype(np.float64))
+    assert difference / np.linalg.norm(exact.astype(np.float64)) < 0.032
+

@@ -134,7 +134,8 @@ def test_gradients_flow_to_3d_kernels():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: ProductConvolution(torch.rand(1, 3, 3, 3), torch.rand(1, 8, 8)), r"\(I, D, H, W\)"),
+        (lambda: ProductConvolution(torch.rand(1, 3, 3, 3), torch.rand(1, 8, 8)),
+         r"\(I, D, H, W\)"),
         (lambda: ProductConvolution(torch.rand(2, 3, 3, 3), torch.rand(1, 4, 8, 8)), "same number"),
         (lambda: Convolution(torch.rand(3, 3, 3)).forward(torch.rand(8, 8)), "volume"),
         (lambda: from_psf_grid(torch.rand(2, 1, 1, 3, 3, 3), (8, 8)), r"\(D, H, W\)"),

@@ -14,8 +14,7 @@ import sys
 import pytest
 import torch
 
-from psfmap.operators import Convolution
-from psfmap.operators import fft3d
+from psfmap.operators import Convolution, fft3d
 
 SCRIPT = """
 import sys, torch

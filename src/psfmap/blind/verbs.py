@@ -62,10 +62,10 @@ DEFAULT_MEDIAN = 3
 # were faster (35 vs 42 s, 123 vs 199 s) and lighter (1.3 vs 1.8 GB, 2.7 vs 4.7 GB) than one
 # piece, the result within RL-TV's own sensitivity to rounding (benchmarks/RESULTS.md)
 DEFAULT_TILE = 2048
-# deblur restores with the exact operator unless asked: Richardson–Lucy with a compressed
-# operator (negative lobes) can diverge on real images (the fly wing, 31 x 31 map, rank 3:
-# values of 1e6 after 10 iterations; benchmarks/RESULTS.md)
-DEFAULT_ENERGY = None
+# deblur compresses its operator to 99.9 % of the PSF field's energy where that is predicted
+# faster (psfmap.operators.cost.cheapest): the fly wing's 31 x 31 map restores 4x faster, 3.0 %
+# (relative L2) from the exact result (benchmarks/RESULTS.md)
+DEFAULT_ENERGY = 0.999
 DEFAULT_TV = RESTORE_DEFAULT_TV
 
 
@@ -331,10 +331,9 @@ def deblur(
         keep it, hence fewer FFTs per iteration. The operator is compressed only where that
         is predicted to be faster (:func:`psfmap.operators.cost.cheapest`: maps with many
         cells on frames of moderate size); the PSF field's relative error is at most
-        ``√(1 − energy)`` (3.2 % at 0.999). Default ``None``: always the exact operator —
-        Richardson–Lucy with a compressed operator, whose eigen-PSFs have negative lobes, can
-        diverge on real images (measured on the fly wing: ``benchmarks/RESULTS.md``), so
-        check the result when you ask for it.
+        ``√(1 − energy)`` (3.2 % at the default 0.999), and Richardson–Lucy keeps ``H x`` at
+        least a tenth of the image there (``COMPRESSED_FLOOR``: the compression's negative
+        lobes would otherwise let it diverge). ``None``: always the exact operator.
     compress : float, optional
         Deprecated name of ``energy`` (one release).
     tile : int or None

@@ -63,8 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--energy", type=float, default=DEFAULT_ENERGY, metavar="FRACTION",
         help="compress the operator to this fraction of its PSF field's energy where that is "
-        "faster, e.g. 0.999 (PSF field error <= 3.2 %%; check the result: RL with a compressed "
-        "operator can diverge); default: the exact operator",
+        f"faster (default {DEFAULT_ENERGY}: PSF field error <= 3.2 %%; 1: the exact operator)",
     )
     # the old name of --energy, kept for one release
     parser.add_argument("--compress", type=float, dest="energy", help=argparse.SUPPRESS)

@@ -36,7 +36,7 @@ from psfmap._container import load_container, save_container
 from psfmap._validation import as_tensor, check_finite, check_ndim
 from psfmap.operators.base import LinearOperator, as_image
 from psfmap.operators.compression import low_rank
-from psfmap.operators.convolution import Convolution
+from psfmap.operators.convolution import Convolution, _ndim
 from psfmap.operators.cost import ENGINES, choose_engine
 from psfmap.operators.fft import same_fft_shape
 from psfmap.operators.fourier_sum import FourierSumEngine
@@ -100,9 +100,7 @@ class ProductConvolution(LinearOperator):
     def __new__(cls, *args: Any, **kwargs: Any):
         # kernels (I, d, h, w) give the volume operator (psfmap.operators.volume)
         kernels = args[0] if args else kwargs.get("kernels")
-        if cls is ProductConvolution and getattr(as_tensor(kernels, "kernels")
-                                                 if kernels is not None else None,
-                                                 "ndim", 0) == 4:
+        if cls is ProductConvolution and kernels is not None and _ndim(kernels) == 4:
             from psfmap.operators.volume import VolumeProductConvolution
 
             return VolumeProductConvolution(*args, **kwargs)
