@@ -19,7 +19,7 @@ RANK = {
     "io": 1, "_zarr": 1, "psf": 1,
     "optics": 2,
     "operators": 3,
-    "simulate": 4, "restore": 4, "figures": 4,
+    "simulate": 4, "restore": 4, "figures": 4, "orthoviews": 4,
     "calibrate": 5, "blind": 5, "deepblur": 5,
     "training": 6,
     "cli": 7, "napari": 7,

@@ -20,15 +20,19 @@ from pathlib import Path
 OUTPUT = Path(__file__).resolve().parents[1] / "images" / "napari_blind_deblur.png"
 
 
-def main(output: Path = OUTPUT, model: str = "zernike3", timeout: float = 300.0) -> Path:
-    """Run the widget in a viewer and save the window's screenshot to ``output``."""
+def main(output: Path = OUTPUT, model: str = "zernike3", timeout: float = 300.0,
+         viewer=None) -> Path:
+    """Run the widget in a viewer (a new one, closed at the end, unless ``viewer`` is given)
+    and save the window's screenshot to ``output``."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     import napari
     from qtpy.QtWidgets import QApplication
 
     from psfmap.napari import BlindDeblurWidget, sample_data
 
-    viewer = napari.Viewer(show=False, title="psfmap in napari")
+    own = viewer is None
+    if own:
+        viewer = napari.Viewer(show=False, title="psfmap in napari")
     viewer.window.resize(1500, 720)
     (data, kwargs, _), = sample_data()
     image = viewer.add_image(data, **kwargs)
@@ -68,7 +72,8 @@ def main(output: Path = OUTPUT, model: str = "zernike3", timeout: float = 300.0)
     app.processEvents()
     output.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(output), canvas_only=False)
-    viewer.close()
+    if own:
+        viewer.close()
     return output
 
 

@@ -153,15 +153,22 @@ def test_bad_input_raises_one_clear_sentence(call, message):
         call()
 
 
-def test_slab_engine_equals_the_fourier_sum_on_depth_grids():
+@pytest.mark.parametrize("engine", ["slabs", "depth"])
+def test_slab_and_depth_engines_equal_the_fourier_sum_on_depth_grids(engine):
     psfs = volume_psfs(torch.float64, (4, 1, 1))
     op = from_psf_grid(psfs, (20, 12, 10))
-    assert op.engine == "slabs" and op.z_spans[0] == (0, 8)
-    for operator in (op, op.extended((2, 3, 1)), ProductConvolution(op.kernels, op.weights)):
+    assert op.engine == "depth" and op.z_spans[0] == (0, 8)
+    operators = [op, op.extended((2, 3, 1)), op.compress(rank=2).extended((1, 2, 2))]
+    if engine == "slabs":  # dense weights: slabs only (the depth engine needs factors)
+        operators.append(ProductConvolution(op.kernels, op.weights))
+        assert operators[-1].engine == "slabs"
+    for operator in operators:
         shape = operator.image_shape
         x, y = _random((2,) + shape, 5), _random((2,) + shape, 6)
-        fourier, slabs = operator.with_engine("fourier"), operator.with_engine("slabs")
-        torch.testing.assert_close(slabs.forward(x), fourier.forward(x), rtol=0, atol=1e-12)
-        torch.testing.assert_close(slabs.adjoint(y), fourier.adjoint(y), rtol=0, atol=1e-12)
+        fourier, fast = operator.with_engine("fourier"), operator.with_engine(engine)
+        torch.testing.assert_close(fast.forward(x), fourier.forward(x), rtol=0, atol=1e-12)
+        torch.testing.assert_close(fast.adjoint(y), fourier.adjoint(y), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="engine"):
         op.with_engine("tiled")
+    with pytest.raises(ValueError, match="vary in z only"):
+        from_psf_grid(volume_psfs(torch.float64), VOLUME).with_engine("depth")

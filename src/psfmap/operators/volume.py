@@ -188,10 +188,12 @@ class VolumeProductConvolution(LinearOperator):
     kernels : array or tensor, shape (I, d, h, w)
     weights : array or tensor, shape (I, D, H, W)
     metadata : dict, optional
-    engine : {"fourier", "slabs"} or None
+    engine : {"fourier", "slabs", "depth"} or None
         ``"fourier"``: the Fourier sum over the whole volume; ``"slabs"``: each term on its
-        weight's z slab (:mod:`psfmap.operators.volume_slabs`), cheaper for depth grids.
-        None (default): the slabs when their FFT volume is below 70 % of the Fourier sum's.
+        weight's z slab (:mod:`psfmap.operators.volume_slabs`), cheaper for depth grids;
+        ``"depth"``: for weights that vary in z only, one lateral FFT pair per call and 1-D
+        FFTs along z per term. None (default): "depth" where it applies, else the slabs when
+        their FFT volume is below 70 % of the Fourier sum's.
     """
 
     ndim = 3
@@ -271,9 +273,11 @@ class VolumeProductConvolution(LinearOperator):
 
     @property
     def engine(self) -> str:
-        """``"slabs"`` or ``"fourier"`` (see the ``engine`` parameter)."""
+        """``"depth"``, ``"slabs"`` or ``"fourier"`` (see the ``engine`` parameter)."""
         if self._engine_override is not None:
             return self._engine_override
+        if volume_slabs.depth_only(self):
+            return "depth"
         return "slabs" if volume_slabs.worth_it(self, self.z_spans) else "fourier"
 
     @property
@@ -285,8 +289,12 @@ class VolumeProductConvolution(LinearOperator):
 
     def with_engine(self, engine: str | None) -> VolumeProductConvolution:
         """The same operator (sharing its tensors and caches) evaluated by ``engine``."""
-        if engine not in (None, "fourier", "slabs"):
-            raise ValueError(f"engine must be 'fourier', 'slabs' or None, got {engine!r}")
+        if engine not in (None, "fourier", "slabs", "depth"):
+            raise ValueError(f"engine must be 'fourier', 'slabs', 'depth' or None, got "
+                             f"{engine!r}")
+        if engine == "depth" and not volume_slabs.depth_only(self):
+            raise ValueError("engine 'depth' needs weights that vary in z only (a depth grid "
+                             "(gz, 1, 1, d, h, w) or its compression)")
         other = copy.copy(self)
         other._engine_override = engine
         return other
@@ -338,9 +346,11 @@ class VolumeProductConvolution(LinearOperator):
     def forward(self, x: Any) -> torch.Tensor:
         """Blur ``x`` ``(..., D, H, W)``: ``Σ_i k_i ⋆ (w_i · x)``, same shape out."""
         x = as_volume(x, "x", self.image_shape)
-        if self.engine == "slabs":
+        if self.engine in ("slabs", "depth"):
             flat = x.reshape((-1,) + self.image_shape)
-            return volume_slabs.slab_forward(self, flat, self.z_spans).reshape(x.shape)
+            apply = volume_slabs.slab_forward if self.engine == "slabs" \
+                else volume_slabs.depth_forward
+            return apply(self, flat, self.z_spans).reshape(x.shape)
         spectra = self._spectra(x.dtype, x.device)
         total = None
         for i in range(self.n_kernels):  # the sum lives in Fourier space: one inverse FFT
@@ -357,9 +367,11 @@ class VolumeProductConvolution(LinearOperator):
     def adjoint(self, y: Any) -> torch.Tensor:
         """Adjoint ``H* y = Σ_i w_i · (k̃_i ⋆ y)``, same shape out."""
         y = as_volume(y, "y", self.image_shape)
-        if self.engine == "slabs":
+        if self.engine in ("slabs", "depth"):
             flat = y.reshape((-1,) + self.image_shape)
-            return volume_slabs.slab_adjoint(self, flat, self.z_spans).reshape(y.shape)
+            apply = volume_slabs.slab_adjoint if self.engine == "slabs" \
+                else volume_slabs.depth_adjoint
+            return apply(self, flat, self.z_spans).reshape(y.shape)
         spectra = self._spectra(y.dtype, y.device)
         spectrum = rfft3(y, self.fft_shape)
         d, h, w = self.image_shape

@@ -1,4 +1,4 @@
-"""Slab evaluation of a 3D product convolution whose weights have compact support in z.
+"""Slab and depth-only evaluation of a 3D product convolution with compact weights in z.
 
 A depth grid's weight ``w_i`` is non-zero on a slab of ``L_i`` planes only (two cells wide).
 Each term is then convolved on its slab padded by the kernel depth, ``(L_i + d − 1)`` planes
@@ -10,6 +10,12 @@ Along z the convolution of a slab is linear with the kernel's centre rolled to i
 FFT length ``N ≥ L + d − 1``: output index ``t`` of the rolled result is plane
 ``z0 + t − c`` (``c = d // 2``). The adjoint correlates the data segment
 ``[z0 − c, z1 + d − 1 − c)`` and keeps indices ``[c, c + L)``.
+
+When the weights vary in z only (a depth grid ``(gz, 1, 1, d, h, w)``), ``w_i(z)`` commutes
+with the lateral Fourier transform: the "depth" evaluation takes one lateral ``rfft2`` of the
+volume, per term a 1-D FFT along z of its slab times the kernel's 3D spectrum and the inverse
+1-D FFT, and one lateral ``irfft2`` of the sum, so the number of depth cells costs only 1-D
+transforms.
 """
 
 from __future__ import annotations
@@ -98,3 +104,69 @@ def slab_adjoint(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]) -> torc
         weight = op._weight(i, y.dtype, y.device)[z0:z1]
         out[:, z0:z1] += correlated[:, c:c + z1 - z0, :height, :width] * weight
     return out
+
+
+# ---------------------------------------------------------------------------- depth-only
+def depth_only(op: Any) -> bool:
+    """Whether every weight is constant across the field (a depth-only grid and its
+    compressions): then ``w_i(z)`` commutes with the lateral Fourier transform."""
+    if op._profiles is None:
+        return False
+    _, rows, cols = op._profiles
+    return all(p.shape[0] == 1 and bool((p == p[0, 0]).all()) for p in (rows, cols))
+
+
+def _depth_weights(op: Any, dtype, device) -> torch.Tensor:
+    """``(I, D)`` weights of a depth-only operator (real, one value per plane)."""
+    def build() -> torch.Tensor:
+        z, rows, cols = op._profiles
+        scale = rows[0, 0] * cols[0, 0]
+        return (op._core[:, :, 0, 0] @ z * scale).to(device=device, dtype=dtype)
+
+    return op._cached("depth-weights", dtype, device, build)
+
+
+def depth_forward(op: Any, x: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """Forward of a depth-only operator: one lateral ``rfft2`` of the volume, per term a 1-D
+    FFT along z of its slab times the kernel's 3D spectrum, one lateral ``irfft2``."""
+    depth, height, width = op.image_shape
+    d = op.kernel_shape[0]
+    c = d // 2
+    lateral = tuple(op.fft_shape[1:])
+    weights = _depth_weights(op, x.dtype, x.device)
+    spectrum_x = torch.fft.rfft2(x, s=lateral)  # (B, D, NH, NW/2+1)
+    out = torch.zeros_like(spectrum_x)
+    for i, ((z0, z1), n) in enumerate(zip(spans, slab_fft_depths(op, spans))):
+        if z1 <= z0:
+            continue
+        segment = spectrum_x[:, z0:z1] * weights[i, z0:z1, None, None]
+        kernel = _spectrum(op, i, n, x.dtype, x.device)
+        blurred = torch.fft.ifft(torch.fft.fft(segment, n=n, dim=-3) * kernel, dim=-3)
+        local = torch.roll(blurred, shifts=c, dims=-3)  # index t is plane z0 + t - c
+        first, last = max(z0 - c, 0), min(z1 + d - 1 - c, depth)
+        out[:, first:last] += local[:, first - (z0 - c):last - (z0 - c)]
+    return torch.fft.irfft2(out, s=lateral)[..., :height, :width]
+
+
+def depth_adjoint(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """Adjoint of :func:`depth_forward` (correlation along z on each slab's data planes)."""
+    depth, height, width = op.image_shape
+    d = op.kernel_shape[0]
+    c = d // 2
+    lateral = tuple(op.fft_shape[1:])
+    weights = _depth_weights(op, y.dtype, y.device)
+    spectrum_y = torch.fft.rfft2(y, s=lateral)
+    out = torch.zeros_like(spectrum_y)
+    for i, ((z0, z1), n) in enumerate(zip(spans, slab_fft_depths(op, spans))):
+        if z1 <= z0:
+            continue
+        start, stop = z0 - c, z1 + d - 1 - c
+        segment = spectrum_y[:, max(start, 0):min(stop, depth)]
+        before = max(start, 0) - start
+        kernel = _spectrum(op, i, n, y.dtype, y.device)
+        # zero planes before the segment: shift it to index `before` of the z transform
+        padded = segment.new_zeros(segment.shape[:1] + (n,) + segment.shape[2:])
+        padded[:, before:before + segment.shape[1]] = segment
+        correlated = torch.fft.ifft(torch.fft.fft(padded, dim=-3) * kernel.conj(), dim=-3)
+        out[:, z0:z1] += correlated[:, c:c + z1 - z0] * weights[i, z0:z1, None, None]
+    return torch.fft.irfft2(out, s=lateral)[..., :height, :width]

@@ -124,8 +124,9 @@ def simulate(
 
     Parameters
     ----------
-    sharp : array or tensor, shape (H, W)
-        Non-negative sharp image.
+    sharp : array or tensor, shape (H, W), or dask.array.Array
+        Non-negative sharp image. A dask array gives lazy ``blurred`` and ``clean`` dask
+        arrays of its chunks and ``operator=None`` (:mod:`psfmap.simulate.chunked`).
     model : str or PSFFamily
         PSF family (``gaussian1``, ``gaussian2``, ``zernike1``, ``zernike2``, ``zernike3``).
     field : str or array
@@ -163,16 +164,24 @@ def simulate(
     >>> result.blurred.shape, result.psf_map.grid
     ((64, 64), (2, 2))
     """
+    from psfmap._chunks import is_dask
     from psfmap.psf import PSFFamily
     from psfmap.psf import model as psf_model
 
-    kind = ArrayKind(sharp)
-    image = check_finite(as_tensor(sharp, "sharp"), "sharp")
-    check_ndim(image, "sharp", 2, "(H, W)")
-    if image.numel() == 0:
-        raise ValueError(f"sharp is empty, got {describe(sharp)}")
-    if bool((image < 0).any()):
-        raise ValueError("sharp has negative values; expected a non-negative intensity image")
+    lazy = is_dask(sharp)
+    if lazy:  # a dask array: blurred and noised chunk by chunk (psfmap.simulate.chunked)
+        from psfmap.simulate.chunked import check_lazy_sharp
+
+        image = check_lazy_sharp(sharp)
+    else:
+        kind = ArrayKind(sharp)
+        image = check_finite(as_tensor(sharp, "sharp"), "sharp")
+        check_ndim(image, "sharp", 2, "(H, W)")
+        if image.numel() == 0:
+            raise ValueError(f"sharp is empty, got {describe(sharp)}")
+        if bool((image < 0).any()):
+            raise ValueError("sharp has negative values; expected a non-negative intensity "
+                             "image")
     # an integer, recorded in the result so that the run can be replayed: a generator draws
     # one, and without a seed a fresh one is drawn
     seed = check_seed(np.random.SeedSequence() if seed is None else seed, draw=True)
@@ -194,6 +203,14 @@ def simulate(
                 "seed": seed}
     psf_map = PSFMap(family, params, image.shape, metadata={**(metadata or {}),
                                                             "simulation": settings})
+    if lazy:
+        from psfmap.simulate.chunked import simulate_chunked
+
+        blurred, clean, noise = simulate_chunked(
+            image, psf_map, photons, {"quantum_efficiency": quantum_efficiency,
+                                      "read_noise": read_noise, "offset": offset}, seed)
+        return Simulation(blurred=blurred, clean=clean, operator=None, psf_map=psf_map,
+                          params=psf_map.params, noise=noise, seed=seed, settings=settings)
     operator = psf_map.operator(dtype=image.dtype, device=image.device)
     with torch.no_grad():
         clean = operator.forward(image).clamp_min(0)
