@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from psfmap.blind.network import BasicBlock
+
 __all__ = ["IdentificationNet", "ProximalCNN", "UnrolledFISTA", "image_scale"]
 
 
@@ -42,26 +44,6 @@ def image_scale(images: torch.Tensor) -> torch.Tensor:
     scale = torch.quantile(flat.float(), 0.995, dim=1).to(images.dtype)
     scale = torch.where(scale > 0, scale, flat.amax(1))
     return scale.clamp_min(1e-12)[:, None, None]
-
-
-class _Block(nn.Module):
-    """Basic residual block (two 3 × 3 convolutions, batch norm, identity or 1 × 1 shortcut)."""
-
-    def __init__(self, channels_in: int, channels_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels_out)
-        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels_out)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or channels_in != channels_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
-                nn.BatchNorm2d(channels_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class IdentificationNet(nn.Module):
@@ -90,7 +72,7 @@ class IdentificationNet(nn.Module):
         channels = widths[0]
         for width in widths:
             for index in range(blocks):
-                layers.append(_Block(channels, width, 2 if index == 0 else 1))
+                layers.append(BasicBlock(channels, width, 2 if index == 0 else 1))
                 channels = width
         self.body = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(pool)
