@@ -41,6 +41,7 @@ from psfmap.operators.cost import ENGINES, choose_engine
 from psfmap.operators.fft import same_fft_shape
 from psfmap.operators.fourier_sum import FourierSumEngine
 from psfmap.operators.tiled import TiledEngine
+from psfmap.operators.weight_support import edge_pad, single_entries, spans, term_spans
 
 __all__ = ["Convolution", "ProductConvolution", "load"]
 
@@ -173,7 +174,7 @@ class ProductConvolution(LinearOperator):
         # terms whose core has one non-zero entry are plain outer products of two profiles:
         # (p, q, value, single) per term
         if terms is None and core is not None:
-            terms = _single_entries(core)
+            terms = single_entries(core)
         self._terms = terms
         # dense weights of an extended operator stay at the original size and are
         # edge-padded by `_margin` on the fly, so extending never copies them
@@ -240,7 +241,7 @@ class ProductConvolution(LinearOperator):
         if self._margin == 0:
             return self._dense_weights
         if self._padded_weights is None:
-            self._padded_weights = _edge_pad(self._dense_weights, self._margin)
+            self._padded_weights = edge_pad(self._dense_weights, self._margin)
         return self._padded_weights
 
     @property
@@ -276,8 +277,8 @@ class ProductConvolution(LinearOperator):
                                      row_any[:, -1:].expand(-1, m)], dim=1)
                 col_any = torch.cat([col_any[:, :1].expand(-1, m), col_any,
                                      col_any[:, -1:].expand(-1, m)], dim=1)
-            row_start, row_stop = _spans(row_any)
-            col_start, col_stop = _spans(col_any)
+            row_start, row_stop = spans(row_any)
+            col_start, col_stop = spans(col_any)
         empty = (row_stop <= row_start) | (col_stop <= col_start)
         return [(0, 0, 0, 0) if e else (int(r0), int(r1), int(c0), int(c1))
                 for r0, r1, c0, c1, e in zip(row_start.tolist(), row_stop.tolist(),
@@ -288,11 +289,11 @@ class ProductConvolution(LinearOperator):
         """Support span of every term's weight along rows (axis 0) or columns (axis 1)."""
         profiles = self._rows if axis == 0 else self._cols
         if self._all_single:  # one profile per term: its own span
-            start, stop = _spans(profiles != 0)
+            start, stop = spans(profiles != 0)
             index = self._terms[axis].to(start.device)
             return start[index], stop[index]
         used = self._factors[1].abs().sum(dim=2 - axis) > 0  # (I, P) or (I, Q)
-        return _term_spans(profiles, used)
+        return term_spans(profiles, used)
 
     # ------------------------------------------------------------------ cached casts
     def _cached(self, key: str, dtype: torch.dtype, device: torch.device, build):
@@ -313,15 +314,26 @@ class ProductConvolution(LinearOperator):
             "kernels", dtype, device, lambda: self.kernels.to(device=device, dtype=dtype)
         )
 
+    def _factored_weight(self, i: int, box: Box, dtype, device) -> torch.Tensor:
+        """Weight ``i`` on ``box`` from the factored storage ``w_i = Rᵀ C_i S``."""
+        r0, r1, c0, c1 = box
+        rows, core, cols = self._factors_as(dtype, device)
+        p, q, value, single = self._terms
+        if bool(single[i]):
+            p, q = int(p[i]), int(q[i])
+            return (float(value[i]) * rows[p, r0:r1])[:, None] * cols[q, None, c0:c1]
+        return rows[:, r0:r1].T @ (core[i] @ cols[:, c0:c1])
+
     def _weight(self, i: int, box: Box, dtype, device) -> torch.Tensor:
         r0, r1, c0, c1 = box
         if self._rows is not None:
-            rows, core, cols = self._factors_as(dtype, device)
-            p, q, value, single = self._terms
-            if bool(single[i]):
-                p, q = int(p[i]), int(q[i])
-                return (float(value[i]) * rows[p, r0:r1])[:, None] * cols[q, None, c0:c1]
-            return rows[:, r0:r1].T @ (core[i] @ cols[:, c0:c1])
+            full = (r0, c0) == (0, 0) and (r1, c1) == tuple(self.image_shape)
+            size = self.n_kernels * (r1 - r0) * (c1 - c0) * torch.finfo(dtype).bits // 8
+            if full and size <= _PADDED_CACHE_BYTES:  # the Fourier engine's whole-field terms
+                return self._cached("full-weights", dtype, device, lambda: torch.stack(
+                    [self._factored_weight(k, box, dtype, device)
+                     for k in range(self.n_kernels)]))[i]
+            return self._factored_weight(i, box, dtype, device)
         dense = self._cached(
             "weights", dtype, device, lambda: self._dense_weights.to(device=device, dtype=dtype)
         )
@@ -330,10 +342,10 @@ class ProductConvolution(LinearOperator):
             size = self.n_kernels * height * width * dense.element_size()
             if size <= _PADDED_CACHE_BYTES:  # small: pad once and keep
                 padded = self._cached(
-                    "padded", dtype, device, lambda: _edge_pad(dense, self._margin)
+                    "padded", dtype, device, lambda: edge_pad(dense, self._margin)
                 )
                 return padded[i, r0:r1, c0:c1]
-            return _edge_pad(dense[i], self._margin)[r0:r1, c0:c1]  # large: pad per use
+            return edge_pad(dense[i], self._margin)[r0:r1, c0:c1]  # large: pad per use
         return dense[i, r0:r1, c0:c1]
 
     # ------------------------------------------------------------------ engines
@@ -506,43 +518,6 @@ class ProductConvolution(LinearOperator):
         """Read an operator written by :meth:`save`."""
         _, arrays, meta = load_container(path, "product_convolution")
         return _product_convolution_from_arrays(arrays, meta, path)
-
-
-def _single_entries(core: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``(p, q, value, single)`` per term: whether its core ``(P, Q)`` has exactly one
-    non-zero entry, and which (the first non-zero one otherwise, unused)."""
-    flat = core.detach().reshape(core.shape[0], -1)
-    nonzero = flat != 0
-    first = nonzero.to(torch.uint8).argmax(dim=1)
-    value = flat.gather(1, first[:, None])[:, 0]
-    columns = core.shape[2]
-    return first // columns, first % columns, value, nonzero.sum(dim=1) == 1
-
-
-def _spans(nonzero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """First and one-past-last True of each row of ``(n, L)`` (start ≥ stop when none)."""
-    length = nonzero.shape[1]
-    as_int = nonzero.to(torch.uint8)
-    start = torch.where(nonzero.any(dim=1), as_int.argmax(dim=1), length)
-    stop = length - as_int.flip(1).argmax(dim=1)
-    return start, torch.where(nonzero.any(dim=1), stop, 0)
-
-
-def _term_spans(profiles: torch.Tensor, used: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Span of ``Σ_p used[i, p] · profile_p``'s support for each term (union of the spans)."""
-    start, stop = _spans(profiles != 0)
-    length = profiles.shape[1]
-    term_start = torch.where(used, start[None], length).min(dim=1).values
-    term_stop = torch.where(used, stop[None], 0).max(dim=1).values
-    return term_start, term_stop
-
-
-def _edge_pad(weights: torch.Tensor, margin: int) -> torch.Tensor:
-    """Replicate the edge values of ``(..., H, W)`` maps ``margin`` pixels outwards."""
-    lead = weights.shape[:-2]
-    flat = weights.reshape((-1, 1) + tuple(weights.shape[-2:]))
-    padded = torch.nn.functional.pad(flat, (margin,) * 4, mode="replicate")
-    return padded.reshape(lead + tuple(padded.shape[-2:]))
 
 
 def _product_convolution_from_arrays(arrays, meta, path) -> ProductConvolution:

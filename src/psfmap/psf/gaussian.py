@@ -46,12 +46,24 @@ def bin_pixels(fine: torch.Tensor, size: int, supersample: int) -> torch.Tensor:
     return fine.reshape(shape).sum(dim=(-3, -1))
 
 
+def bin_1d(fine: torch.Tensor, size: int, supersample: int) -> torch.Tensor:
+    """Sum ``(..., size*s)`` sub-samples into ``(..., size)`` camera pixels."""
+    return fine.reshape(fine.shape[:-1] + (size, supersample)).sum(dim=-1)
+
+
 def gaussian_batch(
     size: int, sigma_x: torch.Tensor, sigma_y: torch.Tensor, angle: torch.Tensor
 ) -> torch.Tensor:
     """Vectorised pixel-integrated Gaussians: ``(B,)`` parameters -> ``(B, size, size)``."""
     s = SUPERSAMPLE
     coords = pixel_grid(size, s, sigma_x.dtype, sigma_x.device)
+    if not angle.requires_grad and not bool(angle.any()):
+        # axis-aligned: the supersampled sum factorises into two 1-D binned profiles, the
+        # same numbers as below to rounding at a fraction of the cost (a 31 x 31 map: 25x)
+        profile_x = bin_1d(torch.exp(-0.5 * (coords[None, :] / sigma_x[:, None]) ** 2), size, s)
+        profile_y = bin_1d(torch.exp(-0.5 * (coords[None, :] / sigma_y[:, None]) ** 2), size, s)
+        psf = profile_y[:, :, None] * profile_x[:, None, :]
+        return psf / psf.sum(dim=(-2, -1), keepdim=True)
     y = coords[None, :, None]
     x = coords[None, None, :]
     cos = torch.cos(angle)[:, None, None]
