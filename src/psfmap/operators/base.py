@@ -115,9 +115,9 @@ class LinearOperator(abc.ABC):
         return value
 
 
-def as_image(x: Any, name: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
-    """``x`` as a real floating tensor ``(..., H, W)`` (half precision computed in float32, as
-    the FFTs need float32 or float64), checked against the operator's ``image_shape``."""
+def as_real_float(x: Any, name: str) -> torch.Tensor:
+    """``x`` as a real floating tensor (half precision computed in float32, as the FFTs need
+    float32 or float64; integers in the default dtype); complex input is a ``TypeError``."""
     tensor = x if isinstance(x, torch.Tensor) else as_tensor(x, name)
     if tensor.is_complex():
         raise TypeError(f"{name} must be real, got a {tensor.dtype} tensor")
@@ -125,6 +125,13 @@ def as_image(x: Any, name: str, image_shape: tuple[int, int] | None) -> torch.Te
         tensor = tensor.float()
     if not tensor.dtype.is_floating_point:
         tensor = tensor.to(torch.get_default_dtype())
+    return tensor
+
+
+def as_image(x: Any, name: str, image_shape: tuple[int, int] | None) -> torch.Tensor:
+    """``x`` as a real floating tensor ``(..., H, W)`` (:func:`as_real_float`), checked
+    against the operator's ``image_shape``."""
+    tensor = as_real_float(x, name)
     if tensor.ndim < 2:
         raise ValueError(f"{name} must have shape (..., H, W), got {describe(x)}")
     if image_shape is not None and tuple(tensor.shape[-2:]) != tuple(image_shape):

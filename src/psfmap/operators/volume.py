@@ -39,7 +39,7 @@ import torch
 from psfmap._container import load_container, save_container
 from psfmap._validation import as_tensor, check_finite, check_psf, describe
 from psfmap.operators import volume_slabs
-from psfmap.operators.base import LinearOperator
+from psfmap.operators.base import LinearOperator, as_real_float
 from psfmap.operators.fft3d import centred_spectra_3d, irfft3, rfft3, same_fft_shape_3d
 
 __all__ = ["VolumeConvolution", "VolumeProductConvolution", "as_volume", "from_psf_grid_3d"]
@@ -52,13 +52,7 @@ Triple = tuple[int, int, int]
 
 def as_volume(x: Any, name: str, image_shape: Triple | None) -> torch.Tensor:
     """``x`` as a real floating tensor ``(..., D, H, W)`` checked against ``image_shape``."""
-    tensor = x if isinstance(x, torch.Tensor) else as_tensor(x, name)
-    if tensor.is_complex():
-        raise TypeError(f"{name} must be real, got a {tensor.dtype} tensor")
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        tensor = tensor.float()
-    if not tensor.dtype.is_floating_point:
-        tensor = tensor.to(torch.get_default_dtype())
+    tensor = as_real_float(x, name)
     if tensor.ndim < 3:
         raise ValueError(f"{name} must be a volume (..., D, H, W) for a 3D operator, got "
                          f"{describe(x)}; a 2D image needs a 2D operator")
