@@ -55,8 +55,8 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_estimator(args):
     """The estimator named by --model, or loaded from --weights."""
-    from psfmap.blind.verbs import DEFAULT_MODEL, get_estimator
     from psfmap.blind.estimator import PSFEstimator
+    from psfmap.blind.verbs import DEFAULT_MODEL, get_estimator
 
     if args.weights is not None:
         return PSFEstimator.load(args.weights, model=args.model)
