@@ -179,10 +179,12 @@ def dapi(iterations: int = 30) -> None:
     import tifffile
 
     from psfmap.orthoviews import save_orthogonal_views
+    from psfmap.training.sources import SHARED_DATA  # ../shared/data or $PSFMAP_SHARED_DATA
 
-    path = Path(__file__).parents[2] / "shared/data/blurred/widefield_dapi_zstack.tif"
+    path = SHARED_DATA / "blurred" / "widefield_dapi_zstack.tif"
     if not path.exists():
-        path = Path("/work/shared/data/blurred/widefield_dapi_zstack.tif")
+        print(f"skipped: {path} not found")
+        return
     stack = tifffile.imread(path).astype(np.float32)
     offset = float(np.percentile(stack, 1))
     psf = through_focus(33, 31, na=1.45, wavelength=0.461, pixel_size=0.13, z_step=0.3,
