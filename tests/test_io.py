@@ -329,3 +329,31 @@ def test_tifffile_is_muted_during_a_read_and_restored_after(tmp_path, caplog):
         assert logger.disabled is False
         logger.warning("after the read")  # the logger works again
     assert [r.getMessage() for r in caplog.records] == ["after the read"]
+
+
+@pytest.mark.parametrize("name", ["stack.tif", "stack.ome.tif"])
+def test_the_z_step_of_a_stack_is_written_and_read_back(tmp_path, name):
+    from psfmap.io import read_z_step
+
+    stack = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
+    path = write_image(tmp_path / name, stack, pixel_size=0.13, z_step=0.3)
+    array, metadata = read_image(path)
+    assert array.shape == (5, 16, 16)
+    assert metadata["z_step"] == pytest.approx(0.3)
+    assert metadata["pixel_size"] == pytest.approx(0.13)
+    assert read_z_step(path) == pytest.approx(0.3)
+    plain = write_image(tmp_path / f"plain-{name}", stack)
+    assert read_image(plain)[1]["z_step"] is None and read_z_step(plain) is None
+    with pytest.raises(ValueError, match="z_step"):
+        write_image(tmp_path / f"bad-{name}", stack, z_step=-1.0)
+
+
+def test_an_imagej_stack_gives_its_spacing_in_micrometres(tmp_path):
+    import tifffile
+
+    from psfmap.io import read_z_step
+
+    path = tmp_path / "imagej.tif"
+    tifffile.imwrite(path, np.zeros((4, 8, 8), np.float32), imagej=True,
+                     metadata={"spacing": 300.0, "unit": "nm", "axes": "ZYX"})
+    assert read_z_step(path) == pytest.approx(0.3)

@@ -251,6 +251,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             unit = tif.pages[0].tags.get("ResolutionUnit")
             if unit is not None and int(unit.value) == 3:  # centimetre
                 metadata["pixel_size"] = _resolution_pixel_size(tif.pages[0], "cm")
+        metadata["z_step"] = _z_step(tif)
     return array, metadata
 
 
@@ -279,18 +280,46 @@ def _samples_role(tif: Any, series: Any) -> str:
     return "extra"
 
 
-def _ome_pixel_size(xml: str) -> float | None:
+def _ome_pixel_size(xml: str, axis: str = "X") -> float | None:
+    """``PhysicalSize{axis}`` of the first OME ``Pixels`` element, in µm (None if absent)."""
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError:
         return None
     for element in root.iter():
-        if element.tag.endswith("Pixels") and "PhysicalSizeX" in element.attrib:
-            size = float(element.attrib["PhysicalSizeX"])
-            unit = element.attrib.get("PhysicalSizeXUnit", "µm")
+        if element.tag.endswith("Pixels") and f"PhysicalSize{axis}" in element.attrib:
+            size = float(element.attrib[f"PhysicalSize{axis}"])
+            unit = element.attrib.get(f"PhysicalSize{axis}Unit", "µm")
             scale = _UNIT_TO_UM.get(unit)
             return size * scale if scale is not None and size > 0 else None
     return None
+
+
+def _z_step(tif: Any) -> float | None:
+    """The axial step (µm) a TIFF's metadata gives: OME ``PhysicalSizeZ``, ImageJ
+    ``spacing`` (in its ``unit``), or psfmap's own ``z_step``; None when it says none."""
+    if tif.is_ome and tif.ome_metadata:
+        return _ome_pixel_size(tif.ome_metadata, "Z")
+    if tif.is_imagej and tif.imagej_metadata and "spacing" in tif.imagej_metadata:
+        scale = _UNIT_TO_UM.get(str(tif.imagej_metadata.get("unit", "µm")).strip(), 1.0)
+        step = float(tif.imagej_metadata["spacing"]) * scale
+        return step if step > 0 else None
+    if tif.shaped_metadata and "z_step" in tif.shaped_metadata[0]:
+        step = float(tif.shaped_metadata[0]["z_step"])
+        return step if step > 0 else None
+    return None
+
+
+def read_z_step(path: str | os.PathLike) -> float | None:
+    """The axial step in µm of a TIFF z-stack (:func:`read_image`'s ``metadata["z_step"]``)
+    without reading its pixels; None when the file does not say (or is not a TIFF)."""
+    import tifffile
+
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            return _z_step(tif)
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
 
 
 def _resolution_pixel_size(page: Any, unit: str | None) -> float | None:
@@ -332,6 +361,7 @@ def write_image(
     axes: str | None = None,
     inputs: Iterable[str | os.PathLike] = (),
     zarr_options: Mapping[str, Any] | None = None,
+    z_step: float | None = None,
 ) -> Path:
     """Write an image to TIFF or OME-TIFF, atomically.
 
@@ -345,6 +375,9 @@ def write_image(
         Finite real pixels.
     pixel_size : float, optional
         Pixel size in µm.
+    z_step : float, optional
+        Axial step of a z-stack in µm (OME ``PhysicalSizeZ``; ``z_step`` in a plain TIFF's
+        description), read back as ``metadata["z_step"]``.
     metadata : dict, optional
         JSON-able values stored in the TIFF description (plain TIFF only).
     axes : str, optional
@@ -392,6 +425,8 @@ def write_image(
     data = _as_image_array(array)
     if pixel_size is not None:
         pixel_size = check_positive(pixel_size, "pixel_size (µm)")
+    if z_step is not None:
+        z_step = check_positive(z_step, "z_step (µm)")
     ome = suffix.startswith(".ome")
     if ome:
         if axes is None and data.ndim <= 5:
@@ -402,6 +437,8 @@ def write_image(
         if pixel_size is not None:
             description.update(PhysicalSizeX=pixel_size, PhysicalSizeXUnit="µm",
                                PhysicalSizeY=pixel_size, PhysicalSizeYUnit="µm")
+        if z_step is not None:
+            description.update(PhysicalSizeZ=z_step, PhysicalSizeZUnit="µm")
         options: dict[str, Any] = {"ome": True, "metadata": description}
     else:
         try:  # NumPy numbers and arrays become plain JSON, as in every psfmap file
@@ -414,6 +451,8 @@ def write_image(
             pixel_size = check_positive(description["pixel_size"], "metadata['pixel_size'] (µm)")
         if pixel_size is not None:
             description["pixel_size"] = pixel_size
+        if z_step is not None:
+            description["z_step"] = z_step
         options = {"ome": False, "metadata": description}
         if pixel_size is not None:
             options["resolution"] = (1e4 / pixel_size, 1e4 / pixel_size)

@@ -14,6 +14,7 @@ import numpy as np
 
 from psfmap.cli import UsageError
 from psfmap.cli._common import progress_bar, provenance, summary, warn
+from psfmap.io import read_z_step
 
 # a PSF's z-step may differ from the stack's by this fraction (no resampling is done)
 Z_STEP_TOLERANCE = 0.02
@@ -35,28 +36,6 @@ def add_volume_flags(parser) -> None:
     parser.add_argument(
         "--views", default=None, metavar="PNG",
         help="volumes: also write XY/XZ/YZ orthogonal views of the stack and the result")
-
-
-def read_z_step(path: str | Path) -> float | None:
-    """The axial step (µm) a TIFF's metadata gives: OME ``PhysicalSizeZ``, ImageJ
-    ``spacing``, or psfmap's own ``z_step``; None when it says none."""
-    import re
-
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if tif.is_ome and tif.ome_metadata:
-                found = re.search(r'PhysicalSizeZ="([0-9.eE+-]+)"', tif.ome_metadata)
-                if found:
-                    return float(found.group(1))
-            if tif.is_imagej and tif.imagej_metadata and "spacing" in tif.imagej_metadata:
-                return float(tif.imagej_metadata["spacing"])
-            if tif.shaped_metadata and "z_step" in tif.shaped_metadata[0]:
-                return float(tif.shaped_metadata[0]["z_step"])
-    except (OSError, ValueError, tifffile.TiffFileError):
-        return None
-    return None
 
 
 def volume_operator(args, image: np.ndarray) -> tuple[Any, str] | None:
@@ -126,7 +105,7 @@ def run_volume(args, image: np.ndarray, metadata: dict, method: str, iterations:
     if args.tile:
         raise UsageError("--tile applies to 2-D restoration; a volume is restored in one piece")
     pixel_size = metadata.get("pixel_size")
-    z_step = args.z_step if args.z_step is not None else read_z_step(args.image)
+    z_step = args.z_step if args.z_step is not None else metadata.get("z_step")
     if z_step is None:
         raise UsageError(f"the z-step of {args.image!r} is unknown (no PhysicalSizeZ, spacing "
                          "or z_step in its metadata): pass --z-step in µm")
@@ -158,7 +137,7 @@ def run_volume(args, image: np.ndarray, metadata: dict, method: str, iterations:
     if method == "rl-tv":
         kept["tv"] = tv
     axes = metadata.get("axes")
-    write_image(args.output, result, pixel_size=pixel_size, metadata=kept,
+    write_image(args.output, result, pixel_size=pixel_size, metadata=kept, z_step=z_step,
                 axes=axes if axes and len(axes) == image.ndim and "Z" in axes.upper()
                 else ("ZYX" if image.ndim == 3 else None), inputs=inputs)
     if args.views is not None:
