@@ -36,7 +36,8 @@ _EXPORTS = {
     "load_psf_maps": "psfmap.operators",
 }
 _SUBMODULES = {
-    "psf", "operators", "simulate", "restore", "calibrate", "blind", "training",
+    "psf", "optics", "operators", "simulate", "restore", "calibrate", "blind", "deepblur",
+    "training",
     "metrics", "io", "cli",
 }
 # old homes, importable for one release with a DeprecationWarning (psfmap._deprecated)

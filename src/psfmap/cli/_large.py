@@ -142,6 +142,23 @@ def as_dask(image: Any, chunk: int | None) -> Any:
     return da.from_array(image, chunks=(1,) * (image.ndim - 2) + (side, side))
 
 
+def read_lazy(path: Any, chunk: int | None) -> tuple[Any, dict]:
+    """An image as a dask array (an OME-Zarr store lazily, a TIFF in ``chunk`` px squares,
+    see :func:`as_dask`) and its metadata: the input of a chunked run."""
+    from psfmap.io import read_image
+
+    image, metadata = read_image(path)
+    if image.ndim < 2:
+        raise ValueError(f"{str(path)!r} must be an image (..., H, W), got shape {image.shape}")
+    return as_dask(image, chunk), metadata
+
+
+def where(args) -> str:
+    """Where a chunked run ran, for the summary line."""
+    return (f"{args.workers} worker(s)" if args.workers else
+            f"scheduler {args.scheduler}" if args.scheduler else "threads")
+
+
 def write_chunked(args, path: Any, array: Any, client: Any, **write: Any) -> None:
     """Write a lazy result: an OME-Zarr store chunk by chunk (progress bar over chunks), or
     a TIFF computed on the cluster then written at the end as usual."""

@@ -11,6 +11,7 @@ import numpy as np
 
 from psfmap.cli import UsageError, command_parser
 from psfmap.cli._common import check_outputs, progress_bar, provenance, summary
+from psfmap.cli._large import add_large_flags, wants_chunks
 from psfmap.cli.estimate import (
     DEFAULT_MEDIAN,
     add_map_output_arguments,
@@ -48,8 +49,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "image", metavar="IMAGE",
-        help="blurred image (TIFF/PNG); a stack (..., H, W) is deblurred frame by frame, "
-        "each frame with its own map",
+        help="blurred image (TIFF/PNG, or .ome.zarr read lazily); a stack (..., H, W) is "
+        "deblurred frame by frame, each frame with its own map",
     )
     add_window_arguments(parser)
     parser.add_argument(
@@ -82,8 +83,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="use this PSF map file instead of estimating one (for a stack: one map for all "
         "frames or one per frame)",
     )
-    parser.add_argument("-o", "--output", required=True, help="restored image to write (TIFF)")
+    parser.add_argument("-o", "--output", required=True, help="restored image to write (TIFF, "
+                        "or .ome.zarr written chunk by chunk)")
     add_map_output_arguments(parser)
+    add_large_flags(parser)
     return parser
 
 
@@ -129,6 +132,8 @@ def run(args) -> int:
         if given:
             raise UsageError(f"{', '.join(given)} choose how a map is estimated; with --psf-map "
                              "the map is given")
+    if wants_chunks(args, args.image, [args.output]):
+        return _run_chunked(args, options)
     image, metadata = read_plane(args.image, args.plane, stack=True, args=args)
     start = time.perf_counter()
     frames = image.reshape(-1, *image.shape[-2:])
@@ -186,3 +191,54 @@ def run(args) -> int:
 def _energy(value: float | None) -> float | None:
     """--energy 1 keeps the whole PSF field: the exact operator."""
     return None if value is None or value >= 1 else value
+
+
+def _run_chunked(args, options: dict) -> int:
+    """Chunked deblurring (dask): every frame of an OME-Zarr (or TIFF) input deblurred as in
+    memory, frames in parallel on threads or a cluster (--workers / --scheduler), an OME-Zarr
+    output written chunk by chunk (--resume completes an interrupted one)."""
+    from psfmap.blind.verbs import deblur
+    from psfmap.cli._large import dask_client, read_lazy, where, write_chunked
+
+    if args.plane is not None:
+        raise UsageError("--plane applies to in-memory runs; a chunked run (.ome.zarr, "
+                         "--workers, --scheduler, --chunk) deblurs every frame")
+    if args.save_map is not None or args.figure is not None:
+        raise UsageError("--save-map and --figure need the maps in memory; they do not combine "
+                         "with chunked runs (.ome.zarr, --workers, --scheduler, --chunk): "
+                         "estimate the map with psfmap estimate and pass --psf-map")
+    image, metadata = read_lazy(args.image, args.chunk)
+    if not np.issubdtype(image.dtype, np.floating):
+        image = image.astype(np.float32)
+    psf_map = None
+    if args.psf_map is not None:
+        maps = _given_maps(args.psf_map, image)
+        if len(maps) != 1:
+            raise UsageError("a chunked run deblurs every frame with one --psf-map; a file of "
+                             "one map per frame needs an in-memory run")
+        psf_map = maps[0]
+        label_maps(psf_map, Path(args.image).name, metadata.get("pixel_size"))
+    start = time.perf_counter()
+    with dask_client(args) as client:
+        estimation = {} if psf_map is not None else {
+            "model": load_estimator(args), **options}
+        restored = deblur(image, iterations=args.iterations, tv=args.tv, psf_map=psf_map,
+                          energy=_energy(args.energy), tile=args.tile or None,
+                          overlap=args.overlap, **estimation)
+        description = provenance(
+            metadata, psfmap_command="deblur", source=Path(args.image).name,
+            model=psf_map.family.name if psf_map is not None else args.model,
+            iterations=args.iterations, tv=args.tv, energy=_energy(args.energy),
+            chunks=[int(c) for c in restored.chunksize])
+        if psf_map is not None:
+            description["grid"] = list(psf_map.grid)
+        axes = metadata.get("axes")
+        write_chunked(args, args.output, restored, client,
+                      pixel_size=metadata.get("pixel_size"), metadata=description,
+                      axes=axes if axes and len(axes) == image.ndim else None,
+                      inputs=[p for p in (args.image, args.psf_map) if p is not None])
+    summary(args, f"deblurred {'x'.join(str(n) for n in image.shape)} in "
+                  f"{int(np.prod(restored.numblocks))} chunk(s), RL-TV {args.iterations} "
+                  f"iterations λ={args.tv:g} ({where(args)}) in "
+                  f"{time.perf_counter() - start:.1f} s -> {args.output}")
+    return 0

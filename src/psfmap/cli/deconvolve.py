@@ -391,8 +391,7 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
     """Chunked restoration (dask): an OME-Zarr input read lazily, chunks restored with a halo
     on threads or a cluster (--workers / --scheduler), an OME-Zarr output written chunk by
     chunk (--resume completes an interrupted one)."""
-    from psfmap.cli._large import as_dask, dask_client, write_chunked
-    from psfmap.io import read_image
+    from psfmap.cli._large import dask_client, read_lazy, where, write_chunked
     from psfmap.restore import DEFAULT_TV, deconvolve
 
     if args.sparse_out is not None or args.smooth_out is not None:
@@ -401,10 +400,7 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
     if args.tile:
         raise UsageError("--tile applies to in-memory restoration; a chunked run restores "
                          "chunk by chunk (--chunk PIXELS)")
-    image, metadata = read_image(args.image)
-    if image.ndim < 2:
-        raise ValueError(f"{args.image!r} must be an image (..., H, W), got shape {image.shape}")
-    image = as_dask(image, args.chunk)
+    image, metadata = read_lazy(args.image, args.chunk)
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
     start = time.perf_counter()
@@ -430,10 +426,8 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
         write_chunked(args, args.output, restored, client, pixel_size=pixel_size,
                       metadata=kept, axes=axes if axes and len(axes) == image.ndim else None,
                       inputs=inputs)
-    where = (f"{args.workers} worker(s)" if args.workers else
-             f"scheduler {args.scheduler}" if args.scheduler else "threads")
     summary(args, f"deconvolved {'x'.join(str(n) for n in image.shape)} in "
                   f"{int(np.prod(image.numblocks))} chunk(s) with {method} ({iterations} "
-                  f"iterations, {source}, {where}) in {time.perf_counter() - start:.1f} s "
+                  f"iterations, {source}, {where(args)}) in {time.perf_counter() - start:.1f} s "
                   f"-> {args.output}")
     return 0

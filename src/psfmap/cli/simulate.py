@@ -6,6 +6,7 @@ import numpy as np
 
 from psfmap.cli import UsageError, command_parser
 from psfmap.cli._common import check_number, check_outputs, parse_pair, summary, warn
+from psfmap.cli._large import add_large_flags, wants_chunks
 
 # pixel sizes (µm) at which a file's own sampling is used for a Zernike pupil: below, the NA 0.8
 # pupil spans too few frequency samples; above, the PSF is under a pixel and the supersampled
@@ -28,8 +29,10 @@ def add_parser(subparsers):
         "Blur a sharp image with a spatially varying PSF and add Poisson-Gaussian noise.",
         EXAMPLE,
     )
-    parser.add_argument("sharp", help="sharp 2-D image (TIFF, OME-TIFF, PNG)")
-    parser.add_argument("-o", "--output", required=True, help="blurred image to write (.tif)")
+    parser.add_argument("sharp", help="sharp 2-D image (TIFF, OME-TIFF, PNG, or .ome.zarr "
+                        "read lazily)")
+    parser.add_argument("-o", "--output", required=True, help="blurred image to write (.tif, "
+                        "or .ome.zarr written chunk by chunk)")
     parser.add_argument("--model", default="zernike3", choices=FAMILIES, help="PSF family")
     parser.add_argument("--field", default="tilt", choices=FIELDS,
                         help="how the PSF parameters vary over the field")
@@ -46,11 +49,13 @@ def add_parser(subparsers):
     parser.add_argument("--save-truth", metavar="PATH", default=None,
                         help="write the true PSF map (.psfmap)")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
+    add_large_flags(parser)
     return parser
 
 
 def run(args) -> int:
-    from psfmap.io import read_image, write_image
+    from psfmap.cli._large import dask_client, read_lazy
+    from psfmap.io import read_image
     from psfmap.psf import model as psf_model
     from psfmap.simulate import simulate
 
@@ -65,15 +70,18 @@ def run(args) -> int:
     check_number(args.angle, "--angle")
     check_number(args.seed, "--seed", minimum=0)
     check_outputs(args, [args.sharp], images=[args.output], files=[args.save_truth])
-    sharp, metadata = read_image(args.sharp)
+    # chunked (dask): blurred chunk by chunk with a halo, noise drawn per chunk
+    chunked = wants_chunks(args, args.sharp, [args.output])
+    sharp, metadata = (read_lazy(args.sharp, args.chunk) if chunked
+                       else read_image(args.sharp))
     if sharp.ndim != 2:
         raise ValueError(
             f"SHARP must be a 2-D image, got shape {sharp.shape} (axes {metadata.get('axes')}); "
             "extract one plane first"
         )
     image = sharp.astype(np.float32)
-    offset = float(image.min())
-    if offset < 0:
+    # a lazy image is checked chunk by chunk as it is blurred
+    if not chunked and float(image.min()) < 0:
         raise ValueError("SHARP has negative values; expected a non-negative intensity image")
     pixel_size = metadata.get("pixel_size")
     family = psf_model(args.model)
@@ -86,6 +94,16 @@ def run(args) -> int:
             warn(args, f"the input's pixel size {pixel_size:g} µm is outside {low}-{high} µm, "
                        f"where the {args.model} optics (NA {family.optics['na']}) are sampled "
                        f"sensibly; using the family's {family.optics['pixel_size']} µm")
+    with dask_client(args) as client:
+        _simulate_and_write(args, simulate, image, family, grid, pixel_size, chunked, client)
+    return 0
+
+
+def _simulate_and_write(args, simulate, image, family, grid, pixel_size, chunked: bool,
+                        client) -> None:
+    from psfmap.cli._large import where, write_chunked
+    from psfmap.io import write_image
+
     result = simulate(
         image,
         model=family,
@@ -99,15 +117,14 @@ def run(args) -> int:
         seed=args.seed,
         metadata={"source": str(args.sharp), "pixel_size": pixel_size},
     )
-    # everything is computed before anything is written
-    write_image(
-        args.output,
-        result.blurred,
-        pixel_size=pixel_size,
-        metadata={"psfmap": "simulate", "model": args.model, "field": args.field,
-                  "grid": list(grid), "photons": args.photons, "seed": result.seed},
-        inputs=[args.sharp],
-    )
+    # everything is computed before anything is written (an .ome.zarr: chunk by chunk)
+    written = {"pixel_size": pixel_size, "inputs": [args.sharp],
+               "metadata": {"psfmap": "simulate", "model": args.model, "field": args.field,
+                            "grid": list(grid), "photons": args.photons, "seed": result.seed}}
+    if chunked:
+        write_chunked(args, args.output, result.blurred, client, **written)
+    else:
+        write_image(args.output, result.blurred, **written)
     if args.save_truth is not None:
         result.psf_map.save(args.save_truth)
     noise = f"{args.photons:g} photons" if args.photons is not None else "no noise"
@@ -115,6 +132,6 @@ def run(args) -> int:
     summary(
         args,
         f"simulated {args.model} blur ({args.field}, {grid[0]}x{grid[1]} grid, {noise}) on "
-        f"{image.shape[0]}x{image.shape[1]} image, seed {result.seed} -> {args.output}{truth}",
+        f"{image.shape[0]}x{image.shape[1]} image{f' ({where(args)})' if chunked else ''}, "
+        f"seed {result.seed} -> {args.output}{truth}",
     )
-    return 0
