@@ -165,6 +165,32 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _fit(net: torch.nn.Module, config: dict[str, Any], spec: dict[str, Any], label: str,
+         generator: torch.Generator, loss_of, *, log_every: int, window: int,
+         clip: float | None = None) -> dict[str, Any]:
+    """Adam with a cosine schedule over ``spec["steps"]`` batches (or until ``time_limit``):
+    ``loss_of(generator)`` draws a batch and returns its loss. Returns the training log."""
+    _warm_start(net, spec)
+    optimizer = torch.optim.Adam(net.parameters(), lr=spec["lr"])
+    started, losses = time.perf_counter(), []
+    for step in range(spec["steps"]):
+        if _out_of_time(config, started):
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine(step, spec["steps"], spec["lr"])
+        loss = loss_of(generator)
+        optimizer.zero_grad()
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % log_every == 0 or step == spec["steps"] - 1:
+            _log(f"{label} {step}/{spec['steps']} loss {np.mean(losses[-window:]):.5g}")
+    return {"seconds": time.perf_counter() - started, "steps_done": len(losses),
+            "final_loss": float(np.mean(losses[-window:]))}
+
+
 def train_identifier(config: dict[str, Any], family, pool, gammas) -> tuple[IdentificationNet,
                                                                            dict[str, Any]]:
     """Train the identification network; returns it and a training log."""
@@ -172,31 +198,20 @@ def train_identifier(config: dict[str, Any], family, pool, gammas) -> tuple[Iden
     psfs = _pool_psfs(family, gammas)
     torch.manual_seed(config["seed"])
     net = IdentificationNet(family.n_params, spec["widths"], spec["blocks"], spec["pool"])
-    _warm_start(net, spec)
-    optimizer = torch.optim.Adam(net.parameters(), lr=spec["lr"])
-    generator = torch.Generator().manual_seed(config["seed"] + 1)
-    started, losses = time.perf_counter(), []
-    for step in range(spec["steps"]):
-        if _out_of_time(config, started):
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine(step, spec["steps"], spec["lr"])
+
+    def loss_of(generator: torch.Generator) -> torch.Tensor:
         noisy, _, gamma, _ = make_batch(family, pool, gammas, spec["batch"], config["size"],
                                         config["pad"], config["photons"], generator, psfs)
         prediction = net(noisy.float())
         target = family.normalize(gamma).float()
         twin = family.normalize(family.twin(gamma)).float()
         # twins are the same PSF: regress to whichever the network is closer to
-        loss = torch.minimum(((prediction - target) ** 2).mean(1),
+        return torch.minimum(((prediction - target) ** 2).mean(1),
                              ((prediction - twin) ** 2).mean(1)).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == spec["steps"] - 1:
-            _log(f"identify {step}/{spec['steps']} loss {np.mean(losses[-200:]):.4f}")
-    return net, {"seconds": time.perf_counter() - started, "steps_done": len(losses),
-                 "final_loss": float(np.mean(losses[-200:]))}
+
+    generator = torch.Generator().manual_seed(config["seed"] + 1)
+    return net, _fit(net, config, spec, "identify", generator, loss_of, log_every=100,
+                     window=200)
 
 
 def train_deblurrer(config: dict[str, Any], family, pool, gammas) -> tuple[UnrolledFISTA,
@@ -206,29 +221,16 @@ def train_deblurrer(config: dict[str, Any], family, pool, gammas) -> tuple[Unrol
     psfs = _pool_psfs(family, gammas)
     torch.manual_seed(config["seed"])
     net = UnrolledFISTA(spec["iterations"], spec["channels"])
-    _warm_start(net, spec)
-    optimizer = torch.optim.Adam(net.parameters(), lr=spec["lr"])
-    generator = torch.Generator().manual_seed(config["seed"] + 2)
-    started, losses = time.perf_counter(), []
-    for step in range(spec["steps"]):
-        if _out_of_time(config, started):
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine(step, spec["steps"], spec["lr"])
+
+    def loss_of(generator: torch.Generator) -> torch.Tensor:
         noisy, sharp, _, operators = make_batch(family, pool, gammas, spec["batch"],
                                                 config["size"], config["pad"],
                                                 config["photons"], generator, psfs)
-        restored = net(noisy.float(), operators)
-        loss = ((restored - sharp) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 25 == 0 or step == spec["steps"] - 1:
-            _log(f"deblur {step}/{spec['steps']} loss {np.mean(losses[-50:]):.5f}")
-    return net, {"seconds": time.perf_counter() - started, "steps_done": len(losses),
-                 "final_loss": float(np.mean(losses[-50:]))}
+        return ((net(noisy.float(), operators) - sharp) ** 2).mean()
+
+    generator = torch.Generator().manual_seed(config["seed"] + 2)
+    return net, _fit(net, config, spec, "deblur", generator, loss_of, log_every=25, window=50,
+                     clip=1.0)
 
 
 def operator_pool(config: dict[str, Any], family) -> np.ndarray:
