@@ -36,7 +36,12 @@ import torch
 
 from psfmap._validation import check_positive
 from psfmap.psf.gaussian import _check_size, bin_pixels
-from psfmap.psf.zernike import _pupil_basis, coefficient_vector, supersampling
+from psfmap.psf.zernike import (
+    _pupil_basis,
+    check_pupil_optics,
+    coefficient_vector,
+    supersampling,
+)
 
 __all__ = ["axial_positions", "confocal", "depth_series", "through_focus"]
 
@@ -63,17 +68,13 @@ def axial_positions(planes: int | Sequence[float] | np.ndarray | torch.Tensor,
 
 
 def _check_optics(na: float, wavelength: float, pixel_size: float, immersion_index: float,
-                  sample_index: float | None, depth: float) -> tuple[float, ...]:
-    na = check_positive(na, "na")
-    wavelength = check_positive(wavelength, "wavelength")
-    pixel_size = check_positive(pixel_size, "pixel_size")
-    immersion_index = check_positive(immersion_index, "immersion_index")
+                  sample_index: float | None, depth: float, oversample: Any
+                  ) -> tuple[float, ...]:
+    na, wavelength, pixel_size, immersion_index = check_pupil_optics(
+        na, wavelength, pixel_size, immersion_index, oversample)
     sample_index = immersion_index if sample_index is None else check_positive(
         sample_index, "sample_index")
     depth = check_positive(depth, "depth", allow_zero=True)
-    if na > immersion_index:
-        raise ValueError(f"na={na} exceeds immersion_index={immersion_index}; the NA cannot "
-                         "exceed the refractive index of the immersion medium")
     return na, wavelength, pixel_size, immersion_index, sample_index, depth
 
 
@@ -131,11 +132,8 @@ def through_focus(
     """
     _check_size(size)
     na, wavelength, pixel_size, n_i, n_s, depth = _check_optics(
-        na, wavelength, pixel_size, immersion_index, sample_index, depth)
+        na, wavelength, pixel_size, immersion_index, sample_index, depth, oversample)
     z = axial_positions(planes, z_step)
-    if oversample is not None and (not isinstance(oversample, int) or oversample < 1
-                                   or oversample % 2 == 0):
-        raise ValueError(f"oversample must be an odd positive integer, got {oversample!r}")
     vector = coefficient_vector(coefficients, dtype=torch.float64, device=device)
     if vector.ndim != 1:
         raise ValueError("coefficients must be one set of Noll amplitudes (J,) for a 3D PSF, "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,6 +93,26 @@ def zernike_polynomial(j: int, rho: torch.Tensor, theta: torch.Tensor) -> torch.
 
 # largest FFT grid side of the supersampled pupil (8192²: 1 GB per complex128 field)
 MAX_PUPIL_GRID = 8192
+
+
+def check_pupil_optics(na: Any, wavelength: Any, pixel_size: Any, immersion_index: Any,
+                       oversample: Any = None) -> tuple[float, float, float, float]:
+    """The pupil model's optics as positive floats (µm), checked: the NA must not exceed the
+    immersion's index, ``oversample`` is None or an odd positive integer."""
+    na = check_positive(na, "na")
+    wavelength = check_positive(wavelength, "wavelength")
+    pixel_size = check_positive(pixel_size, "pixel_size")
+    immersion_index = check_positive(immersion_index, "immersion_index")
+    if na > immersion_index:
+        raise ValueError(
+            f"na={na} exceeds immersion_index={immersion_index}; the NA cannot exceed the "
+            "refractive index of the immersion medium"
+        )
+    if oversample is not None and (
+        not isinstance(oversample, int) or oversample < 1 or oversample % 2 == 0
+    ):
+        raise ValueError(f"oversample must be an odd positive integer, got {oversample!r}")
+    return na, wavelength, pixel_size, immersion_index
 
 
 def supersampling(na: float, wavelength: float, pixel_size: float) -> int:
@@ -246,19 +267,8 @@ def zernike(
     PSF is the Airy pattern with FWHM ≈ 0.51 λ / NA.
     """
     _check_size(size)
-    na = check_positive(na, "na")
-    wavelength = check_positive(wavelength, "wavelength")
-    pixel_size = check_positive(pixel_size, "pixel_size")
-    immersion_index = check_positive(immersion_index, "immersion_index")
-    if na > immersion_index:
-        raise ValueError(
-            f"na={na} exceeds immersion_index={immersion_index}; the NA cannot exceed the "
-            "refractive index of the immersion medium"
-        )
-    if oversample is not None and (
-        not isinstance(oversample, int) or oversample < 1 or oversample % 2 == 0
-    ):
-        raise ValueError(f"oversample must be an odd positive integer, got {oversample!r}")
+    na, wavelength, pixel_size, immersion_index = check_pupil_optics(
+        na, wavelength, pixel_size, immersion_index, oversample)
     vector = coefficient_vector(coefficients, dtype=dtype, device=device)
     batch = vector if vector.ndim == 2 else vector[None]
     psf = zernike_batch(
