@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from psfmap._validation import check_pair, describe
-from psfmap.optics.microscope import Microscope
 
 if TYPE_CHECKING:
     from psfmap.operators import Convolution, ProductConvolution
+    from psfmap.optics.microscope import Microscope
 
 
 def from_microscope(
@@ -54,6 +54,9 @@ def from_microscope(
     # the operator classes through the package's public names (imported here, once the
     # package is initialised: psfmap.operators imports this module)
     from psfmap.operators import Convolution, cell_centres, from_psf_grid
+
+    # imported here: `import psfmap.operators` (every command's start-up) need not load optics
+    from psfmap.optics.microscope import Microscope
 
     if not isinstance(microscope, Microscope):
         raise TypeError(f"microscope must be a psfmap.optics.Microscope, got "
