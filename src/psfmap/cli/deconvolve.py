@@ -210,7 +210,7 @@ def _shift_negative(args, image: np.ndarray) -> tuple[np.ndarray, float]:
     """The image raised by --offset, and the background the solver gets (--background plus
     the offset: y + c = H x + b + c keeps the model exact). A negative image beyond round-off
     is refused with the --offset that would fix it."""
-    from psfmap.restore.richardson_lucy import ROUNDOFF
+    from psfmap.restore._domain import ROUNDOFF
 
     background = args.background + args.offset
     if args.offset:

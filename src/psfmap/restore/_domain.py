@@ -24,6 +24,20 @@ import torch
 from psfmap._validation import as_tensor, check_psf, describe
 from psfmap.operators.base import LinearOperator
 
+# Richardson–Lucy's numerical guards, shared by the 2-D and the 3-D solvers:
+# the TV-RL denominator is kept >= this fraction of H*1 (positivity, bounded step)
+DENOMINATOR_FLOOR = 0.1
+# extended-domain pixels with H*1 below this fraction of its maximum carry no information: 0
+UNOBSERVED = 1e-6
+# negative pixels down to -ROUNDOFF × max|image| are numerical noise, clipped to 0
+ROUNDOFF = 1e-5
+
+
+def is_compressed(operator: Any) -> bool:
+    """Whether ``operator`` is a low-rank compression (``compression_error > 0``), whose
+    eigen-PSFs have negative lobes by construction."""
+    return (getattr(operator, "compression_error", None) or 0) > 0
+
 
 def check_operator(operator: Any, name: str = "operator") -> Any:
     """Accept anything with ``forward`` and ``adjoint`` methods."""
@@ -249,7 +263,7 @@ def check_nonnegative(
                     "operator that maps non-negative images to non-negative ones"
                 )
             return
-        compressed = (getattr(operator, "compression_error", None) or 0) > 0
+        compressed = is_compressed(operator)
         for row in _sample_positions(shape[0]):
             for col in _sample_positions(shape[1]):
                 psf = psf_at(row, col).detach().double()

@@ -21,22 +21,20 @@ from psfmap._validation import (
     times_power_of_two,
 )
 from psfmap.restore._domain import (
+    DENOMINATOR_FLOOR,
+    ROUNDOFF,
+    UNOBSERVED,
     CroppedOperator,
     check_compatible,
     check_nonnegative,
     check_operator,
+    is_compressed,
     match_operator,
     solver_context,
 )
 from psfmap.restore.tv import tv_curvature
 from psfmap.restore.volume import is_volume_operator, richardson_lucy_volume
 
-# the TV-RL denominator is kept >= this fraction of H*1 (positivity, bounded step)
-DENOMINATOR_FLOOR = 0.1
-# extended-domain pixels with H*1 below this fraction of its maximum carry no information: 0
-UNOBSERVED = 1e-6
-# negative pixels down to -ROUNDOFF × max|image| are numerical noise, clipped to 0
-ROUNDOFF = 1e-5
 # with a compressed operator (eigen-PSFs with negative lobes) H x can fall far below y where x
 # is uneven, and y / H x then feeds back into ever larger estimates (the fly wing's 31 x 31 map
 # at rank 3 reached 1e6 in 10 iterations): H x is kept >= this fraction of y, so that no
@@ -193,7 +191,7 @@ def richardson_lucy(
             tv_epsilon=tv_epsilon,
             callback=callback,
             intensity_scale=scale,
-            relative_floor=COMPRESSED_FLOOR if _compressed(operator) else 0.0,
+            relative_floor=COMPRESSED_FLOOR if is_compressed(operator) else 0.0,
         )
         restored = system.crop(restored)
         if not bool(torch.isfinite(restored).all()):
@@ -288,10 +286,6 @@ def _iterate(
         if callback is not None:
             callback(iteration, change)
     return x
-
-
-def _compressed(operator: Any) -> bool:
-    return (getattr(operator, "compression_error", None) or 0) > 0
 
 
 def _owned(result: torch.Tensor, *others: torch.Tensor) -> bool:

@@ -27,15 +27,18 @@ from psfmap._validation import (
     describe,
     fit_output,
 )
-from psfmap.restore._domain import check_operator, match_operator, solver_context
+from psfmap.restore._domain import (
+    DENOMINATOR_FLOOR,
+    ROUNDOFF,
+    UNOBSERVED,
+    check_operator,
+    match_operator,
+    solver_context,
+)
 from psfmap.restore.tv import tv_curvature_3d
 
 __all__ = ["as_volume_operator", "is_volume_operator", "richardson_lucy_volume"]
 
-# as in 2D: TV denominator floor, unobserved threshold, round-off tolerance
-DENOMINATOR_FLOOR = 0.1
-UNOBSERVED = 1e-6
-ROUNDOFF = 1e-5
 # Biggs–Andrews extrapolation stays below this (α → 1 diverges)
 MAX_ALPHA = 0.95
 
