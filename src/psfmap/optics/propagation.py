@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy import fft as scipy_fft
 
 from psfmap.optics._common import (
     centred_coordinates,
@@ -193,6 +192,8 @@ def _grid_for(field, grid, z, wl, dx) -> tuple[int, int]:
 
 
 def _fast(n: int) -> int:
+    from scipy import fft as scipy_fft  # here, not at import: scipy.fft costs 0.2-0.4 s to load
+
     n = scipy_fft.next_fast_len(max(int(n), 2), real=False)
     return n + n % 2
 

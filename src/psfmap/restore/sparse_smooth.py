@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from psfmap._validation import (
     ArrayKind,
@@ -252,6 +251,8 @@ def spike_centroids(
     peak = values.max()
     if peak <= 0:
         return np.zeros((0, 2))
+    from scipy import ndimage  # here, not at import: every command would pay 0.2-0.5 s for it
+
     mask = values > threshold * peak
     grouping = mask
     if min_separation > 1:
