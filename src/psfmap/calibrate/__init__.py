@@ -6,7 +6,8 @@ small matrix ``Γ_k`` per calibrated condition. :func:`identify_from_spikes` pic
 a calibrated family that explains a new image from a few isolated beads in it.
 
 ``psfmap.calibrate`` is callable: ``psfmap.calibrate(images, ...)`` is
-``psfmap.calibrate.calibrate(images, ...)``.
+``psfmap.calibrate.calibrate(images, ...)``. A bead z-stack calibrated as a volume gives one
+3-D operator whose PSF varies with depth and field: :func:`calibrate_volume`.
 """
 
 from psfmap._callable_module import make_callable
@@ -24,6 +25,12 @@ from psfmap.calibrate.options import CalibrationOptions
 from psfmap.calibrate.patches import PatchSet, psf_patches
 from psfmap.calibrate.spatial import fit_thin_plate_spline, randomized_svd, spatial_basis
 from psfmap.calibrate.spikes import SpikeIdentification, identify_from_spikes
+from psfmap.calibrate.volume_calibration import (
+    calibrate_volume,
+    collect_volume_patches,
+    fit_volume_operator,
+)
+from psfmap.calibrate.volume_figures import plot_volume_psfs
 
 __all__ = [
     "BeadDetection",
@@ -33,14 +40,18 @@ __all__ = [
     "PatchSet",
     "SpikeIdentification",
     "calibrate",
+    "calibrate_volume",
     "collect_patches",
+    "collect_volume_patches",
     "detect_beads",
     "eigen_psfs",
     "estimate_psf_sigma",
     "fit_family",
     "fit_thin_plate_spline",
+    "fit_volume_operator",
     "identify_from_spikes",
     "plot_family",
+    "plot_volume_psfs",
     "psf_patches",
     "randomized_svd",
     "spatial_basis",

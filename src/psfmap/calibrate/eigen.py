@@ -31,7 +31,7 @@ class EigenPSFs:
 
     Attributes
     ----------
-    kernels : ndarray (I, h, w)
+    kernels : ndarray (I, h, w) or (I, d, h, w)
         Orthonormal eigen-PSFs ``u_i`` (sign chosen so that each has a positive sum or, if the
         sum vanishes, a positive centre).
     coefficients : ndarray (N, I)
@@ -88,8 +88,9 @@ def eigen_psfs(
 
     Parameters
     ----------
-    patches : ndarray (N, h, w)
-        Clean normalised patches.
+    patches : ndarray (N, h, w) or (N, d, h, w)
+        Clean normalised patches (2-D, or 3-D bead volumes: the SVD is the same on the
+        flattened voxels).
     n_components : int, optional
         Number ``I`` of eigen-PSFs; chosen from the spectrum when omitted.
     energy : float in (0, 1]
@@ -101,12 +102,14 @@ def eigen_psfs(
         Upper bound on the automatic choice.
     """
     patches = np.asarray(patches, dtype=np.float64)
-    if patches.ndim != 3 or len(patches) == 0:
-        raise ValueError(f"patches must have shape (N, h, w) with N >= 1, got {patches.shape}")
+    if patches.ndim not in (3, 4) or len(patches) == 0:
+        raise ValueError(f"patches must have shape (N, h, w) or (N, d, h, w) with N >= 1, got "
+                         f"{patches.shape}")
     if not 0 < energy <= 1:
         raise ValueError(f"energy must be in (0, 1], got {energy!r}")
-    n, h, w = patches.shape
-    matrix = patches.reshape(n, h * w)
+    n, shape = len(patches), patches.shape[1:]
+    size = int(np.prod(shape))
+    matrix = patches.reshape(n, size)
     # torch's LAPACK honours torch.set_num_threads (OpenBLAS threads thrash on busy machines)
     with single_thread():
         _, singular_t, vt_t = torch.linalg.svd(torch.from_numpy(matrix), full_matrices=False)
@@ -115,8 +118,8 @@ def eigen_psfs(
     floor = 0.0
     if noise is not None and len(noise) == n:
         noise = np.asarray(noise, dtype=np.float64)
-        noise_energy = float((noise**2).sum() * h * w)
-        floor = float(np.sqrt(np.mean(noise**2)) * (np.sqrt(n) + np.sqrt(h * w)))
+        noise_energy = float((noise**2).sum() * size)
+        floor = float(np.sqrt(np.mean(noise**2)) * (np.sqrt(n) + np.sqrt(size)))
     plateau = singular[max_components : 2 * max_components]
     if len(plateau) >= max(3, max_components // 2):
         floor = max(floor, 1.5 * float(np.median(plateau)))
@@ -126,18 +129,18 @@ def eigen_psfs(
         rank = int(n_components)
         if rank < 1:
             raise ValueError(f"n_components must be >= 1, got {n_components!r}")
-        if rank > min(n, h * w):
+        if rank > min(n, size):
             raise ValueError(
                 f"n_components={rank} eigen-PSFs need at least {rank} clean bead patches, "
                 f"got {n}"
             )
     kernels = vt[:rank].copy()
     sums = kernels.sum(axis=1)
-    centre = kernels[:, (h // 2) * w + w // 2]
+    centre = kernels[:, int(np.ravel_multi_index(tuple(k // 2 for k in shape), shape))]
     sign = np.where(np.abs(sums) > 1e-6, np.sign(sums), np.sign(centre))
     sign[sign == 0] = 1
     kernels *= sign[:, None]
     coefficients = matrix @ kernels.T
     power = singular**2
     explained = np.cumsum(power) / max(power.sum(), 1e-300)
-    return EigenPSFs(kernels.reshape(rank, h, w), coefficients, singular, explained, floor)
+    return EigenPSFs(kernels.reshape((rank,) + shape), coefficients, singular, explained, floor)

@@ -28,6 +28,11 @@ class CalibrationOptions:
         Odd side of the PSF patches and eigen-PSFs (default ``2 ceil(6 σ) + 1``).
     psf_sigma : float, optional
         PSF scale in pixels (Gaussian σ); estimated from the first image when omitted.
+    psf_depth : int, optional
+        Bead z-stacks only: odd number of planes of the 3-D patches (default
+        ``2 ceil(4 σ_z) + 1``).
+    psf_sigma_z : float, optional
+        Bead z-stacks only: axial PSF scale in planes; estimated when omitted.
     n_eigen, eigen_energy, max_eigen :
         Number I of eigen-PSFs, or the explained signal energy that chooses it (capped).
     spatial_rank, spatial_energy, max_spatial :
@@ -53,6 +58,8 @@ class CalibrationOptions:
 
     psf_size: int | None = None
     psf_sigma: float | None = None
+    psf_depth: int | None = None
+    psf_sigma_z: float | None = None
     n_eigen: int | None = None
     eigen_energy: float = 0.9995
     max_eigen: int = 12
@@ -70,13 +77,13 @@ class CalibrationOptions:
 
     def __post_init__(self) -> None:
         # checked when built, not where each is first used minutes into a calibration
-        for name in ("n_eigen", "spatial_rank", "psf_size"):
+        for name in ("n_eigen", "spatial_rank", "psf_size", "psf_depth"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name)
         for name in ("max_eigen", "max_spatial", "grid_step", "min_beads"):
             check_int(getattr(self, name), name)
         check_int(self.background_degree, "background_degree", minimum=0)
-        for name in ("psf_sigma", "saturation", "smoothing", "z_max"):
+        for name in ("psf_sigma", "psf_sigma_z", "saturation", "smoothing", "z_max"):
             if getattr(self, name) is not None:
                 check_positive(getattr(self, name), name, allow_zero=name == "smoothing")
         for name in ("eigen_energy", "spatial_energy"):

@@ -7,7 +7,10 @@ eq. 7)
     g = argmin_g  (1/N) Σ_n (c_n − g(x_n))² + λ ∫ (g_xx² + 2 g_xy² + g_yy²) dx,
 
 whose solution is ``g(x) = Σ_n a_n φ(|x − x_n|) + b_0 + b_1 x + b_2 y`` with
-``φ(r) = r² log r`` and ``(K + Nλ I) a + P b = c``, ``Pᵀ a = 0``. Writing ``P = Q R`` with
+``φ(r) = r² log r`` and ``(K + Nλ I) a + P b = c``, ``Pᵀ a = 0``. In three coordinates
+(bead z-stacks: ``x = (z, y, x)``) the same penalty, with third derivatives of every pair of
+axes, has the kernel ``φ(r) = −r`` and the linear part ``b_0 + b·x`` (Wahba 1990, §2.4;
+Duchon 1977); everything below is unchanged. Writing ``P = Q R`` with
 ``Q = [Q_1 Q_2]``, ``M = Q_2ᵀ K Q_2 = V diag(e) Vᵀ``, ``W = Q_2 V`` and ``μ = Nλ``, the
 residual is ``r = c − g(x) = (I − H) c = W diag(μ / (e + μ)) z`` with ``z = Wᵀ c``, and
 ``(I − H)_nn = Σ_k W_nk² μ / (e_k + μ)``. Refitting without bead ``n`` leaves it the residual
@@ -40,7 +43,10 @@ from psfmap._validation import check_positive, check_seed
 from psfmap.calibrate._threads import single_thread
 
 
-def _tps_kernel(distance: np.ndarray) -> np.ndarray:
+def _tps_kernel(distance: np.ndarray, dimension: int = 2) -> np.ndarray:
+    """Thin-plate radial kernel: ``r² log r`` in 2-D, ``−r`` in 3-D."""
+    if dimension == 3:
+        return -distance
     with np.errstate(divide="ignore", invalid="ignore"):
         value = distance**2 * np.log(distance)
     return np.where(distance > 0, value, 0.0)
@@ -53,15 +59,15 @@ class ThinPlateSpline:
     Coordinates are divided by ``scale`` before evaluation (conditioning).
     """
 
-    nodes: np.ndarray  # (N, 2) scaled positions
+    nodes: np.ndarray  # (N, 2) or (N, 3) scaled positions
     weights: np.ndarray  # (N, C)
-    polynomial: np.ndarray  # (3, C)
+    polynomial: np.ndarray  # (1 + dimension, C)
     scale: float
     smoothing: np.ndarray  # (C,) the λ used for each column
     cv_score: np.ndarray  # (C,) leave-one-out score at that λ
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
-        """Values ``(P, C)`` at ``points (P, 2)`` given in pixels."""
+        """Values ``(P, C)`` at ``points (P, 2)`` (or ``(P, 3)``) given in pixels."""
         points = np.asarray(points, dtype=np.float64) / self.scale
         out = np.empty((len(points), self.weights.shape[1]))
         chunk = 65536
@@ -70,7 +76,8 @@ class ThinPlateSpline:
             distance = np.sqrt(((block[:, None, :] - self.nodes[None, :, :]) ** 2).sum(-1))
             design = np.column_stack([np.ones(len(block)), block])
             out[start : start + chunk] = (
-                _tps_kernel(distance) @ self.weights + design @ self.polynomial
+                _tps_kernel(distance, self.nodes.shape[1]) @ self.weights
+                + design @ self.polynomial
             )
         return out
 
@@ -87,8 +94,9 @@ def fit_thin_plate_spline(
 
     Parameters
     ----------
-    positions : ndarray (N, 2)
-        Node positions in pixels; at least 4 and not all on one line.
+    positions : ndarray (N, 2) or (N, 3)
+        Node positions in pixels; at least 4 (5 in 3-D) and not all on one line (one plane
+        in 3-D).
     values : ndarray (N,) or (N, C)
         Values to smooth (each column gets its own λ).
     smoothing : float, optional
@@ -102,18 +110,25 @@ def fit_thin_plate_spline(
     if values.ndim == 1:
         values = values[:, None]
     n = len(positions)
-    if n < 4:
-        raise ValueError(f"a thin-plate spline needs at least 4 positions, got {n}")
+    if positions.ndim != 2 or positions.shape[1] not in (2, 3):
+        raise ValueError(f"positions must have shape (N, 2) or (N, 3), got {positions.shape}")
+    dimension = positions.shape[1]
+    if n < dimension + 2:
+        raise ValueError(f"a thin-plate spline in {dimension}-D needs at least {dimension + 2} "
+                         f"positions, got {n}")
     nodes = positions / scale
     design = np.column_stack([np.ones(n), nodes])
     with single_thread():
         q_t, r_t = torch.linalg.qr(torch.from_numpy(design), mode="complete")
     q, r = q_t.numpy(), r_t.numpy()
-    if abs(r[2, 2]) < 1e-8 * max(abs(r[0, 0]), 1e-300) or abs(r[1, 1]) < 1e-8 * abs(r[0, 0]):
-        raise ValueError("the bead positions are collinear; a smooth map needs beads spread in 2-D")
-    q1, q2 = q[:, :3], q[:, 3:]
+    terms = dimension + 1
+    if any(abs(r[k, k]) < 1e-8 * max(abs(r[0, 0]), 1e-300) for k in range(1, terms)):
+        shape = "are collinear" if dimension == 2 else "are coplanar (lie in one plane)"
+        raise ValueError(f"the bead positions {shape}; a smooth map needs beads spread in "
+                         f"{dimension}-D")
+    q1, q2 = q[:, :terms], q[:, terms:]
     distance = np.sqrt(((nodes[:, None] - nodes[None]) ** 2).sum(-1))
-    kernel = _tps_kernel(distance)
+    kernel = _tps_kernel(distance, dimension)
     reduced = q2.T @ kernel @ q2
     with single_thread():
         eigenvalues_t, eigenvectors_t = torch.linalg.eigh(
@@ -121,8 +136,8 @@ def fit_thin_plate_spline(
         )
     eigenvalues, eigenvectors = eigenvalues_t.numpy(), eigenvectors_t.numpy()
     eigenvalues = np.maximum(eigenvalues, 0.0)
-    basis = q2 @ eigenvectors  # W, (N, N-3)
-    projected = basis.T @ values  # z, (N-3, C)
+    basis = q2 @ eigenvectors  # W, (N, N - 1 - dimension)
+    projected = basis.T @ values  # z, (N - 1 - dimension, C)
     top = max(float(eigenvalues.max()), 1e-12)
     if smoothing is None:
         mus = np.logspace(np.log10(top) - 9, np.log10(top) + 3, n_candidates)
@@ -138,7 +153,8 @@ def fit_thin_plate_spline(
     coefficients = projected / (eigenvalues[:, None] + mu[None, :] + 1e-300 * top)
     weights = q2 @ (eigenvectors @ coefficients)
     fitted_kernel = kernel @ weights
-    polynomial = np.linalg.solve(r[:3, :3], q1.T @ (values - fitted_kernel - mu[None] * weights))
+    polynomial = np.linalg.solve(r[:terms, :terms],
+                                 q1.T @ (values - fitted_kernel - mu[None] * weights))
     return ThinPlateSpline(nodes, weights, polynomial, float(scale), mu / n, cv_score)
 
 
@@ -163,17 +179,20 @@ def coarse_grid(image_shape: tuple[int, int], step: int = 16) -> tuple[np.ndarra
 def coefficient_maps(
     positions: np.ndarray,
     coefficients: np.ndarray,
-    grid: tuple[np.ndarray, np.ndarray],
+    grid: tuple[np.ndarray, ...],
     *,
     smoothing: float | None = None,
     scale: float = 1.0,
 ) -> tuple[np.ndarray, ThinPlateSpline]:
-    """Thin-plate-spline maps ``(C, Gr, Gc)`` of coefficient columns on a coarse grid."""
+    """Thin-plate-spline maps ``(C, Gr, Gc)`` of coefficient columns on a coarse grid.
+
+    With three grid axes ``(planes, rows, cols)`` and positions ``(N, 3)``, the maps are
+    ``(C, Gz, Gr, Gc)``.
+    """
     spline = fit_thin_plate_spline(positions, coefficients, smoothing=smoothing, scale=scale)
-    rows, cols = grid
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    values = spline(np.column_stack([rr.ravel(), cc.ravel()]))
-    return values.T.reshape(-1, len(rows), len(cols)), spline
+    mesh = np.meshgrid(*grid, indexing="ij")
+    values = spline(np.column_stack([axis.ravel() for axis in mesh]))
+    return values.T.reshape((-1,) + tuple(len(axis) for axis in grid)), spline
 
 
 def upsample(maps, image_shape: tuple[int, int]) -> torch.Tensor:

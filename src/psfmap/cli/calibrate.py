@@ -1,4 +1,5 @@
-"""``psfmap calibrate``: bead images -> operator family file (+ optional figure)."""
+"""``psfmap calibrate``: bead images -> operator family file (+ optional figure); with
+``--volume``, a bead z-stack -> a depth- and field-variant 3-D operator (+ orthogonal views)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from psfmap.cli._common import check_number, check_outputs, progress_bar, summar
 
 EXAMPLE = (
     "psfmap calibrate beads_zstack.tif --slices 26:37 --psf-size 31 -o family.psfmap "
-    "--figure calibration.png"
+    "--figure calibration.png\n  psfmap calibrate beads_zstack.tif --volume --z-step 0.3 "
+    "-o beads3d.psfmap --figure views.png"
 )
 
 
@@ -21,7 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         subparsers,
         "calibrate",
         "Learn a low-dimensional family of blur operators from bead images "
-        "(each 2-D image, or each slice of a z-stack, is one condition).",
+        "(each 2-D image, or each slice of a z-stack, is one condition); with --volume, "
+        "a 3-D operator whose PSF varies with depth and field from one bead z-stack.",
         EXAMPLE,
     )
     parser.add_argument("beads", nargs="+", metavar="BEADS", help="bead images (TIFF, PNG...)")
@@ -42,6 +45,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--min-beads", type=int, default=8, help="clean beads needed per image")
     parser.add_argument("--pixel-size", type=float, help="pixel size in µm (default: file)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD")
+    volume = parser.add_argument_group("bead z-stacks as volumes (--volume)")
+    volume.add_argument("--volume", action="store_true",
+                        help="calibrate a 3-D operator (PSFs varying with depth and field) from "
+                        "one bead z-stack, instead of one condition per slice; --figure writes "
+                        "XY/XZ/YZ views of its PSFs")
+    volume.add_argument("--z-step", type=float, metavar="MICRONS",
+                        help="axial step in µm (default: the file's metadata)")
+    volume.add_argument("--psf-depth", type=int,
+                        help="odd number of planes of the 3-D bead patches (default 2⌈4σz⌉+1)")
+    volume.add_argument("--psf-sigma-z", type=float,
+                        help="axial PSF scale in planes (estimated if omitted)")
     return parser
 
 
@@ -125,6 +139,13 @@ def run(args) -> int:
     check_number(args.smoothing, "--smoothing", minimum=0)
     check_number(args.threshold, "--threshold", minimum=0, strict=True)
     check_number(args.seed, "--seed", minimum=0)
+    if args.volume:
+        return run_volume(args)
+    for flag, value in (("--z-step", args.z_step), ("--psf-depth", args.psf_depth),
+                        ("--psf-sigma-z", args.psf_sigma_z)):
+        if value is not None:
+            raise UsageError(f"{flag} applies to 3-D calibration; add --volume to calibrate the "
+                             "z-stack as a volume")
     images, names, file_meta = load_conditions(args.beads, parse_slices(args.slices), args)
     pixel_size = args.pixel_size if args.pixel_size is not None else file_meta.get("pixel_size")
     metadata = {"conditions": names, "sources": [str(p) for p in args.beads]}
@@ -154,4 +175,60 @@ def run(args) -> int:
         f"I={family.n_eigen_psfs} eigen-PSFs of {family.kernel_shape[0]} px, "
         f"J={family.n_spatial} spatial maps -> {args.output}",
     )
+    return 0
+
+
+def run_volume(args) -> int:
+    """``--volume``: one bead z-stack -> a 3-D operator file (and orthogonal views)."""
+    from psfmap.calibrate.volume_calibration import calibrate_volume
+    from psfmap.calibrate.volume_figures import plot_volume_psfs
+
+    if len(args.beads) != 1:
+        raise UsageError(f"--volume calibrates one bead z-stack, got {len(args.beads)} files")
+    if args.spatial is not None:
+        raise UsageError("--spatial applies to operator families; a 3-D calibration has no "
+                         "spatial basis")
+    if args.psf_depth is not None and (args.psf_depth < 3 or args.psf_depth % 2 == 0):
+        raise UsageError(f"--psf-depth must be an odd integer >= 3, got {args.psf_depth}")
+    check_number(args.psf_sigma_z, "--psf-sigma-z", minimum=0, strict=True)
+    check_number(args.z_step, "--z-step", minimum=0, strict=True)
+    path = args.beads[0]
+    if not Path(path).is_file():
+        raise ValueError(f"bead image {path!r} does not exist")
+    stack, meta = read_image(path)
+    stack = np.asarray(stack)
+    if stack.ndim != 3:
+        raise ValueError(f"--volume needs a bead z-stack (Z, Y, X); {path!r} has shape "
+                         f"{stack.shape}")
+    slices = parse_slices(args.slices)
+    if slices is not None:
+        stack = stack[slices]
+        if stack.shape[0] < 3:
+            raise ValueError(f"--slices keeps {stack.shape[0]} plane(s) of {path!r}; a bead "
+                             "z-stack needs at least 3")
+    warn_saturated(args, stack, Path(path).name)
+    z_step = args.z_step if args.z_step is not None else meta.get("z_step")
+    if z_step is None:
+        raise UsageError(f"the z-step of {path!r} is unknown (no PhysicalSizeZ, spacing or "
+                         "z_step in its metadata) and z-stack voxels are usually anisotropic: "
+                         "pass --z-step in µm")
+    pixel_size = args.pixel_size if args.pixel_size is not None else meta.get("pixel_size")
+    pixel_size = float(np.atleast_1d(pixel_size)[-1]) if pixel_size else None
+    with progress_bar(args, 2, "calibrating 3-D") as bar:
+        operator = calibrate_volume(
+            stack, z_step=float(z_step), pixel_size=pixel_size,
+            metadata={"source": Path(path).name, "slices": args.slices},
+            psf_size=args.psf_size, psf_sigma=args.psf_sigma, psf_depth=args.psf_depth,
+            psf_sigma_z=args.psf_sigma_z, n_eigen=args.eigen, smoothing=args.smoothing,
+            k=args.threshold, min_beads=args.min_beads, progress=bar.update)
+    operator.save(args.output)
+    if args.figure:
+        plot_volume_psfs(operator, args.figure)
+    report = operator.metadata["calibration"]
+    varies = "depth and field" if report["depth_variant"] else \
+        "field (beads on one surface: constant in depth)"
+    summary(args, f"calibrated a 3-D operator from {report['n_beads']} beads of "
+                  f"{Path(path).name}: I={report['n_eigen']} eigen-PSFs of "
+                  f"{'x'.join(str(n) for n in operator.kernel_shape)} voxels, varying with "
+                  f"{varies} -> {args.output}")
     return 0

@@ -1,6 +1,9 @@
-"""``psfmap simulate``: blur a sharp image with a spatially varying PSF and add camera noise."""
+"""``psfmap simulate``: blur a sharp image with a spatially varying PSF and add camera noise;
+a sharp z-stack with a 3-D ``--psf`` or ``--operator`` is blurred as a volume."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -15,27 +18,40 @@ ZERNIKE_PIXEL_SIZES = (0.03, 0.4)
 
 EXAMPLE = (
     "psfmap simulate sharp.tif --model zernike3 --field tilt --grid 4x4 --photons 1000 "
-    "-o blurred.tif --save-truth truth.psfmap --seed 0"
+    "-o blurred.tif --save-truth truth.psfmap --seed 0\n  psfmap simulate sharp_zstack.tif "
+    "--operator beads3d.psfmap --photons 500 -o blurred_zstack.tif --seed 0"
 )
+
+# the names of psfmap.psf.FAMILIES and psfmap.simulate.fields.FIELDS, checked in run (importing
+# them here would load torch whenever the command line is parsed)
+FIELD_NAMES = ("constant", "tilt", "radial", "smooth_random")
 
 
 def add_parser(subparsers):
-    from psfmap.psf import FAMILIES
-    from psfmap.simulate.fields import FIELDS
-
     parser = command_parser(
         subparsers,
         "simulate",
-        "Blur a sharp image with a spatially varying PSF and add Poisson-Gaussian noise.",
+        "Blur a sharp image with a spatially varying PSF and add Poisson-Gaussian noise; a "
+        "z-stack with a 3-D --psf or --operator is blurred as a volume.",
         EXAMPLE,
     )
     parser.add_argument("sharp", help="sharp 2-D image (TIFF, OME-TIFF, PNG, or .ome.zarr "
-                        "read lazily)")
+                        "read lazily), or a z-stack (Z, Y, X) with a 3-D --psf or --operator")
     parser.add_argument("-o", "--output", required=True, help="blurred image to write (.tif, "
                         "or .ome.zarr written chunk by chunk)")
-    parser.add_argument("--model", default="zernike3", choices=FAMILIES, help="PSF family")
-    parser.add_argument("--field", default="tilt", choices=FIELDS,
+    parser.add_argument("--model", default="zernike3",
+                        help="PSF family (gaussian1, gaussian2, zernike1, zernike2, zernike3, "
+                        "...: psfmap.psf.FAMILIES)")
+    parser.add_argument("--field", default="tilt", choices=FIELD_NAMES,
                         help="how the PSF parameters vary over the field")
+    parser.add_argument("--psf", metavar="PSF3D", default=None,
+                        help="z-stacks: a 3-D PSF (TIFF, Z, Y, X) blurring the whole volume")
+    parser.add_argument("--operator", metavar="OPERATOR", default=None,
+                        help="z-stacks: a 3-D operator (.psfmap, e.g. from psfmap calibrate "
+                        "--volume) whose PSF varies with depth and field")
+    parser.add_argument("--z-step", type=float, default=None, metavar="MICRONS",
+                        help="z-stacks: axial step in µm written with the output (default: "
+                        "the input's metadata)")
     parser.add_argument("--grid", default="4x4", help="PSF grid, rows x columns (default 4x4)")
     parser.add_argument("--photons", type=float, default=None,
                         help="expected photons at the brightest pixel (default: no noise)")
@@ -69,6 +85,15 @@ def run(args) -> int:
     check_number(args.offset, "--offset")
     check_number(args.angle, "--angle")
     check_number(args.seed, "--seed", minimum=0)
+    check_number(args.z_step, "--z-step", minimum=0, strict=True)
+    from psfmap.psf import FAMILIES
+
+    if args.model not in FAMILIES:
+        raise UsageError(f"--model must be one of {', '.join(FAMILIES)}, got {args.model!r}")
+    if args.psf is not None or args.operator is not None:
+        return _simulate_volume(args)
+    if args.z_step is not None:
+        raise UsageError("--z-step applies to z-stacks blurred with a 3-D --psf or --operator")
     check_outputs(args, [args.sharp], images=[args.output], files=[args.save_truth])
     # chunked (dask): blurred chunk by chunk with a halo, noise drawn per chunk
     chunked = wants_chunks(args, args.sharp, [args.output])
@@ -77,7 +102,7 @@ def run(args) -> int:
     if sharp.ndim != 2:
         raise ValueError(
             f"SHARP must be a 2-D image, got shape {sharp.shape} (axes {metadata.get('axes')}); "
-            "extract one plane first"
+            "blur a z-stack as a volume with a 3-D --psf or --operator, or extract one plane"
         )
     image = sharp.astype(np.float32)
     # a lazy image is checked chunk by chunk as it is blurred
@@ -135,3 +160,65 @@ def _simulate_and_write(args, simulate, image, family, grid, pixel_size, chunked
         f"{image.shape[0]}x{image.shape[1]} image{f' ({where(args)})' if chunked else ''}, "
         f"seed {result.seed} -> {args.output}{truth}",
     )
+
+
+def _simulate_volume(args) -> int:
+    """A z-stack blurred as a volume by a 3-D --psf or --operator; voxel sizes kept."""
+    from psfmap.io import read_image, write_image
+    from psfmap.simulate.volume import simulate_volume
+
+    if args.psf is not None and args.operator is not None:
+        raise UsageError("give --psf or --operator, not both")
+    if args.save_truth is not None:
+        raise UsageError("--save-truth writes a simulated PSF map; with --psf or --operator the "
+                         "truth is that file already")
+    if args.chunk is not None or str(args.output).endswith(".zarr"):
+        raise UsageError("a z-stack blurred as a volume is written as one TIFF, not in chunks")
+    blur_file = args.psf if args.psf is not None else args.operator
+    check_outputs(args, [args.sharp, blur_file], images=[args.output])
+    sharp, metadata = read_image(args.sharp)
+    sharp = np.asarray(sharp)
+    if sharp.ndim != 3:
+        raise ValueError(f"SHARP must be a z-stack (Z, Y, X) to be blurred by a 3-D "
+                         f"{'--psf' if args.psf else '--operator'}, got shape {sharp.shape}")
+    volume = sharp.astype(np.float32)
+    if float(volume.min()) < 0:
+        raise ValueError("SHARP has negative values; expected a non-negative intensity stack")
+    z_step = args.z_step if args.z_step is not None else metadata.get("z_step")
+    if args.psf is not None:
+        blur, psf_meta = read_image(args.psf)
+        blur = np.asarray(blur, dtype=np.float64)
+        if blur.ndim != 3:
+            raise ValueError(f"--psf {args.psf!r} must be a 3-D PSF (Z, Y, X), got shape "
+                             f"{blur.shape}")
+        step = psf_meta.get("z_step")
+        if step is not None and z_step is not None and abs(step - z_step) > 0.02 * z_step:
+            raise ValueError(f"--psf {args.psf!r} has a z-step of {step:g} µm, the stack "
+                             f"{z_step:g} µm; expected the same axial sampling (resample the "
+                             "PSF)")
+    else:
+        from psfmap.operators import load
+
+        blur = load(args.operator)
+        if getattr(blur, "ndim", 2) != 3:
+            raise ValueError(f"--operator {args.operator!r} is a 2-D operator; a z-stack needs "
+                             "a 3-D one (psfmap calibrate --volume)")
+    if z_step is None and args.operator is not None:
+        z_step = getattr(blur, "metadata", {}).get("z_step")
+    pixel_size = metadata.get("pixel_size")
+    result = simulate_volume(volume, blur, photons=args.photons,
+                             quantum_efficiency=args.quantum_efficiency,
+                             read_noise=args.read_noise, offset=args.offset, seed=args.seed)
+    source = Path(blur_file).name
+    write_image(args.output, result.blurred.astype(np.float32), pixel_size=pixel_size,
+                z_step=z_step, axes="ZYX", inputs=[args.sharp, blur_file],
+                metadata={"psfmap": "simulate", "volume": True, "blur": source,
+                          "photons": args.photons, "seed": result.seed})
+    if z_step is None:
+        warn(args, f"{Path(args.sharp).name} gives no z-step; the output keeps none "
+                   "(pass --z-step)")
+    noise = f"{args.photons:g} photons" if args.photons is not None else "no noise"
+    summary(args, f"simulated 3-D blur ({source}, {noise}) on a "
+                  f"{'x'.join(str(n) for n in volume.shape)} z-stack, seed {result.seed} -> "
+                  f"{args.output}")
+    return 0
