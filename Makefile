@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	# torch pinned: installs from the local CPU wheel here, from the registry elsewhere
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	# the dev extra holds the test and the docs tools (pytest, hypothesis, mkdocs, mkdocstrings);
-	# the napari extra the plugin and its viewer tests (napari, PyQt5, pytest-qt, pytest-xvfb)
-	$(PY) -m pip install --quiet -e ".[dev,napari]"
+	# the napari extra the plugin and its viewer tests (napari, PyQt5, pytest-qt, pytest-xvfb);
+	# the vectorial extra psf-generator (two small wheels, < 1 s), so its tests run here too
+	$(PY) -m pip install --quiet -e ".[dev,napari,vectorial]"
 	touch $(STAMP)
 
 env: $(STAMP)
