@@ -34,26 +34,12 @@ from scipy.special import j1
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import best_time  # noqa: E402
 
+from psfmap.metrics import fwhm
 from psfmap.psf import through_focus, vectorial_through_focus  # noqa: E402
 from psfmap.psf.gaussian import bin_pixels, pixel_grid  # noqa: E402
 
 NAS = (0.3, 0.5, 0.8, 1.2, 1.4)
 WAVELENGTH, INDEX = 0.52, 1.515
-
-
-def fwhm(profile: torch.Tensor, step: float) -> float:
-    """Full width at half maximum of a 1-D profile (linear interpolation of the crossings)."""
-    p = (profile / profile.max()).double().numpy()
-    peak = int(p.argmax())
-
-    def crossing(direction: int) -> float:
-        k = peak
-        while p[k + direction] > 0.5:
-            k += direction
-        a, b = p[k], p[k + direction]
-        return k + direction * (a - 0.5) / (a - b)
-
-    return (crossing(1) - crossing(-1)) * step
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

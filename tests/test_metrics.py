@@ -127,3 +127,21 @@ def test_bad_input_is_a_clear_value_error(call, message):
 def test_relative_operator_error_rejects_non_operators():
     with pytest.raises(TypeError, match="operator1"):
         metrics.relative_operator_error(np.ones((4, 4)), Convolution(gaussian(5, 1.0)))
+
+
+def test_fwhm_of_a_finely_sampled_gaussian_and_bad_profiles():
+    sigma = 12.0
+    x = np.arange(-80, 81)
+    profile = np.exp(-x**2 / (2 * sigma**2))
+    exact = 2 * np.sqrt(2 * np.log(2)) * sigma
+    assert metrics.fwhm(profile) == pytest.approx(exact, rel=1e-3)
+    assert metrics.fwhm(torch.from_numpy(profile), 0.1) == pytest.approx(0.1 * exact, rel=1e-3)
+    # a triangle is exact under linear interpolation: half height at ±5 of a base of ±10
+    triangle = np.clip(10 - np.abs(np.arange(-12, 13)), 0, None).astype(float)
+    assert metrics.fwhm(triangle) == pytest.approx(10.0, abs=1e-12)
+    with pytest.raises(ValueError, match="both sides"):
+        metrics.fwhm(np.exp(-np.arange(10.0)))  # peak at the edge
+    with pytest.raises(ValueError, match="1-D"):
+        metrics.fwhm(np.ones((3, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.fwhm(np.array([0.0, 1.0, np.nan, 0.0]))

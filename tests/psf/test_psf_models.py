@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from psfmap import psf
+from psfmap.metrics import fwhm
 
 
 def _fwhm(profile: np.ndarray) -> float:
-    """Full width at half maximum of a 1-D peak, linearly interpolated (pixels)."""
-    half = profile.max() / 2
-    above = np.flatnonzero(profile >= half)
-    left, right = above[0], above[-1]
-    x_left = left - 1 + (half - profile[left - 1]) / (profile[left] - profile[left - 1])
-    x_right = right + (profile[right] - half) / (profile[right] - profile[right + 1])
-    return x_right - x_left
+    return fwhm(profile)
 
 
 @pytest.mark.parametrize("na, wavelength", [(0.8, 0.52), (1.4, 0.6)])

@@ -8,22 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from psfmap.metrics import fwhm
 from psfmap.psf.through_focus import axial_positions, confocal, depth_series, through_focus
 
 
 def _fwhm(profile: torch.Tensor, step: float) -> float:
-    """Full width at half maximum of a 1-D profile (linear interpolation of the crossings)."""
-    p = (profile / profile.max()).double().numpy()
-    peak = int(p.argmax())
-
-    def crossing(direction: int) -> float:
-        k = peak
-        while p[k + direction] > 0.5:
-            k += direction
-        a, b = p[k], p[k + direction]
-        return k + direction * (a - 0.5) / (a - b)
-
-    return (crossing(1) - crossing(-1)) * step
+    return fwhm(profile, step)
 
 
 def test_paraxial_on_axis_intensity_is_sinc_squared():

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from psfmap.metrics import fwhm
 from psfmap.psf import through_focus, vectorial_through_focus, vectorial_zernike
 
 WAVELENGTH, OIL = 0.52, 1.515
@@ -26,18 +27,7 @@ def psf_generator():
 
 
 def _fwhm(profile: torch.Tensor, step: float) -> float:
-    """Full width at half maximum of a 1-D profile (linear interpolation of the crossings)."""
-    p = (profile / profile.max()).double().numpy()
-    peak = int(p.argmax())
-
-    def crossing(direction: int) -> float:
-        k = peak
-        while p[k + direction] > 0.5:
-            k += direction
-        a, b = p[k], p[k + direction]
-        return k + direction * (a - 0.5) / (a - b)
-
-    return (crossing(1) - crossing(-1)) * step
+    return fwhm(profile, step)
 
 
 def _scalar_reference(size: int, planes, coefficients=(0.0,), **optics) -> torch.Tensor:

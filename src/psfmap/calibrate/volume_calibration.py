@@ -46,6 +46,7 @@ from psfmap.calibrate.patches import PatchSet
 from psfmap.calibrate.spatial import coarse_grid, coefficient_maps
 from psfmap.calibrate.volume_detection import as_stack, detect_beads_3d
 from psfmap.calibrate.volume_patches import volume_patches
+from psfmap.metrics import fwhm
 from psfmap.operators.volume import VolumeProductConvolution
 
 __all__ = ["calibrate_volume", "collect_volume_patches", "estimate_psf_sigma_3d",
@@ -72,19 +73,10 @@ def estimate_psf_sigma_3d(stack: Any, *, saturation: float | None = None,
     for y, x in detection.good[:beads]:
         profile = array[:, y - core:y + core + 1, x - core:x + core + 1].sum(axis=(1, 2))
         profile = profile - np.percentile(profile, 20)
-        peak = int(np.argmax(profile))
-        half = profile[peak] / 2
-        if half <= 0:
+        try:
+            widths.append(fwhm(profile) / 2.3548)
+        except ValueError:  # no positive peak, or a profile cut by the stack's ends
             continue
-        below = np.nonzero(profile < half)[0]
-        left, right = below[below < peak], below[below > peak]
-        if not len(left) or not len(right):
-            continue
-        # half-maximum crossings by linear interpolation on each side
-        a, b = left[-1], right[0]
-        lo = a + (half - profile[a]) / (profile[a + 1] - profile[a])
-        hi = b - 1 + (profile[b - 1] - half) / (profile[b - 1] - profile[b])
-        widths.append((hi - lo) / 2.3548)
     if not widths:
         raise ValueError("could not measure the axial PSF scale: no bead of the stack has a "
                          "full axial profile inside it; pass psf_sigma_z (planes)")
