@@ -11,9 +11,9 @@
 * throughput: a time-lapse of ``--frames`` 1024² frames (one chunk per frame) on 1 and on 2
   workers with one torch thread each; and the chunk overhead of 1024² chunks of a 2048² frame
   (halo + scheduling) against a one-piece restoration of the same frame.
-* memory: a ``--size``² float32 OME-Zarr (1024² chunks) restored with a 16×16 PSF map on a
-  2-worker LocalCluster into an OME-Zarr store; peak resident memory summed over this
-  process and all its children, sampled every 0.1 s.
+* memory: a ``--size``² float32 OME-Zarr (``--memory-chunk``² chunks, default 512) restored
+  with a 16×16 PSF map on a 2-worker LocalCluster into an OME-Zarr store; peak resident
+  memory summed over this process and all its children, sampled every 0.1 s.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def _rss_all(each: dict[int, int] | None = None) -> int:
     return total
 
 
-def memory(size: int, iterations: int) -> None:
+def memory(size: int, iterations: int, chunk: int = 1024) -> None:
     import dask.array as da
     from distributed import Client, LocalCluster
 
@@ -168,7 +168,6 @@ def memory(size: int, iterations: int) -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="psfmap-large-"))
     source = folder / "big.ome.zarr"
-    chunk = 1024
 
     def make(block: np.ndarray, block_info=None) -> np.ndarray:
         if block_info is None:  # dask's call on an empty block to infer the result's type
@@ -191,6 +190,7 @@ def memory(size: int, iterations: int) -> None:
     psfs = psf_grid(16, 16)
     thread = threading.Thread(target=sample, daemon=True)
     baseline = _rss_all()
+    load = os.getloadavg()
     thread.start()
     start = time.perf_counter()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -204,6 +204,7 @@ def memory(size: int, iterations: int) -> None:
     elapsed = time.perf_counter() - start
     stop.set()
     thread.join()
+    print(f"load average before / after: {load[0]:.1f} / {os.getloadavg()[0]:.1f}")
     print(f"memory: {size}² float32 OME-Zarr ({chunk}² chunks), 16x16 PSF map, RL-TV "
           f"{iterations} it, 2-worker LocalCluster: peak RSS over all processes "
           f"{peak[0] / 1e9:.2f} GB (this process alone before: {baseline / 1e9:.2f} GB), "
@@ -221,6 +222,9 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--size", type=int, default=16384)
     parser.add_argument("--memory-iterations", type=int, default=20)
+    parser.add_argument("--memory-chunk", type=int, default=512,
+                        help="chunk side of the stored image in the memory part (default 512: "
+                        "a 1024² chunk's RL working set is about 2.7x a 512² one's)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} cores")
     for part in args.parts:
@@ -231,7 +235,7 @@ def main() -> int:
         elif part == "throughput":
             throughput(args.frames)
         elif part == "memory":
-            memory(args.size, args.memory_iterations)
+            memory(args.size, args.memory_iterations, args.memory_chunk)
         else:
             raise SystemExit(f"unknown part {part!r}")
         sys.stdout.flush()

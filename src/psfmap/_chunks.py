@@ -47,23 +47,39 @@ def _axis_chunks(chunks: tuple[int, ...], halo: int) -> tuple[int, ...] | None:
     return tuple(sizes)
 
 
-def fit_chunks(array: Any, halo: int, what: str = "image") -> Any:
-    """``array`` rechunked so that every chunk along the last two axes spans at least ``halo``
-    px, with a ``UserWarning`` saying so; unchanged when they do."""
+_AXIS_NAMES = {3: ("planes", "rows", "columns"), 2: ("rows", "columns")}
+
+
+def _halos(halo: int | tuple[int, ...], spatial: int) -> tuple[int, ...]:
+    """``halo`` as one int per spatial axis (an int: the same on every axis), each >= 0."""
+    halos = (halo,) * spatial if np.ndim(halo) == 0 else tuple(halo)
+    if len(halos) != spatial or any(int(h) < 0 for h in halos):
+        raise ValueError(f"halo must be >= 0 pixels (one number or {spatial}), got {halo}")
+    return tuple(int(h) for h in halos)
+
+
+def fit_chunks(array: Any, halo: int | tuple[int, ...], what: str = "image",
+               spatial: int = 2) -> Any:
+    """``array`` rechunked so that every chunk along the last ``spatial`` axes (2: Y, X;
+    3: Z, Y, X) spans at least the halo of that axis, with a ``UserWarning`` saying so;
+    unchanged when they do."""
+    halos = _halos(halo, spatial)
     new = list(array.chunks)
     notes = []
-    for axis, name in ((-2, "rows"), (-1, "columns")):
-        fitted = _axis_chunks(array.chunks[axis], halo)
+    for offset, (name, size) in enumerate(zip(_AXIS_NAMES[spatial], halos)):
+        axis = array.ndim - spatial + offset
+        fitted = _axis_chunks(array.chunks[axis], size) if size else None
         if fitted is not None:
             notes.append(f"{min(array.chunks[axis])} {name}")
             new[axis] = fitted
     if not notes:
         return array
+    shown = "x".join(str(max(c)) for c in new[array.ndim - spatial:])
     warnings.warn(
-        f"{what} has chunks of {' and '.join(notes)}, smaller than the halo of {halo} px "
-        f"that each chunk borrows from its neighbours; rechunked to "
-        f"{max(new[-2])}x{max(new[-1])} px chunks (store the image with larger chunks to "
-        "avoid the copy)",
+        f"{what} has chunks of {' and '.join(notes)}, smaller than the halo of "
+        f"{'x'.join(str(h) for h in halos) if len(set(halos)) > 1 else halos[0]} px "
+        f"that each chunk borrows from its neighbours; rechunked to {shown} px chunks "
+        "(store the image with larger chunks to avoid the copy)",
         UserWarning, stacklevel=5,
     )
     return array.rechunk(tuple(new))
@@ -76,28 +92,34 @@ def _starts(chunks: tuple[int, ...]) -> np.ndarray:
 def map_with_halo(
     array: Any,
     function: Callable[..., np.ndarray],
-    halo: int,
+    halo: int | tuple[int, ...],
     *,
     dtype: Any = None,
     what: str = "image",
+    spatial: int = 2,
     **shared: Any,
 ) -> Any:
     """Apply ``function`` to every chunk of ``array`` with ``halo`` px of context; lazy.
 
     Parameters
     ----------
-    array : dask.array.Array (..., H, W)
-        The field; chunks narrower than ``halo`` along H or W are rechunked first
+    array : dask.array.Array (..., H, W) or (..., D, H, W)
+        The field; chunks narrower than the halo along a spatial axis are rechunked first
         (:func:`fit_chunks`, with a warning).
     function : callable
-        ``function(block, region, lead, **shared)`` gets the NumPy block ``(..., h, w)`` with
-        its halo, its ``region = (top, bottom, left, right)`` in the field, and ``lead``, the
-        tuple of slices of the block along the leading (frame) axes; it returns an array of
-        the block's shape. Only the block's core is kept.
-    halo : int
-        Context in pixels on every side (>= 0), clipped at the field's border.
+        ``function(block, region, lead, **shared)`` gets the NumPy block with its halo, its
+        ``region`` in the field (``(top, bottom, left, right)``; with ``spatial=3``,
+        ``(z0, z1, top, bottom, left, right)``), and ``lead``, the tuple of slices of the
+        block along the leading (frame) axes; it returns an array of the block's shape. Only
+        the block's core is kept.
+    halo : int or tuple of int
+        Context in pixels on every side (>= 0), one number for all spatial axes or one per
+        axis, clipped at the field's border.
     dtype : dtype, optional
         The result's dtype (default ``array.dtype``).
+    spatial : {2, 3}
+        Number of trailing spatial axes: 2 for images, 3 for volumes (leading axes are
+        frames: they get no halo).
     **shared
         Keyword arguments passed to every call; dask arrays among them are computed once and
         passed whole (e.g. per-frame maxima).
@@ -109,35 +131,41 @@ def map_with_halo(
     """
     import dask.array as da
 
-    halo = int(halo)
-    if halo < 0:
-        raise ValueError(f"halo must be >= 0 pixels, got {halo}")
+    if spatial not in (2, 3) or array.ndim < spatial:
+        raise ValueError(f"array must have at least {spatial} spatial axes, got shape "
+                         f"{array.shape}")
+    halos = _halos(halo, spatial)
     dtype = np.dtype(dtype or array.dtype)
     original = array.chunks
-    array = fit_chunks(array, halo, what) if halo else array
+    array = fit_chunks(array, halos, what, spatial) if any(halos) else array
     ndim = array.ndim
-    height, width = array.shape[-2:]
+    first = ndim - spatial
+    sizes = array.shape[first:]
     starts = [_starts(c) for c in array.chunks]
     # an axis in one chunk borrows nothing (the whole field is there)
-    rows_halo = halo if len(array.chunks[-2]) > 1 else 0
-    cols_halo = halo if len(array.chunks[-1]) > 1 else 0
-    grown = (da.overlap.overlap(array, depth={ndim - 2: rows_halo, ndim - 1: cols_halo},
-                                boundary="none") if rows_halo or cols_halo else array)
+    used = tuple(h if len(array.chunks[first + k]) > 1 else 0 for k, h in enumerate(halos))
+    grown = (da.overlap.overlap(array, depth={first + k: h for k, h in enumerate(used)},
+                                boundary="none") if any(used) else array)
 
     def block(piece: np.ndarray, block_info: dict | None = None, **kwargs: Any) -> np.ndarray:
         location = block_info[None]["chunk-location"]
-        lead = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts[:-2], location))
-        rows, cols = starts[-2], starts[-1]
-        top, bottom = int(rows[location[-2]]), int(rows[location[-2] + 1])
-        left, right = int(cols[location[-1]]), int(cols[location[-1] + 1])
-        region = (max(0, top - rows_halo), min(height, bottom + rows_halo),
-                  max(0, left - cols_halo), min(width, right + cols_halo))
-        if piece.shape[-2:] != (region[1] - region[0], region[3] - region[2]):
+        lead = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in
+                     zip(starts[:first], location))
+        core, region = [], []
+        for k in range(spatial):
+            edges, index = starts[first + k], location[first + k]
+            low, high = int(edges[index]), int(edges[index + 1])
+            core.append((low, high))
+            region += [max(0, low - used[k]), min(int(sizes[k]), high + used[k])]
+        region = tuple(region)
+        if piece.shape[first:] != tuple(region[2 * k + 1] - region[2 * k]
+                                        for k in range(spatial)):
             raise RuntimeError(f"block {location} has shape {piece.shape}, not the one of its "
                                f"region {region}: dask's overlap layout changed")
         out = np.asarray(function(piece, region, lead, **kwargs))
-        return out[..., top - region[0]: bottom - region[0],
-                   left - region[2]: right - region[2]].astype(dtype, copy=False)
+        keep = tuple(slice(low - region[2 * k], high - region[2 * k])
+                     for k, (low, high) in enumerate(core))
+        return out[(Ellipsis,) + keep].astype(dtype, copy=False)
 
     result = da.map_blocks(block, grown, chunks=array.chunks, dtype=dtype,
                            meta=np.empty((0,) * ndim, dtype), **shared)

@@ -59,6 +59,7 @@ def read_zarr(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
     Metadata: ``axes`` (upper-case letters, e.g. ``"TYX"``), ``pixel_size`` (µm, or None when
     the store gives no scale for ``x``), ``voxel_size`` (µm per axis, None where unknown),
+    ``z_step`` (µm, the ``z`` scale, present when the store has a known one),
     ``format`` (``"ome-zarr 0.5"``), ``path``, ``chunks``, ``description`` (the psfmap
     provenance stored with the image, if any).
 
@@ -84,7 +85,9 @@ def read_zarr(path: str | Path) -> tuple[Any, dict[str, Any]]:
                          "'multiscales' metadata; expected an OME-Zarr image")
     first = multiscales[0]
     dataset = first["datasets"][0]
-    array = da.from_zarr(group[dataset["path"]])
+    # inlined: every chunk read is a root task, which distributed hands out only as workers
+    # have room (no read-ahead of the whole store into worker memory)
+    array = da.from_zarr(group[dataset["path"]], inline_array=True)
     axes = first.get("axes") or [{"name": n} for n in "tczyx"[5 - array.ndim:]]
     names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
     scale = [1.0] * array.ndim
@@ -107,6 +110,8 @@ def read_zarr(path: str | Path) -> tuple[Any, dict[str, Any]]:
         "voxel_size": voxel, "format": f"ome-zarr {version}", "path": str(path),
         "chunks": array.chunksize,
     }
+    if "z" in names and voxel[names.index("z")] is not None:
+        metadata["z_step"] = voxel[names.index("z")]
     if psfmap_attrs.get("description"):
         metadata["description"] = psfmap_attrs["description"]
     return array, metadata
@@ -184,6 +189,7 @@ def write_zarr(
     overwrite: bool = False,
     client: Any = None,
     progress: Callable[[int, int], Any] | None = None,
+    z_step: float | None = None,
 ) -> Path:
     """Write ``array`` (NumPy, torch or dask, ``(..., H, W)``) as an OME-Zarr image.
 
@@ -212,6 +218,9 @@ def write_zarr(
         Run the chunks on this cluster (default: dask's threaded scheduler).
     progress : callable, optional
         ``progress(done, total)`` after every chunk written (and once at the start).
+    z_step : float, optional
+        Axial step in µm (the ``scale`` of the Z axis, read back as ``z_step``); needs
+        ``pixel_size`` (a store without pixel sizes has none).
 
     Returns
     -------
@@ -228,6 +237,8 @@ def write_zarr(
                          ".ome.zarr name")
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other; pass one of them")
+    if z_step is not None and not 0 < float(z_step) < float("inf"):
+        raise ValueError(f"z_step must be an axial step in µm > 0, got {z_step!r}")
     if not isinstance(array, da.Array):
         if hasattr(array, "detach"):
             array = array.detach().cpu().numpy()
@@ -250,7 +261,7 @@ def write_zarr(
         shutil.rmtree(path)
         state = "missing"
     if state == "missing" or not (path / "0").exists():
-        _create(path, array, chunk_shape, pixel_size, metadata, axes)
+        _create(path, array, chunk_shape, pixel_size, metadata, axes, z_step)
     else:
         existing = zarr.open_array(str(path / "0"), mode="r")
         if (tuple(existing.shape), np.dtype(existing.dtype), tuple(existing.chunks)) != \
@@ -288,7 +299,8 @@ def write_zarr(
 
 
 def _create(path: Path, array: Any, chunk_shape: tuple[int, ...], pixel_size: float | None,
-            metadata: dict[str, Any] | None, axes: str | None) -> None:
+            metadata: dict[str, Any] | None, axes: str | None,
+            z_step: float | None = None) -> None:
     import zarr
     from ome_zarr.writer import write_multiscales_metadata
 
@@ -309,6 +321,8 @@ def _create(path: Path, array: Any, chunk_shape: tuple[int, ...], pixel_size: fl
         for index, axis in enumerate(axis_list):
             if axis["name"] in "yx":
                 scale[index] = (pixel_size or 1.0) * factor
+            elif axis["name"] == "z" and z_step is not None and pixel_size is not None:
+                scale[index] = float(z_step)
         datasets.append({"path": str(level),
                          "coordinateTransformations": [{"type": "scale", "scale": scale}]})
     write_multiscales_metadata(group, datasets, axes=axis_list)
@@ -351,7 +365,7 @@ def _pyramid(path: Path, metadata: dict[str, Any] | None) -> None:
     group = zarr.open_group(str(path), mode="r+")
     level = 1
     while str(level) in group:
-        above = da.from_zarr(group[str(level - 1)])
+        above = da.from_zarr(group[str(level - 1)], inline_array=True)
         target = group[str(level)]
         axes = {above.ndim - 2: 2, above.ndim - 1: 2}
         small = da.coarsen(np.mean, above, axes, trim_excess=True).astype(target.dtype)

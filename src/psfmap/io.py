@@ -409,7 +409,7 @@ def write_image(
         if pixel_size is not None:
             pixel_size = check_positive(pixel_size, "pixel_size (µm)")
         return write_zarr(path, array, pixel_size, dict(metadata or {}), axes=axes,
-                          **(zarr_options or {}))
+                          z_step=z_step, **(zarr_options or {}))
     suffix = _suffix(path)
     if suffix not in (*TIFF_SUFFIXES, ".ome.tif", ".ome.tiff"):
         raise ValueError(

@@ -196,49 +196,148 @@ def _energy(value: float | None) -> float | None:
 def _run_chunked(args, options: dict) -> int:
     """Chunked deblurring (dask): every frame of an OME-Zarr (or TIFF) input deblurred as in
     memory, frames in parallel on threads or a cluster (--workers / --scheduler), an OME-Zarr
-    output written chunk by chunk (--resume completes an interrupted one)."""
-    from psfmap.blind.verbs import deblur
+    output written chunk by chunk (--resume completes an interrupted one).
+
+    --plane takes one frame of a 3-D stack lazily. With --save-map or --figure the maps are
+    estimated first, one per frame on its whole frame (on the cluster when there is one),
+    saved, and the frames then restored with them (so they are estimated once); otherwise
+    every frame's map is estimated where the frame is restored."""
     from psfmap.cli._large import dask_client, read_lazy, where, write_chunked
 
-    if args.plane is not None:
-        raise UsageError("--plane applies to in-memory runs; a chunked run (.ome.zarr, "
-                         "--workers, --scheduler, --chunk) deblurs every frame")
-    if args.save_map is not None or args.figure is not None:
-        raise UsageError("--save-map and --figure need the maps in memory; they do not combine "
-                         "with chunked runs (.ome.zarr, --workers, --scheduler, --chunk): "
-                         "estimate the map with psfmap estimate and pass --psf-map")
     image, metadata = read_lazy(args.image, args.chunk)
+    axes = metadata.get("axes")
+    if args.plane is not None:
+        if image.ndim != 3:
+            raise UsageError(f"--plane applies to a 3-D stack; {args.image!r} has shape "
+                             f"{image.shape}")
+        if not 0 <= args.plane < image.shape[0]:
+            raise UsageError(f"--plane must be in [0, {image.shape[0] - 1}], got {args.plane}")
+        image = image[args.plane]
+        axes = axes[1:] if axes and len(axes) == 3 else None
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
+    frames = int(np.prod(image.shape[:-2], dtype=int))
     psf_map = None
     if args.psf_map is not None:
         maps = _given_maps(args.psf_map, image)
-        if len(maps) != 1:
-            raise UsageError("a chunked run deblurs every frame with one --psf-map; a file of "
-                             "one map per frame needs an in-memory run")
-        psf_map = maps[0]
+        psf_map = maps[0] if len(maps) == 1 else maps
         label_maps(psf_map, Path(args.image).name, metadata.get("pixel_size"))
     start = time.perf_counter()
     with dask_client(args) as client:
+        if psf_map is None and (args.save_map is not None or args.figure is not None):
+            maps = _estimate_frames(image, load_estimator(args), options, client)
+            psf_map = maps[0] if frames == 1 else maps
+            label_maps(psf_map, Path(args.image).name, metadata.get("pixel_size"))
         estimation = {} if psf_map is not None else {
             "model": load_estimator(args), **options}
-        restored = deblur(image, iterations=args.iterations, tv=args.tv, psf_map=psf_map,
-                          energy=_energy(args.energy), tile=args.tile or None,
-                          overlap=args.overlap, **estimation)
+        settings = {"iterations": args.iterations, "tv": args.tv,
+                    "energy": _energy(args.energy), "tile": args.tile or None,
+                    "overlap": args.overlap}
+        restored = _deblur_lazily(image, psf_map, settings, estimation)
+        first = psf_map[0] if isinstance(psf_map, list) else psf_map
         description = provenance(
             metadata, psfmap_command="deblur", source=Path(args.image).name,
-            model=psf_map.family.name if psf_map is not None else args.model,
+            model=first.family.name if first is not None else args.model,
             iterations=args.iterations, tv=args.tv, energy=_energy(args.energy),
             chunks=[int(c) for c in restored.chunksize])
-        if psf_map is not None:
-            description["grid"] = list(psf_map.grid)
-        axes = metadata.get("axes")
+        if args.plane is not None:
+            description["plane"] = args.plane
+        if first is not None:
+            description["grid"] = list(first.grid)
         write_chunked(args, args.output, restored, client,
                       pixel_size=metadata.get("pixel_size"), metadata=description,
                       axes=axes if axes and len(axes) == image.ndim else None,
                       inputs=[p for p in (args.image, args.psf_map) if p is not None])
+    written = [args.output]
+    if psf_map is not None and args.save_map is not None:  # the map itself, full size
+        written += write_outputs(argparse.Namespace(**{**vars(args), "figure": None}), image,
+                                 psf_map)
+    if psf_map is not None and args.figure is not None:  # drawn over a downsampled view
+        written += write_outputs(argparse.Namespace(**{**vars(args), "save_map": None}),
+                                 _overview(image, psf_map), _overview_map(psf_map, image))
+    mapped = f" with {describe_map(psf_map)}" if psf_map is not None else ""
     summary(args, f"deblurred {'x'.join(str(n) for n in image.shape)} in "
-                  f"{int(np.prod(restored.numblocks))} chunk(s), RL-TV {args.iterations} "
-                  f"iterations λ={args.tv:g} ({where(args)}) in "
-                  f"{time.perf_counter() - start:.1f} s -> {args.output}")
+                  f"{int(np.prod(restored.numblocks))} chunk(s){mapped}, RL-TV "
+                  f"{args.iterations} iterations λ={args.tv:g} ({where(args)}) in "
+                  f"{time.perf_counter() - start:.1f} s -> {', '.join(written)}")
     return 0
+
+
+# the figure of a chunked run is drawn over a view of the image at most this many px wide
+OVERVIEW_SIDE = 1024
+
+
+def _estimate_frames(image, estimator, options: dict, client) -> list:
+    """One PSF map per frame of the dask array ``image`` (..., H, W), each estimated on its
+    whole frame as :func:`psfmap.estimate` does, frames in parallel on the cluster of
+    ``client`` (or on threads)."""
+    import dask
+
+    from psfmap.blind.verbs import estimate
+
+    model = dask.delayed(estimator, pure=True)  # shipped once, shared by the frames
+    flat = image.reshape(-1, *image.shape[-2:], merge_chunks=False)
+    tasks = [dask.delayed(estimate, pure=True)(flat[index].rechunk(-1), model, **options)
+             for index in range(flat.shape[0])]
+    if client is not None:
+        return list(client.gather(client.compute(tasks)))
+    return list(dask.compute(*tasks, scheduler="threads"))
+
+
+def _deblur_lazily(image, psf_map, settings: dict, estimation: dict):
+    """``deblur`` of the dask array ``image``: one map (or none: estimated per frame) through
+    :func:`psfmap.deblur`; a list of maps, one per frame, frame by frame with its own map."""
+    from psfmap.blind.verbs import deblur
+
+    if not isinstance(psf_map, list):
+        return deblur(image, psf_map=psf_map, **settings, **estimation)
+    # one map per frame: every chunk (whole frames) deblurred with the maps of its frames
+    original = image.chunks
+    if len(original[-2]) > 1 or len(original[-1]) > 1:
+        image = image.rechunk(original[:-2] + ((image.shape[-2],), (image.shape[-1],)))
+    dtype = np.float64 if image.dtype == np.float64 else np.float32
+    lead_shape = image.shape[:-2]
+
+    def block(frames: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        ranges = block_info[0]["array-location"][:-2]
+        index = np.arange(int(np.prod(lead_shape, dtype=int))).reshape(lead_shape)
+        chosen = index[tuple(slice(a, b) for a, b in ranges)].reshape(-1)
+        own = [psf_map[int(i)] for i in chosen]
+        frames = np.asarray(frames, dtype=dtype)
+        return np.asarray(deblur(frames, psf_map=own if frames.ndim > 2 else own[0],
+                                 **settings), dtype=dtype)
+
+    result = image.map_blocks(block, dtype=dtype, meta=np.empty((0,) * image.ndim, dtype))
+    return result if result.chunks == original else result.rechunk(original)
+
+
+def _overview_factor(image) -> int:
+    """The integer step that brings the frame's longer side to at most OVERVIEW_SIDE px."""
+    return max(1, -(-max(image.shape[-2:]) // OVERVIEW_SIDE))
+
+
+def _overview(image, psf_map) -> np.ndarray:
+    """The background of the figure: the frames' maximum projection (a list of maps draws no
+    image: an empty stand-in), block-averaged to at most OVERVIEW_SIDE px."""
+    if isinstance(psf_map, list):
+        return np.zeros((1, 1), np.float32)
+    import dask.array as da
+
+    flat = image.reshape(-1, *image.shape[-2:], merge_chunks=False).max(axis=0)
+    factor = _overview_factor(image)
+    if factor > 1:
+        flat = da.coarsen(np.mean, flat, {0: factor, 1: factor}, trim_excess=True)
+    return np.asarray(flat.compute())
+
+
+def _overview_map(psf_map, image):
+    """``psf_map`` as drawn over :func:`_overview`: the same cells and PSFs over the
+    downsampled frame (a list of maps, drawn parameter by parameter, is kept)."""
+    factor = _overview_factor(image)
+    if isinstance(psf_map, list) or factor == 1:
+        return psf_map
+    from psfmap.operators.psf_map import PSFMap
+
+    shape = tuple(n // factor for n in image.shape[-2:])
+    return PSFMap(psf_map.family, psf_map.params, shape, validity=psf_map.validity,
+                  metadata=dict(psf_map.metadata), std=psf_map.std)

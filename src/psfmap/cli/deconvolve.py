@@ -391,7 +391,7 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
     """Chunked restoration (dask): an OME-Zarr input read lazily, chunks restored with a halo
     on threads or a cluster (--workers / --scheduler), an OME-Zarr output written chunk by
     chunk (--resume completes an interrupted one)."""
-    from psfmap.cli._large import dask_client, read_lazy, where, write_chunked
+    from psfmap.cli._large import as_dask, dask_client, read_lazy, where, write_chunked
     from psfmap.restore import DEFAULT_TV, deconvolve
 
     if args.sparse_out is not None or args.smooth_out is not None:
@@ -400,9 +400,17 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
     if args.tile:
         raise UsageError("--tile applies to in-memory restoration; a chunked run restores "
                          "chunk by chunk (--chunk PIXELS)")
-    image, metadata = read_lazy(args.image, args.chunk)
+    image, metadata = read_lazy(args.image, None)
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
+    volume = volume_operator(args, image)  # a 3-D PSF or operator: restore as volumes
+    if volume is not None:
+        return _run_chunked_volume(args, image, metadata, method, iterations, *volume,
+                                   inputs=inputs)
+    if args.views is not None or args.accelerate:
+        raise UsageError("--views and --accelerate apply to volumes (a 3-D --psf or "
+                         "--operator with a z-stack)")
+    image = as_dask(image, args.chunk)
     start = time.perf_counter()
     with dask_client(args) as client:
         image, known = _shift_negative(args, image)
@@ -430,4 +438,74 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
                   f"{int(np.prod(image.numblocks))} chunk(s) with {method} ({iterations} "
                   f"iterations, {source}, {where(args)}) in {time.perf_counter() - start:.1f} s "
                   f"-> {args.output}")
+    return 0
+
+
+def _run_chunked_volume(args, image, metadata: dict, method: str, iterations: int,
+                        operator, source: str, inputs: list) -> int:
+    """Chunked 3-D restoration of a dask stack ``(..., Z, Y, X)`` (a 3-D --psf or --operator):
+    chunks of every plane (or of the store's z chunks when they are at least the z halo)
+    and --chunk px squares, each restored with a halo and the operator restricted to it;
+    pixel size and z-step kept in the output."""
+    from psfmap.cli._large import dask_client, is_zarr, where, write_chunked
+    from psfmap.cli._volume import Z_STEP_TOLERANCE
+    from psfmap.io import read_z_step
+    from psfmap.restore import DEFAULT_TV, deconvolve
+    from psfmap.restore.chunked import default_axial_halo
+
+    if method == "sparse-smooth":
+        raise UsageError("--method sparse-smooth restores 2-D images; a 3-D PSF or operator "
+                         "restores with rl or rl-tv (or pass --plane-by-plane)")
+    if args.views is not None:
+        raise UsageError("--views needs the volumes in memory; it does not combine with "
+                         "chunked runs (.ome.zarr, --workers, --scheduler, --chunk)")
+    axes = (metadata.get("axes") or "").upper()
+    if image.ndim > 3 and (len(axes) != image.ndim or axes.count("Z") != 1
+                           or not axes.endswith("ZYX")):
+        raise ValueError(f"cannot restore {args.image!r} (shape {image.shape}, axes "
+                         f"{axes or None!r}) as volumes in chunks: expected axes ending in ZYX")
+    z_step = args.z_step if args.z_step is not None else metadata.get("z_step")
+    if z_step is None:
+        raise UsageError(f"the z-step of {args.image!r} is unknown (no z scale in its "
+                         "metadata): pass --z-step in µm")
+    if not 0 < z_step < float("inf"):
+        raise UsageError(f"--z-step must be a step in µm > 0, got {z_step}")
+    psf_step = read_z_step(args.psf) if args.psf is not None else None
+    if psf_step is not None and abs(psf_step - z_step) > Z_STEP_TOLERANCE * z_step:
+        raise ValueError(f"--psf {args.psf!r} has a z-step of {psf_step:g} µm, the stack "
+                         f"{z_step:g} µm; expected the same axial sampling (resample the PSF)")
+    # every plane in a chunk unless the store's z chunks already hold a z halo
+    z_chunk = max(image.chunks[-3])
+    if z_chunk < image.shape[-3] and z_chunk < default_axial_halo(
+            int(operator.kernel_shape[0]), iterations):
+        z_chunk = -1
+    side = args.chunk or (None if is_zarr(args.image) else 1024)
+    image = image.rechunk((1,) * (image.ndim - 3) + (z_chunk,) + (
+        (side, side) if side else image.chunks[-2:]))
+    pixel_size = _check_pixel_size(args, operator, metadata)
+    if pixel_size is None:
+        warn(args, f"{Path(args.image).name} gives no pixel size; the output keeps none")
+    tv = (DEFAULT_TV if args.tv is None else args.tv) if method == "rl-tv" else 0.0
+    start = time.perf_counter()
+    with dask_client(args) as client:
+        image, known = _shift_negative(args, image)
+        restored = deconvolve(image, operator, method, iterations,
+                              tv if method == "rl-tv" else None,
+                              overlap=args.overlap, background=known, tol=args.tol,
+                              accelerate=bool(args.accelerate))
+        kept = provenance(metadata, psfmap_command="deconvolve", source=Path(args.image).name,
+                          method=method, iterations=iterations, blur=source, volume=True,
+                          z_step=z_step, accelerate=bool(args.accelerate),
+                          chunks=[int(c) for c in image.chunksize])
+        if method == "rl-tv":
+            kept["tv"] = tv
+        if args.offset:
+            kept["offset"] = args.offset
+        write_chunked(args, args.output, restored, client, pixel_size=pixel_size,
+                      metadata=kept, axes=axes if len(axes) == image.ndim else "ZYX",
+                      z_step=z_step, inputs=inputs)
+    summary(args, f"deconvolved {'x'.join(str(n) for n in image.shape)} as volumes in "
+                  f"{int(np.prod(image.numblocks))} chunk(s) with {method} in 3-D "
+                  f"({iterations} iterations, {source}, {where(args)}) in "
+                  f"{time.perf_counter() - start:.1f} s -> {args.output}")
     return 0

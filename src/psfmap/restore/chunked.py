@@ -146,3 +146,98 @@ def deconvolve_chunked(
 
     shared = {} if scales is None else {"scales": scales}
     return map_with_halo(image, solve, halo, dtype=dtype, **shared)
+
+
+def default_axial_halo(kernel_depth: int, iterations: int) -> int:
+    """The default halo along z for a volume chunked in z: ``2 · d · sqrt(max(1,
+    iterations / 20))`` planes for a PSF ``d`` planes deep (the lateral halo is
+    :func:`default_halo`)."""
+    base = 2 * int(kernel_depth)
+    return int(math.ceil(base * math.sqrt(max(1.0, iterations / HALO_ITERATIONS))))
+
+
+def deconvolve_volume_chunked(
+    image: Any,
+    operator: Any,
+    iterations: int,
+    tv: float,
+    *,
+    halo: int | None = None,
+    callback: Any = None,
+    options: dict[str, Any] | None = None,
+) -> Any:
+    """Lazy chunk-by-chunk 3D Richardson–Lucy (+TV) of a dask volume ``(..., D, H, W)``.
+
+    Every chunk is grown by a halo of its neighbours along y and x (and along z when the
+    volume is chunked in z; a chunk holding every plane borrows nothing in z), restored by
+    :func:`psfmap.restore.volume.richardson_lucy_volume` with the whole-volume operator
+    restricted to the grown box (:func:`psfmap.operators.volume_region.restrict_volume`),
+    relative to its whole volume's maximum (``intensity_scale``), and only its core is kept.
+    Leading axes (time points, positions) are independent volumes.
+
+    Parameters
+    ----------
+    image : dask.array.Array (..., D, H, W)
+        Non-negative stack.
+    operator : 3D operator, PSF (d, h, w) or PSF grid (gz, gy, gx, d, h, w)
+        The whole-volume blur.
+    iterations, tv
+        As :func:`psfmap.restore.deconvolve` (already checked there).
+    halo : int, optional
+        Context in voxels on every side along every axis (default: :func:`default_halo`
+        along y and x, :func:`default_axial_halo` along z).
+    callback : callable, optional
+        Passed to the solver of every chunk.
+    options : dict
+        Further keywords of the solver: ``background`` (a number), ``intensity_scale``
+        (default: each volume's maximum), ``tol``, ``tv_epsilon``, ``extend``,
+        ``accelerate``.
+
+    Returns
+    -------
+    dask.array.Array
+        Same shape and chunks as ``image``; float64 for a float64 stack, else float32.
+    """
+    from psfmap.operators.volume_region import restrict_volume
+    from psfmap.restore.volume import as_volume_operator, richardson_lucy_volume
+
+    options = dict(options or {})
+    if image.ndim < 3:
+        raise ValueError(f"image must be a dask volume (..., D, H, W) for a 3D operator, got "
+                         f"shape {image.shape}")
+    dtype = np.float64 if image.dtype == np.float64 else np.float32
+    if image.dtype != dtype:
+        image = image.astype(dtype)
+    shape = tuple(int(v) for v in image.shape[-3:])
+    whole = as_volume_operator(operator, shape)
+    if getattr(whole, "image_shape", None) is not None and tuple(whole.image_shape) != shape:
+        raise ValueError(f"operator acts on volumes of shape {tuple(whole.image_shape)}, got a "
+                         f"stack of shape {shape}; build the operator for this volume")
+    depth, height, width = (int(v) for v in whole.kernel_shape)
+    halos = ((default_axial_halo(depth, iterations),
+              *(default_halo(max(height, width), iterations),) * 2)
+             if halo is None else (int(halo),) * 3)
+    background = options.pop("background", 0.0)
+    if np.ndim(background) != 0:
+        raise ValueError("background must be a number for a volume restored in chunks, got "
+                         f"an array of shape {np.shape(background)}")
+    given_scale = options.pop("intensity_scale", None)
+    scales = image.max(axis=(-3, -2, -1)) if given_scale is None else None
+
+    def solve(block: np.ndarray, region: tuple[int, ...], lead: tuple[slice, ...],
+              scales: Any = None) -> np.ndarray:
+        restricted = restrict_volume(whole, region)
+        volumes = block.reshape(-1, *block.shape[-3:])
+        maxima = (np.full(len(volumes), float(given_scale)) if scales is None
+                  else np.asarray(scales)[lead].reshape(-1))
+        out = np.zeros_like(volumes)
+        for index, (volume, scale) in enumerate(zip(volumes, maxima)):
+            if not scale > 0:  # an all-zero volume stays zero
+                continue
+            out[index] = richardson_lucy_volume(volume, restricted, iterations, tv,
+                                                float(background), callback=callback,
+                                                intensity_scale=float(scale), **options)
+        return out.reshape(block.shape)
+
+    shared = {} if scales is None else {"scales": scales}
+    return map_with_halo(image, solve, halos, dtype=dtype, what="volume", spatial=3, **shared)
