@@ -172,3 +172,20 @@ def test_slab_and_depth_engines_equal_the_fourier_sum_on_depth_grids(engine):
         op.with_engine("tiled")
     with pytest.raises(ValueError, match="vary in z only"):
         from_psf_grid(volume_psfs(torch.float64), VOLUME).with_engine("depth")
+
+
+def test_depth_engine_over_its_spectra_budget_and_in_row_chunks_gives_the_same_result(
+        monkeypatch):
+    # beyond SPECTRA_CACHE_BYTES only the kernels' lateral spectra are cached and the
+    # transform along z is redone at each use; CHUNK_BYTES of 1 runs the z transforms one
+    # lateral-frequency row at a time: same operator, less memory
+    from psfmap.operators import volume_slabs
+
+    monkeypatch.setattr(volume_slabs, "SPECTRA_CACHE_BYTES", 0)
+    monkeypatch.setattr(volume_slabs, "CHUNK_BYTES", 1)
+    op = from_psf_grid(volume_psfs(torch.float64, (4, 1, 1)), (20, 12, 10)).extended((2, 3, 1))
+    x, y = _random((2,) + op.image_shape, 7), _random((2,) + op.image_shape, 8)
+    fourier, depth = op.with_engine("fourier"), op.with_engine("depth")
+    torch.testing.assert_close(depth.forward(x), fourier.forward(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(depth.adjoint(y), fourier.adjoint(y), rtol=0, atol=1e-12)
+    assert any(key[0] == "depth-lateral" for key in op._cache)

@@ -10,6 +10,8 @@ inverse over the leading axes and a complex-to-real inverse over the last), at t
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from psfmap.operators.fft import fast_size
@@ -38,11 +40,26 @@ def irfft3(spectrum: torch.Tensor, fft_shape: tuple[int, int, int]) -> torch.Ten
     return torch.fft.irfft(partial, n=int(fft_shape[-1]), dim=-1)
 
 
-def centred_spectra_3d(kernels: torch.Tensor, fft_shape: tuple[int, int, int]) -> torch.Tensor:
+def times_conj(a: torch.Tensor, b: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """``a · conj(b)``; ``in_place`` overwrites ``a`` (no autograd graph through it).
+
+    In place as ``conj(conj(a) · b)``: three plain passes, several times faster on CPU than a
+    product with the lazy conjugate view ``b.conj()``."""
+    if in_place:
+        return a.conj_physical_().mul_(b).conj_physical_()
+    return a * b.conj()
+
+
+def centred_spectra_3d(kernels: torch.Tensor, fft_shape: tuple[int, int, int],
+                       centre_depth: bool = True) -> torch.Tensor:
     """``rfft3`` of kernels ``(I, d, h, w)`` zero-padded to ``fft_shape``, centre rolled to the
-    origin (so that the product is a same-size linear convolution after cropping)."""
+    origin (so that the product is a same-size linear convolution after cropping).
+
+    ``centre_depth=False`` rolls the lateral axes only: the kernel's first plane stays at index
+    0 in z, so that index ``t`` of a product's inverse along z is plane ``t − d // 2`` relative
+    to the input's first plane (no roll of the result needed)."""
     d, h, w = kernels.shape[-3:]
-    shifts = (-(d // 2), -(h // 2), -(w // 2))
+    shifts = (-(d // 2) if centre_depth else 0, -(h // 2), -(w // 2))
     if kernels.requires_grad:
         padded = torch.nn.functional.pad(
             kernels, (0, fft_shape[2] - w, 0, fft_shape[1] - h, 0, fft_shape[0] - d))
@@ -53,7 +70,13 @@ def centred_spectra_3d(kernels: torch.Tensor, fft_shape: tuple[int, int, int]) -
         device=kernels.device,
     )
     buffer = kernels.new_zeros(tuple(fft_shape))
+    # the roll done by placing the kernel's pieces: part [c:] of each axis at the start, part
+    # [:c] wrapped to the end (no second padded volume per kernel)
+    pieces = [[(slice(-s, n), slice(0, n + s)), (slice(0, -s), slice(size + s, size))]
+              if s else [(slice(0, n), slice(0, n))]
+              for s, n, size in zip(shifts, (d, h, w), fft_shape)]
     for i, kernel in enumerate(kernels):  # one padded kernel at a time bounds the peak memory
-        buffer[:d, :h, :w] = kernel
-        spectra[i] = torch.fft.rfftn(torch.roll(buffer, shifts=shifts, dims=AXES), dim=AXES)
+        for (kz, bz), (ky, by), (kx, bx) in itertools.product(*pieces):
+            buffer[bz, by, bx] = kernel[kz, ky, kx]
+        spectra[i] = torch.fft.rfftn(buffer, dim=AXES)
     return spectra

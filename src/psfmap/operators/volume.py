@@ -40,7 +40,13 @@ from psfmap._container import load_container, save_container
 from psfmap._validation import as_tensor, check_finite, check_psf, describe
 from psfmap.operators import volume_slabs
 from psfmap.operators.base import LinearOperator, as_real_float
-from psfmap.operators.fft3d import centred_spectra_3d, irfft3, rfft3, same_fft_shape_3d
+from psfmap.operators.fft3d import (
+    centred_spectra_3d,
+    irfft3,
+    rfft3,
+    same_fft_shape_3d,
+    times_conj,
+)
 
 __all__ = ["VolumeConvolution", "VolumeProductConvolution", "as_volume", "from_psf_grid_3d"]
 
@@ -120,8 +126,14 @@ class VolumeConvolution(LinearOperator):
         x = as_volume(x, name, None)
         shape = tuple(x.shape[-3:])
         spectrum, fft_shape = self._spectrum(shape, x.dtype, x.device)
-        out = irfft3(rfft3(x, fft_shape) * (spectrum.conj() if conjugate else spectrum),
-                     fft_shape)
+        # in place when no autograd graph runs through the product
+        in_place = not torch.is_grad_enabled() or not (x.requires_grad or spectrum.requires_grad)
+        product = rfft3(x, fft_shape)
+        if conjugate:
+            product = times_conj(product, spectrum, in_place)
+        else:
+            product = product.mul_(spectrum) if in_place else product * spectrum
+        out = irfft3(product, fft_shape)
         return out[..., : shape[0], : shape[1], : shape[2]]
 
     def forward(self, x: Any) -> torch.Tensor:
@@ -368,10 +380,13 @@ class VolumeProductConvolution(LinearOperator):
             return apply(self, flat, self.z_spans).reshape(y.shape)
         spectra = self._spectra(y.dtype, y.device)
         spectrum = rfft3(y, self.fft_shape)
+        in_place = not torch.is_grad_enabled() or not (y.requires_grad
+                                                       or spectra.requires_grad)
         d, h, w = self.image_shape
         out = None
         for i in range(self.n_kernels):
-            blurred = irfft3(spectrum * spectra[i].conj(), self.fft_shape)[..., :d, :h, :w]
+            blurred = irfft3(times_conj(spectrum.clone(), spectra[i], in_place),
+                             self.fft_shape)[..., :d, :h, :w]
             term = blurred * self._weight(i, y.dtype, y.device)
             out = term if out is None else out + term
         return out

@@ -25,12 +25,18 @@ from typing import Any
 import torch
 
 from psfmap.operators.fft import fast_size
-from psfmap.operators.fft3d import centred_spectra_3d, irfft3, rfft3
+from psfmap.operators.fft3d import centred_spectra_3d, irfft3, rfft3, times_conj
 
 __all__ = ["slab_adjoint", "slab_forward", "z_spans"]
 
 # the slab engine is used when its FFT volume is below this fraction of the Fourier sum's
 WORTH_IT = 0.7
+# the depth engine caches its kernels' full spectra up to this many bytes (all terms)
+SPECTRA_CACHE_BYTES = 256 << 20
+# and works on lateral-frequency rows in chunks whose z buffers hold about this many bytes
+# per thread squared: 4 MB stay in cache on one thread; with two, 16 MB halve the number of
+# parallel regions (4 MB chunks ran 2x slower on 2 threads of a loaded 2-core machine)
+CHUNK_BYTES = 4 << 20
 
 
 def z_spans(op: Any) -> list[tuple[int, int]]:
@@ -100,7 +106,8 @@ def slab_adjoint(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]) -> torc
             segment, (0, 0, 0, 0, max(start, 0) - start, stop - min(stop, depth)))
         shape = (n,) + tuple(op.fft_shape[1:])
         spectrum = _spectrum(op, i, n, y.dtype, y.device)
-        correlated = irfft3(rfft3(segment, shape) * spectrum.conj(), shape)
+        correlated = irfft3(times_conj(rfft3(segment, shape), spectrum, _in_place(op, y)),
+                            shape)
         weight = op._weight(i, y.dtype, y.device)[z0:z1]
         out[:, z0:z1] += correlated[:, c:c + z1 - z0, :height, :width] * weight
     return out
@@ -126,30 +133,142 @@ def _depth_weights(op: Any, dtype, device) -> torch.Tensor:
     return op._cached("depth-weights", dtype, device, build)
 
 
+def _depth_spectrum(op: Any, i: int, depth: int, dtype, device,
+                    rows: slice = slice(None)) -> torch.Tensor:
+    """Kernel ``i``'s spectrum on ``(depth, NH, NW)`` (lateral-frequency ``rows`` of it),
+    rolled laterally only (plane 0 of the kernel at index 0 in z): a product's inverse along
+    z then needs no roll.
+
+    Cached whole while all terms' spectra fit in ``SPECTRA_CACHE_BYTES``; beyond, only the
+    kernels' lateral transforms (``d`` planes each) are cached and the transform along z is
+    redone at each use (one more 1-D FFT per term, a fraction of the memory)."""
+    lateral = tuple(op.fft_shape[1:])
+    complex_size = 2 * torch.empty((), dtype=dtype).element_size()
+    planes = sum(slab_fft_depths(op, op.z_spans))
+    if op.kernels.requires_grad:  # no cache: the spectra must carry the kernels' gradient
+        return centred_spectra_3d(op.kernels[i:i + 1].to(device=device, dtype=dtype),
+                                  (depth,) + lateral, centre_depth=False)[0][:, rows]
+    if planes * lateral[0] * (lateral[1] // 2 + 1) * complex_size <= SPECTRA_CACHE_BYTES:
+        return op._cached(("depth", i, depth), dtype, device, lambda: centred_spectra_3d(
+            op.kernels[i:i + 1].to(device=device, dtype=dtype), (depth,) + lateral,
+            centre_depth=False)[0])[:, rows]
+
+    def lateral_spectra() -> torch.Tensor:
+        kernels = op.kernels.detach().to(device=device, dtype=dtype)
+        h, w = kernels.shape[-2:]
+        padded = torch.nn.functional.pad(kernels, (0, lateral[1] - w, 0, lateral[0] - h))
+        return torch.fft.rfft2(torch.roll(padded, shifts=(-(h // 2), -(w // 2)),
+                                          dims=(-2, -1)))
+
+    spectra = op._cached("depth-lateral", dtype, device, lateral_spectra)
+    return torch.fft.fft(spectra[i][:, rows], n=depth, dim=-3)
+
+
+def _in_place(op: Any, *tensors: torch.Tensor) -> bool:
+    """Whether buffers may be overwritten (no autograd graph through them)."""
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t.requires_grad for t in (*tensors, op.kernels))
+
+
+def _row_chunks(op: Any, batch: int, depth: int, dtype) -> list[slice]:
+    """Lateral-frequency rows in chunks whose z buffers hold about ``CHUNK_BYTES`` times the
+    number of threads squared."""
+    rows, columns = op.fft_shape[1], op.fft_shape[2] // 2 + 1
+    per_row = batch * depth * columns * 2 * torch.empty((), dtype=dtype).element_size()
+    size = max(1, CHUNK_BYTES * torch.get_num_threads() ** 2 // max(per_row, 1))
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
 def depth_forward(op: Any, x: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
-    """Forward of a depth-only operator: one lateral ``rfft2`` of the volume, per term a 1-D
-    FFT along z of its slab times the kernel's 3D spectrum, one lateral ``irfft2``."""
+    """Forward of a depth-only operator: one lateral ``rfft2`` of the volume; then, chunk by
+    chunk of lateral-frequency rows (the z transforms of different rows are independent),
+    per term a 1-D FFT along z of its weighted slab times the kernel's spectrum and the
+    inverse, added to the chunk's output, written over the volume's spectrum; one lateral
+    ``irfft2``. Chunks keep the buffers small (in cache, no second volume in memory).
+
+    With the kernel's first plane at index 0 in z, index ``t`` of term ``i``'s inverse is
+    plane ``z0 + t − c`` (``c = d // 2``): the planes inside the volume are added directly."""
+    if not _in_place(op, x):
+        return _depth_forward_graph(op, x, spans)
     depth, height, width = op.image_shape
     d = op.kernel_shape[0]
     c = d // 2
     lateral = tuple(op.fft_shape[1:])
     weights = _depth_weights(op, x.dtype, x.device)
-    spectrum_x = torch.fft.rfft2(x, s=lateral)  # (B, D, NH, NW/2+1)
+    depths = slab_fft_depths(op, spans)
+    spectrum = torch.fft.rfft2(x, s=lateral)  # (B, D, NH, NW/2+1), overwritten by the output
+    for rows in _row_chunks(op, x.shape[0], max(depths), x.dtype):
+        source = spectrum[:, :, rows].clone()
+        target = spectrum[:, :, rows].zero_()
+        for i, ((z0, z1), n) in enumerate(zip(spans, depths)):
+            if z1 <= z0:
+                continue
+            padded = source.new_zeros(source.shape[:1] + (n,) + source.shape[2:])
+            torch.mul(source[:, z0:z1], weights[i, z0:z1, None, None],
+                      out=padded[:, :z1 - z0])
+            kernel = _depth_spectrum(op, i, n, x.dtype, x.device, rows)
+            blurred = torch.fft.ifft(torch.fft.fft(padded, dim=-3).mul_(kernel), dim=-3)
+            first, last = max(z0 - c, 0), min(z1 + d - 1 - c, depth)
+            target[:, first:last] += blurred[:, first - (z0 - c):last - (z0 - c)]
+    return torch.fft.irfft2(spectrum, s=lateral)[..., :height, :width]
+
+
+def depth_adjoint(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """Adjoint of :func:`depth_forward`: per term, the data planes ``[z0 − c, z1 + d − 1 − c)``
+    correlated along z with the kernel (index ``j`` of the inverse is plane ``z0 + j``),
+    weighted and added to the slab; chunked over lateral-frequency rows as the forward."""
+    if not _in_place(op, y):
+        return _depth_adjoint_graph(op, y, spans)
+    depth, height, width = op.image_shape
+    d = op.kernel_shape[0]
+    c = d // 2
+    lateral = tuple(op.fft_shape[1:])
+    weights = _depth_weights(op, y.dtype, y.device)
+    depths = slab_fft_depths(op, spans)
+    spectrum = torch.fft.rfft2(y, s=lateral)
+    for rows in _row_chunks(op, y.shape[0], max(depths), y.dtype):
+        source = spectrum[:, :, rows].clone()
+        target = spectrum[:, :, rows].zero_()
+        for i, ((z0, z1), n) in enumerate(zip(spans, depths)):
+            if z1 <= z0:
+                continue
+            start, stop = z0 - c, z1 + d - 1 - c  # plane start + j at index j
+            low, high = max(start, 0), min(stop, depth)
+            padded = source.new_zeros(source.shape[:1] + (n,) + source.shape[2:])
+            padded[:, low - start:high - start] = source[:, low:high]
+            kernel = _depth_spectrum(op, i, n, y.dtype, y.device, rows)
+            product = times_conj(torch.fft.fft(padded, dim=-3), kernel, in_place=True)
+            correlated = torch.fft.ifft(product, dim=-3)[:, :z1 - z0]
+            target[:, z0:z1] += correlated.mul_(weights[i, z0:z1, None, None])
+    return torch.fft.irfft2(spectrum, s=lateral)[..., :height, :width]
+
+
+def _depth_forward_graph(op: Any, x: torch.Tensor, spans: list[tuple[int, int]]
+                         ) -> torch.Tensor:
+    """:func:`depth_forward` without in-place operations (autograd through it)."""
+    depth, height, width = op.image_shape
+    d = op.kernel_shape[0]
+    c = d // 2
+    lateral = tuple(op.fft_shape[1:])
+    weights = _depth_weights(op, x.dtype, x.device)
+    spectrum_x = torch.fft.rfft2(x, s=lateral)
     out = torch.zeros_like(spectrum_x)
     for i, ((z0, z1), n) in enumerate(zip(spans, slab_fft_depths(op, spans))):
         if z1 <= z0:
             continue
         segment = spectrum_x[:, z0:z1] * weights[i, z0:z1, None, None]
-        kernel = _spectrum(op, i, n, x.dtype, x.device)
+        kernel = _depth_spectrum(op, i, n, x.dtype, x.device)
         blurred = torch.fft.ifft(torch.fft.fft(segment, n=n, dim=-3) * kernel, dim=-3)
-        local = torch.roll(blurred, shifts=c, dims=-3)  # index t is plane z0 + t - c
         first, last = max(z0 - c, 0), min(z1 + d - 1 - c, depth)
-        out[:, first:last] += local[:, first - (z0 - c):last - (z0 - c)]
+        out = out.index_add(1, torch.arange(first, last, device=x.device),
+                            blurred[:, first - (z0 - c):last - (z0 - c)])
     return torch.fft.irfft2(out, s=lateral)[..., :height, :width]
 
 
-def depth_adjoint(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
-    """Adjoint of :func:`depth_forward` (correlation along z on each slab's data planes)."""
+def _depth_adjoint_graph(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]
+                         ) -> torch.Tensor:
+    """:func:`depth_adjoint` without in-place operations (autograd through it)."""
     depth, height, width = op.image_shape
     d = op.kernel_shape[0]
     c = d // 2
@@ -163,10 +282,10 @@ def depth_adjoint(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]) -> tor
         start, stop = z0 - c, z1 + d - 1 - c
         segment = spectrum_y[:, max(start, 0):min(stop, depth)]
         before = max(start, 0) - start
-        kernel = _spectrum(op, i, n, y.dtype, y.device)
-        # zero planes before the segment: shift it to index `before` of the z transform
-        padded = segment.new_zeros(segment.shape[:1] + (n,) + segment.shape[2:])
-        padded[:, before:before + segment.shape[1]] = segment
-        correlated = torch.fft.ifft(torch.fft.fft(padded, dim=-3) * kernel.conj(), dim=-3)
-        out[:, z0:z1] += correlated[:, c:c + z1 - z0] * weights[i, z0:z1, None, None]
+        segment = torch.nn.functional.pad(segment, (0, 0, 0, 0, before, 0))
+        kernel = _depth_spectrum(op, i, n, y.dtype, y.device)
+        spectrum = torch.fft.fft(segment, n=n, dim=-3) * kernel.conj()
+        correlated = torch.fft.ifft(spectrum, dim=-3)[:, :z1 - z0]
+        out = out.index_add(1, torch.arange(z0, z1, device=y.device),
+                            correlated * weights[i, z0:z1, None, None])
     return torch.fft.irfft2(out, s=lateral)[..., :height, :width]

@@ -155,7 +155,7 @@ def deconvolve(
         iterations = 20 if iterations is None else iterations
     if _is_volume_request(operator):
         return _deconvolve_volume(image, operator, method, iterations, tv, tile, chunked,
-                                  callback, options)
+                                  callback, dict(options, halo=halo))
     warn_out_of_range(operator)
     if chunked:
         from psfmap.restore.chunked import deconvolve_chunked
@@ -188,12 +188,18 @@ def _deconvolve_volume(image: Any, operator: Any, method: str, iterations: int, 
     if method == "sparse-smooth":
         raise ValueError("method 'sparse-smooth' restores 2D images; with a 3D operator use "
                          "method 'rl' or 'rl-tv'")
-    if tile is not None or chunked:
-        raise ValueError("a 3D operator restores in-memory volumes in one piece; tile= and dask "
-                         "arrays apply to 2D restoration")
+    if tile is not None:
+        raise ValueError("a 3D operator restores in-memory volumes in one piece; tile= applies "
+                         "to 2D restoration (a dask volume is restored chunk by chunk)")
     if len(image.shape) < 3:
         raise ValueError(f"image must be a volume (..., D, H, W) for a 3D operator, got shape "
                          f"{tuple(image.shape)}")
+    halo = options.pop("halo", None)
+    if chunked:  # lazily, chunk by chunk with a halo (psfmap.restore.chunked)
+        from psfmap.restore.chunked import deconvolve_volume_chunked
+
+        return deconvolve_volume_chunked(image, operator, iterations, tv, halo=halo,
+                                         callback=callback, options=options)
     return richardson_lucy_volume(image, as_volume_operator(operator, tuple(image.shape[-3:])),
                                   iterations, tv, callback=callback, **options)
 

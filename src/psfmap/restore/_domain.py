@@ -39,6 +39,13 @@ def is_compressed(operator: Any) -> bool:
     return (getattr(operator, "compression_error", None) or 0) > 0
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` as a bool (a Python or NumPy bool; ``TypeError`` naming ``name`` otherwise)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {describe(value)}")
+
+
 def check_operator(operator: Any, name: str = "operator") -> Any:
     """Accept anything with ``forward`` and ``adjoint`` methods."""
     methods = (getattr(operator, "forward", None), getattr(operator, "adjoint", None))

@@ -21,25 +21,19 @@ from psfmap._validation import (
     times_power_of_two,
 )
 from psfmap.restore._domain import (
-    DENOMINATOR_FLOOR,
     ROUNDOFF,
-    UNOBSERVED,
     CroppedOperator,
     check_compatible,
+    check_flag,
     check_nonnegative,
     check_operator,
     is_compressed,
     match_operator,
     solver_context,
 )
-from psfmap.restore.tv import tv_curvature
+from psfmap.restore._rl_loop import COMPRESSED_FLOOR as COMPRESSED_FLOOR  # re-exported
+from psfmap.restore._rl_loop import rl_iterate
 from psfmap.restore.volume import is_volume_operator, richardson_lucy_volume
-
-# with a compressed operator (eigen-PSFs with negative lobes) H x can fall far below y where x
-# is uneven, and y / H x then feeds back into ever larger estimates (the fly wing's 31 x 31 map
-# at rank 3 reached 1e6 in 10 iterations): H x is kept >= this fraction of y, so that no
-# ratio exceeds 1 / COMPRESSED_FLOOR
-COMPRESSED_FLOOR = 0.1
 
 
 def richardson_lucy(
@@ -54,6 +48,7 @@ def richardson_lucy(
     extend: bool = True,
     callback: Callable[[int, float], Any] | None = None,
     intensity_scale: float | None = None,
+    accelerate: bool = False,
 ) -> Any:
     r"""Richardson–Lucy deconvolution with any linear blur operator, optionally TV-regularised.
 
@@ -128,6 +123,11 @@ def richardson_lucy(
         maximum, so that every piece runs the iterations the whole would
         (``psfmap.deblur(tile=...)`` does). The level of the constant first estimate does
         not matter: the first update is the same for any level.
+    accelerate : bool
+        Biggs–Andrews vector extrapolation (:mod:`psfmap.restore._rl_loop`): each iteration
+        costs the same, and fewer reach plain RL's error (``benchmarks/bench_volume.py
+        accel``). Off by default, so that the default iterates are plain RL's; the same
+        keyword restores volumes.
 
     Returns
     -------
@@ -144,11 +144,10 @@ def richardson_lucy(
     >>> restored = richardson_lucy(blur(x), blur, iterations=30)
     """
     if is_volume_operator(operator):  # a 3D operator restores (..., D, H, W) as volumes
-        if intensity_scale is not None:
-            raise ValueError("intensity_scale applies to 2D restoration only, got "
-                             f"{intensity_scale!r} with a 3D operator")
         return richardson_lucy_volume(image, operator, iterations, tv, background, tol=tol,
-                                      tv_epsilon=tv_epsilon, extend=extend, callback=callback)
+                                      tv_epsilon=tv_epsilon, extend=extend,
+                                      accelerate=accelerate, callback=callback,
+                                      intensity_scale=intensity_scale)
     kind = ArrayKind(image)
     y = _check_image(image)
     iterations = _check_iterations(iterations)
@@ -160,6 +159,7 @@ def richardson_lucy(
         raise TypeError(f"callback must be callable, got {describe(callback)}")
     if intensity_scale is not None:
         intensity_scale = check_positive(intensity_scale, "intensity_scale")
+    accelerate = check_flag(accelerate, "accelerate")
     check_operator(operator)
     image_shape = tuple(y.shape[-2:])
     margin = check_compatible(operator, image_shape)
@@ -181,17 +181,19 @@ def richardson_lucy(
             scale = times_power_of_two(
                 torch.full_like(exponents, intensity_scale, dtype=torch.float64), -exponents
             ).to(y.dtype)
-        restored = _iterate(
+        restored = rl_iterate(
             times_power_of_two(frames, -exponents),
             system,
             iterations,
             tv,
             times_power_of_two(b.expand_as(y).reshape(-1, *image_shape), -exponents),
+            image_shape=image_shape,
             tol=tol,
             tv_epsilon=tv_epsilon,
             callback=callback,
             intensity_scale=scale,
             relative_floor=COMPRESSED_FLOOR if is_compressed(operator) else 0.0,
+            accelerate=accelerate,
         )
         restored = system.crop(restored)
         if not bool(torch.isfinite(restored).all()):
@@ -202,96 +204,6 @@ def richardson_lucy(
             )
         restored = times_power_of_two(restored, exponents).reshape(*lead, *image_shape)
     return kind.restore(fit_output(restored, kind, "the restored image"))
-
-
-def _iterate(
-    y: torch.Tensor,
-    system: CroppedOperator,
-    iterations: int,
-    tv: float,
-    background: torch.Tensor,
-    *,
-    tol: float | None,
-    tv_epsilon: float,
-    callback: Callable[[int, float], Any] | None,
-    intensity_scale: torch.Tensor | None = None,
-    relative_floor: float = 0.0,
-) -> torch.Tensor:
-    """RL(-TV) iterations on frames y (B, H, W); returns the estimate on the extended domain.
-
-    ``relative_floor`` > 0 keeps ``H x + b`` at least that fraction of ``y`` (see
-    ``COMPRESSED_FLOOR``).
-
-    ``intensity_scale`` (B, 1, 1), if given, replaces each frame's maximum as the intensity
-    that ``tv_epsilon`` and the floor of ``H x + b`` are relative to."""
-    n_frames = y.shape[0]
-    ones = torch.ones(system.image_shape, dtype=y.dtype, device=y.device)
-    normaliser = system.adjoint(ones)  # H*1 on the extended domain
-    observed = normaliser > UNOBSERVED * normaliser.max()
-    normaliser = torch.where(observed, normaliser, torch.ones_like(normaliser))
-    inverse_normaliser = observed / normaliser  # 0 where nothing is observed
-    total_weight = (normaliser * observed).sum()
-    del normaliser  # only 1 / H*1 is needed from here on
-
-    scale = y.amax(dim=(-2, -1), keepdim=True)  # per frame
-    if intensity_scale is not None:
-        scale = intensity_scale.to(scale).expand_as(scale)
-    flux = (y - background).clamp(min=0).sum(dim=(-2, -1), keepdim=True)
-    x = (flux / total_weight) * observed  # constant start with the data's flux
-    floor = torch.clamp(1e-6 * scale, min=torch.finfo(y.dtype).tiny)
-    epsilon = torch.clamp(tv_epsilon * scale, min=1e-12)
-    active = (flux > 0).reshape(n_frames, 1, 1)  # all-zero frames stay zero
-    track = tol is not None or callback is not None
-    has_background = bool((background != 0).any())
-    in_place = not torch.is_grad_enabled()  # no autograd graph: reuse buffers
-
-    for iteration in range(1, iterations + 1):
-        if not bool(active.any()):
-            break
-        model = system.forward(x)
-        own = in_place and _owned(model, x, y)
-        if has_background:
-            model = model.add_(background) if own else model + background
-            own = in_place
-        model = model.clamp_(min=floor) if own else model.clamp(min=floor)
-        if relative_floor > 0:
-            model = torch.maximum(model, relative_floor * y)
-        ratio = torch.div(y, model, out=model) if own else y / model
-        correction = system.adjoint(ratio)
-        if tv > 0:
-            # H*1 (1 - λ div(∇x/|∇x|_ε)) kept >= 0.1 H*1: the Dey et al. denominator where the
-            # PSF sums to 1, and a TV term in proportion to the data term near the edge of the
-            # extended domain, where H*1 -> 0 (there an unscaled λ div would dominate and the
-            # update oscillate)
-            factor = torch.clamp(1.0 - tv * tv_curvature(x, epsilon), min=DENOMINATOR_FLOOR)
-            weight = inverse_normaliser / factor
-        else:
-            weight = inverse_normaliser
-        if in_place and _owned(correction, x, y, ratio):
-            updated = correction.mul_(x).mul_(weight).clamp_(min=0)
-        else:
-            updated = (correction * x * weight).clamp(min=0)
-        change = float("nan")
-        if track:
-            step = torch.linalg.vector_norm((updated - x).flatten(1), dim=1)
-            size = torch.linalg.vector_norm(x.flatten(1), dim=1)
-            relative = torch.where(size > 0, step / torch.clamp(size, min=floor.flatten()), 0.0)
-            relative = torch.where(active.flatten(), relative, 0.0)
-            change = float(relative.max())
-        if tol is not None:
-            x = torch.where(active, updated, x)
-            active = active & (relative > tol).reshape(n_frames, 1, 1)
-        else:
-            x = updated
-        if callback is not None:
-            callback(iteration, change)
-    return x
-
-
-def _owned(result: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether ``result`` shares no memory with ``others`` (safe to overwrite in place)."""
-    pointer = result.untyped_storage().data_ptr()
-    return all(pointer != other.untyped_storage().data_ptr() for other in others)
 
 
 def _check_image(image: Any, name: str = "image") -> torch.Tensor:

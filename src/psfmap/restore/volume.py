@@ -5,10 +5,9 @@ stacks with a 3D operator (:mod:`psfmap.operators.volume`): the object lives on 
 extended by the PSF half-size on each axis, ``A = C ∘ H_ext`` compares only the centre with the
 data (Bertero & Boccacci 2005), and the estimate is cropped at the end.
 
-Acceleration (``accelerate=True``) is the vector extrapolation of Biggs & Andrews (1997),
-"Acceleration of iterative image restoration algorithms", Appl. Opt. 36:1766: the RL step is
-applied at ``u_k = x_k + α_k (x_k − x_{k−1})`` with
-``α_k = <g_{k−1}, g_{k−2}> / <g_{k−2}, g_{k−2}>`` clipped to [0, 1), ``g_k = RL(u_k) − u_k``.
+The iterations are the 2D solver's own loop (:func:`psfmap.restore._rl_loop.rl_iterate`):
+the same floors (``COMPRESSED_FLOOR`` for a compressed operator), power-of-two scaling, TV,
+``tol`` and Biggs–Andrews acceleration (``accelerate=True``), over three axes.
 """
 
 from __future__ import annotations
@@ -26,21 +25,19 @@ from psfmap._validation import (
     check_positive,
     describe,
     fit_output,
+    times_power_of_two,
 )
 from psfmap.restore._domain import (
-    DENOMINATOR_FLOOR,
     ROUNDOFF,
-    UNOBSERVED,
+    check_flag,
     check_operator,
+    is_compressed,
     match_operator,
     solver_context,
 )
-from psfmap.restore.tv import tv_curvature_3d
+from psfmap.restore._rl_loop import COMPRESSED_FLOOR, rl_iterate
 
 __all__ = ["as_volume_operator", "is_volume_operator", "richardson_lucy_volume"]
-
-# Biggs–Andrews extrapolation stays below this (α → 1 diverges)
-MAX_ALPHA = 0.95
 
 
 def is_volume_operator(operator: Any) -> bool:
@@ -123,6 +120,7 @@ def richardson_lucy_volume(
     extend: bool = True,
     accelerate: bool = False,
     callback: Callable[[int, float], Any] | None = None,
+    intensity_scale: float | None = None,
 ) -> Any:
     r"""Richardson–Lucy (+TV, optionally accelerated) of a volume with a 3D operator.
 
@@ -132,7 +130,11 @@ def richardson_lucy_volume(
                   |\nabla x^k|_\varepsilon), 0.1)}\; A^*\!\left(\frac{y}{A x^k + b}\right)
 
     with ``A = C ∘ H_ext`` (non-circulant in all three axes), the 3D TV term of Dey et al.
-    (2006) and, with ``accelerate``, the Biggs–Andrews extrapolation (module docstring).
+    (2006) and, with ``accelerate``, the Biggs–Andrews extrapolation: the loop of the 2D
+    solver (:func:`psfmap.restore._rl_loop.rl_iterate`). Each volume is scaled by a power of
+    two to a maximum in [0.5, 1) and back (exact); with a compressed operator
+    (``compression_error > 0``) ``A x + b`` is kept at least ``COMPRESSED_FLOOR`` (0.1) of
+    ``y``, as in 2D.
 
     Parameters
     ----------
@@ -158,6 +160,9 @@ def richardson_lucy_volume(
         error; see ``benchmarks/bench_volume.py``).
     callback : callable, optional
         ``callback(iteration, change)`` after every iteration.
+    intensity_scale : float, optional
+        Replaces each volume's maximum as the intensity that ``tv_epsilon`` and the
+        positivity floor are relative to (a chunk restored as its whole volume would be).
 
     Returns
     -------
@@ -174,6 +179,9 @@ def richardson_lucy_volume(
         tol = check_positive(tol, "tol", allow_zero=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {describe(callback)}")
+    accelerate = check_flag(accelerate, "accelerate")
+    if intensity_scale is not None:
+        intensity_scale = check_positive(intensity_scale, "intensity_scale")
     shape = tuple(int(n) for n in y.shape[-3:])
     operator = as_volume_operator(operator, shape)
     op_shape = getattr(operator, "image_shape", None)
@@ -191,67 +199,26 @@ def richardson_lucy_volume(
     with solver_context(operator, y):
         system = _CroppedVolume(operator, shape, margins)
         frames = y.reshape((-1,) + shape)
-        # per-volume scale to a maximum in [0.5, 1) by a power of two (exact), as in 2D
-        exponents = torch.frexp(frames.amax(dim=(-3, -2, -1), keepdim=True)).exponent
-        factor = torch.pow(2.0, -exponents.to(torch.float64)).to(y.dtype)
-        restored = _iterate(frames * factor, system, iterations, tv, background * factor,
-                            tol=tol, tv_epsilon=tv_epsilon, accelerate=accelerate,
-                            callback=callback)
-        restored = system.crop(restored) / factor
+        # per-volume scale to a maximum in [0.5, 1) by a power of two (exact, in two steps
+        # for subnormal volumes), as in 2D
+        peak = frames.detach().amax(dim=(-3, -2, -1), keepdim=True)
+        exponents = torch.frexp(peak).exponent.to(torch.int64)
+        scaled_background = times_power_of_two(
+            torch.full_like(peak, background), -exponents) if background else 0.0
+        scale = None if intensity_scale is None else times_power_of_two(
+            torch.full_like(peak, intensity_scale), -exponents)
+        scaled = times_power_of_two(frames, -exponents)
+        shape_in = tuple(y.shape)
+        del frames, y  # the solver keeps only the scaled copy (large volumes)
+        restored = rl_iterate(
+            scaled, system, iterations, tv, scaled_background,
+            image_shape=shape, tol=tol, tv_epsilon=tv_epsilon, callback=callback,
+            relative_floor=COMPRESSED_FLOOR if is_compressed(operator) else 0.0,
+            accelerate=accelerate, intensity_scale=scale)
+        restored = system.crop(restored)
         if not bool(torch.isfinite(restored).all()):
-            raise ValueError(f"Richardson–Lucy with operator {operator!r} produced NaN; "
-                             "expected an operator with non-negative PSFs")
-    restored = restored.reshape(y.shape)
+            raise ValueError(f"Richardson–Lucy with operator {operator!r} produced NaN or "
+                             "infinite values; expected an operator with non-negative PSFs")
+        restored = times_power_of_two(restored, exponents)
+    restored = restored.reshape(shape_in)
     return kind.restore(fit_output(restored, kind, "the restored volume"))
-
-
-def _iterate(y, system, iterations, tv, background, *, tol, tv_epsilon, accelerate, callback):
-    n = y.shape[0]
-    dims = (-3, -2, -1)
-    ones = torch.ones(system.shape, dtype=y.dtype, device=y.device)
-    normaliser = system.adjoint(ones)
-    observed = normaliser > UNOBSERVED * normaliser.max()
-    inverse = observed / torch.where(observed, normaliser, torch.ones_like(normaliser))
-    total = (normaliser * observed).sum()
-    del normaliser
-    scale = y.amax(dim=dims, keepdim=True)
-    flux = (y - background).clamp(min=0).sum(dim=dims, keepdim=True)
-    x = (flux / total) * observed
-    floor = torch.clamp(1e-6 * scale, min=torch.finfo(y.dtype).tiny)
-    epsilon = torch.clamp(tv_epsilon * scale, min=1e-12)
-    active = (flux > 0).reshape(n, 1, 1, 1)
-    previous = step_prev = step_old = None  # x_{k-1}, g_{k-1}, g_{k-2}
-
-    def rl_step(u: torch.Tensor) -> torch.Tensor:
-        model = system.forward(u)
-        if isinstance(background, torch.Tensor) or background != 0:
-            model = model + background
-        ratio = y / model.clamp_(min=floor)
-        weight = inverse
-        if tv > 0:
-            weight = inverse / torch.clamp(1.0 - tv * tv_curvature_3d(u, epsilon),
-                                           min=DENOMINATOR_FLOOR)
-        return (system.adjoint(ratio) * u * weight).clamp_(min=0)
-
-    for iteration in range(1, iterations + 1):
-        if not bool(active.any()):
-            break
-        u = x
-        if accelerate and step_old is not None:
-            alpha = ((step_prev * step_old).sum(dim=dims, keepdim=True)
-                     / (step_old * step_old).sum(dim=dims, keepdim=True).clamp(min=1e-300))
-            alpha = alpha.clamp(0.0, MAX_ALPHA)
-            u = (x + alpha * (x - previous)).clamp(min=0)
-        updated = rl_step(u)
-        if accelerate:
-            step_old, step_prev = step_prev, updated - u
-        change = torch.linalg.vector_norm((updated - x).flatten(1), dim=1) / torch.clamp(
-            torch.linalg.vector_norm(x.flatten(1), dim=1), min=float(floor.min()))
-        change = torch.where(active.flatten(), change, 0.0)
-        previous = x
-        x = torch.where(active, updated, x) if tol is not None else updated
-        if tol is not None:
-            active = active & (change > tol).reshape(n, 1, 1, 1)
-        if callback is not None:
-            callback(iteration, float(change.max()))
-    return x
