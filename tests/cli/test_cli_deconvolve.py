@@ -157,3 +157,22 @@ def test_the_input_description_is_nested_not_mixed_in(scene):
     description = read_image(out)[1]["description"]
     assert description["psfmap_command"] == "deconvolve" and "field" not in description
     assert description["input"] == {"psfmap": "simulate", "field": "tilt"}
+
+
+def test_accelerate_on_images_equals_the_api_and_is_refused_for_sparse_smooth(scene, capsys):
+    out = scene["tmp"] / "accelerated.tif"
+    code = main(["deconvolve", str(scene["image"]), "--psf", str(scene["psf"]), "--method", "rl",
+                 "--iterations", "6", "--accelerate", "-o", str(out)])
+    assert code == 0
+    psf = scene["psf_array"].astype(np.float64)
+    expected = richardson_lucy(scene["blurred"], Convolution(psf / psf.sum()), iterations=6,
+                               accelerate=True)
+    plain = richardson_lucy(scene["blurred"], Convolution(psf / psf.sum()), iterations=6)
+    restored, _ = read_image(out)
+    np.testing.assert_allclose(restored, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(restored, plain, rtol=1e-3)  # the acceleration did act
+    refused = scene["tmp"] / "refused.tif"
+    code = main(["deconvolve", str(scene["image"]), "--psf", str(scene["psf"]), "--method",
+                 "sparse-smooth", "--accelerate", "-o", str(refused)])
+    assert code == 2 and not refused.exists()
+    assert "--accelerate applies to Richardson-Lucy" in capsys.readouterr().err

