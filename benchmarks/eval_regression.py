@@ -2,8 +2,10 @@
 
 Shajkofci & Liebling, IEEE TIP 2020: R² (eq. 15) of the regressed PSF parameters per model
 and per test data type ([syn] synthetic cells, [poi] points, [nat] natural images, [micr] real
-microscopy), on held-out material (the ``test`` split: other scikit-image pictures, the bottom
-quarter of every microscopy image, other synthetic seeds). R² is computed on the patches whose
+microscopy, [proc] procedural scenes sharp by construction), on held-out material (the
+``test`` split: other scikit-image pictures, the bottom quarter of every microscopy image,
+other synthetic seeds, procedural scenes from a seed range disjoint from the training one,
+``PROC_SEEDS``, so never used in training). R² is computed on the patches whose
 ground-truth validity a0 is 1 and, separately, on those the network also judges valid
 (validity > 0.5). Periodic parameters (astigmatism axis) use the wrapped residual. The
 squared Pearson correlation of the non-periodic parameters on [micr] is printed beside it.
@@ -15,6 +17,7 @@ inference speed on 169 patches of 64² against a reference in the same process: 
 Usage::
 
     python benchmarks/eval_regression.py [--samples 10000] [--models gaussian1,...] [--window 128]
+        [--sources proc,micr] [--robust-samples 0]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from psfmap.training import (
     r2_score,
     wrapped_error,
 )
+from psfmap.training.sources import PROC_SEEDS
 
 MODELS = ("gaussian1", "gaussian2", "zernike1", "zernike3")
 
@@ -84,15 +88,29 @@ def _pearson_squared(estimator, true, predicted, mask) -> float:
                           for c in columns]))
 
 
+# the [proc] test set is the same for every model, whatever its training config's proc_images
+PROC_TEST_SCENES = 64
+HELD_OUT = {
+    "syn": "synthetic cells from test-only seeds",
+    "poi": "synthetic points from test-only seeds",
+    "nat": "scikit-image pictures not in the training list",
+    "micr": "bottom rows of every microscopy plane (training uses the rest)",
+    "micr_bundled": "bottom rows of the bundled neuron sample",
+    "proc": f"{PROC_TEST_SCENES} procedural scenes from seeds {PROC_SEEDS['test']}+i "
+            f"(training draws {PROC_SEEDS['train']}+i): never used in training",
+}
+
+
 def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None = None,
-              window: int | None = None) -> dict:
+              window: int | None = None, sources: tuple | None = None) -> dict:
     """R² per data type on ``samples`` held-out patches per type (truly valid ones).
 
     The noise is drawn as in the model's training data; ``photons`` replaces its peak photon
     range (to compare models trained on different ranges on one test set). ``window`` draws
     larger test patches (their validity a0 judged on the whole window), which
     ``PSFEstimator.predict`` cuts into patches of the network's size and pools, as the
-    windows of a PSF map are (e.g. 128², the papers' patch size).
+    windows of a PSF map are (e.g. 128², the papers' patch size). ``sources`` restricts the
+    data types (default: all, ``SOURCES`` and ``micr_bundled``).
     """
     rows = {}
     config = dict(estimator.config["data"])
@@ -101,11 +119,12 @@ def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None =
     if window is not None:
         config["patch_size"] = int(window)
     # micr_bundled: only the package's own sample (no ../shared/data), held-out rows
-    for source in SOURCES + ("micr_bundled",):
+    for source in sources or SOURCES + ("micr_bundled",):
         mix = {source.split("_")[0]: 1.0}
         data = PatchGenerator(estimator.family, {**config, "mix": mix, "invalid_fraction": 0.0,
                                                  "shared_data": source != "micr_bundled"
-                                                 and config.get("shared_data", False)},
+                                                 and config.get("shared_data", False),
+                                                 "proc_images": PROC_TEST_SCENES},
                               seed=seed, split="test")
         patches, params, valid = [], [], []
         for start in range(0, samples, 1000):
@@ -120,6 +139,7 @@ def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None =
         r2_valid, per_param = _r2(estimator, params, predicted, truly)
         r2_both, _ = _r2(estimator, params, predicted, truly & judged)
         rows[source] = {
+            "held_out": HELD_OUT[source],
             "n": int(len(truly)), "n_valid": int(truly.sum()),
             "r2_valid": r2_valid, "r2_per_param": per_param,
             "pearson_squared_valid": _pearson_squared(estimator, params, predicted,
@@ -276,6 +296,9 @@ def main(argv=None) -> int:
                         help="held-out patches per data type (Table III)")
     parser.add_argument("--robust-samples", type=int, default=1000)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--sources", default=None,
+                        help="comma-separated data types of Table III (default: all of "
+                             f"{', '.join(SOURCES)}, micr_bundled)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--weights", default=None,
@@ -290,6 +313,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     photons = None if args.test_photons is None else tuple(
         float(v) for v in args.test_photons.split(","))
+    sources = None if args.sources is None else tuple(args.sources.split(","))
+    unknown = set(sources or ()) - set(HELD_OUT)
+    if unknown:
+        parser.error(f"--sources: unknown data types {sorted(unknown)}")
+    shown = sources or (*SOURCES, "micr_bundled")
+    print("All R² on held-out material, never used in training:")
+    for source in shown:
+        print(f"  [{source}] {HELD_OUT[source]}")
     results = {"machine": f"{platform.machine()}, {args.threads} torch thread(s), "
                           f"torch {torch.__version__}"}
     for name in args.models.split(","):
@@ -297,17 +328,19 @@ def main(argv=None) -> int:
                      else PSFEstimator.load(f"{args.weights}/{name}.pt", model=name))
         started = time.perf_counter()
         entry = {"table_iii": table_iii(estimator, args.samples, photons=photons,
-                                        window=args.window),
+                                        window=args.window, sources=sources),
                  "robustness": (robustness(estimator, args.robust_samples)
                                 if args.robust_samples > 0 else {}),
                  "speed": speed(estimator)}
         entry["eval_seconds"] = round(time.perf_counter() - started, 1)
         results[name] = entry
         rows = entry["table_iii"]
-        print(f"{name}: " + "  ".join(
+        pearson = (f"  [micr] squared Pearson r² {rows['micr']['pearson_squared_valid']:.3f}"
+                   if "micr" in rows else "")
+        print(f"{name} (held-out): " + "  ".join(
             f"[{s}] R²={rows[s]['r2_valid']:.3f} (valid {rows[s]['n_valid']}/{rows[s]['n']}, "
-            f"acc {rows[s]['validity_accuracy']:.3f})" for s in (*SOURCES, "micr_bundled"))
-            + f"  [micr] squared Pearson r² {rows['micr']['pearson_squared_valid']:.3f}"
+            f"acc {rows[s]['validity_accuracy']:.3f})" for s in shown)
+            + pearson
             + f"  empty judged valid {rows['empty']['judged_valid_fraction']:.3f}"
             + f"  169 patches {entry['speed']['seconds_169'] * 1000:.1f} ms "
               f"(x{entry['speed']['ratio_to_reference']:.3f} reference)", flush=True)

@@ -29,8 +29,12 @@ Restorations, all Richardson–Lucy + TV (20 iterations, λ_TV = 0.1 and 0.01):
 the ΔSNR of the blind rows is also given per image source. The ratio to the ground truth comes
 with a 95 % paired-bootstrap interval over the images (with ``--blur quadrants``, also the
 ratio to "true PSFs as a 2x2 grid").
+With ``--images proc`` the test images are procedural fluorescence-like scenes, sharp by
+construction (:func:`psfmap.training.sources.procedural_images`, 320² scenes from the test
+seed range ``PROC_SEEDS["test"]``, never used in training), cropped to 256², instead of the
+real images, so the ground truth carries no blur of its own.
 Run: .venv/bin/python benchmarks/eval_table5.py [--n 100] [--seed 0] [--blur quadrants]
-[--weights DIR]
+[--weights DIR] [--images proc]
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from psfmap.operators import Convolution, PSFMap
 from psfmap.operators.grid import cell_centres
 from psfmap.restore import richardson_lucy
 from psfmap.training import MICR_BINNING, SHARED_DATA, sum_bin
+from psfmap.training.sources import procedural_images
 
 SHARP = SHARED_DATA / "sharp"
 SIZE = 256
@@ -86,6 +91,20 @@ def image_pool(airyscan_binning: int = MICR_BINNING[AIRYSCAN]) -> list[tuple[str
         image = image - np.percentile(image, 1)
         out.append((name, np.clip(image / np.percentile(image, 99.9), 0, 1)))
     return out
+
+
+PROC_SIDE, PROC_COUNT = 320, 16
+
+
+def proc_pool() -> list[tuple[str, np.ndarray]]:
+    """Held-out procedural scenes (test seed range, never used in training), float64."""
+    return [("proc (held-out seeds)", image.astype(np.float64))
+            for image in procedural_images("test", PROC_COUNT, PROC_SIDE)]
+
+
+def source_pool(args: argparse.Namespace) -> list[tuple[str, np.ndarray]]:
+    """The images a run crops from: real sharp images or held-out procedural scenes."""
+    return proc_pool() if args.images == "proc" else image_pool(args.airyscan_binning)
 
 
 def draw_image(pool, rng) -> tuple[str, np.ndarray]:
@@ -176,6 +195,8 @@ def add_test_image_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bilinear between the quadrant PSFs (default) or one PSF per "
                              "quadrant")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--images", choices=("real", "proc"), default="real",
+                        help="real sharp images (default) or held-out procedural scenes")
 
 
 def main() -> None:
@@ -196,9 +217,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tvs = [float(v) for v in args.tv.split(",")]
     rng = np.random.default_rng(args.seed)
-    pool = image_pool(args.airyscan_binning)
-    print(f"{len(pool)} source images; {args.n} test images per family, {SIZE}², "
-          f"{args.photons:g} photons at the peak, {args.blur} blur")
+    pool = source_pool(args)
+    print(f"{len(pool)} source images ({args.images}); {args.n} test images per family, "
+          f"{SIZE}², {args.photons:g} photons at the peak, {args.blur} blur")
     rows, saved = [], {}
     labels = {"gaussian1": "G-1", "zernike1": "Z-1"}
     for family_name in args.families.split(","):

@@ -22,8 +22,8 @@ from eval_table5 import (
     SIZE,
     add_test_image_arguments,
     blurred_test_image,
-    image_pool,
     quadrant_params,
+    source_pool,
 )
 
 import psfmap
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    pool = image_pool(args.airyscan_binning)
+    pool = source_pool(args)
     for family_name in args.families.split(","):  # eval_table5.main's draws, in its order
         estimator = PSFEstimator.pretrained(family_name)
         family = estimator.family

@@ -32,7 +32,7 @@ import torch
 from psfmap._validation import ArrayKind, as_tensor, check_finite, check_int, describe
 from psfmap.blind.checkpoint import load_checkpoint
 from psfmap.blind.network import PSFRegressor
-from psfmap.blind.psf_maps import pool_patches, subpatch_offsets
+from psfmap.blind.psf_maps import deviation_at_most, pool_patches, subpatch_offsets
 from psfmap.psf import PSFFamily, model_from_config
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
@@ -74,6 +74,7 @@ class PSFEstimator:
         self.family: PSFFamily = model_from_config(config["family"])
         self.patch_size = int(network.patch_size)
         self.metrics: dict[str, Any] = {}
+        self._fused: tuple[tuple, Any] | None = None
         if network.n_params != self.family.n_params:
             raise ValueError(
                 f"network regresses {network.n_params} parameters but the family "
@@ -196,38 +197,10 @@ class PSFEstimator:
                 f"the {self.family.name} weights have no uncertainty head, so return_std is "
                 "not available; fit one with psfmap.training.loop.fit_uncertainty"
             )
-        # each window scaled to a maximum of 1 in its own precision first: the network works in
-        # float32, where 1e-7-scale or 1e20-scale pixels would underflow or overflow
-        peak = tensor.abs().amax(dim=(-2, -1), keepdim=True)
-        inputs = (tensor / torch.where(peak > 0, peak, torch.ones_like(peak))).to(
-            dtype=torch.float32, device=self.device)
         offsets = subpatch_offsets(side, p)
-        if len(offsets) > 1:
-            inputs = torch.stack([inputs[:, y:y + p, x:x + p] for y in offsets for x in offsets],
-                                 dim=1).reshape(-1, p, p)
         n_params = self.family.n_params
         with_std = self.has_uncertainty and (return_std or len(offsets) > 1)
-        outputs = [inputs.new_zeros(0, n_params + 1)]
-        log_variances = [inputs.new_zeros(0, n_params)]
-        with torch.inference_mode():
-            for start in range(0, inputs.shape[0], batch_size):
-                features = self.network.pooled_features(inputs[start:start + batch_size])
-                outputs.append(self.network.outputs(features))
-                if with_std:
-                    log_variances.append(self.network.log_variance(
-                        features, outputs[-1][:, :-1].clamp(0.0, 1.0)))
-            out = torch.cat(outputs)
-            sigma = torch.exp(0.5 * torch.cat(log_variances).double()) if with_std else None
-            unit = out[:, :-1].double().clamp(0.0, 1.0)
-            validity = torch.sigmoid(out[:, -1].double())
-            # a constant patch carries no information whatever the network says
-            spread = inputs.flatten(1).std(1, unbiased=False) if len(inputs) else inputs[:, 0, 0]
-            scale = inputs.flatten(1).abs().amax(1) if len(inputs) else spread
-            validity = torch.where(spread <= 1e-6 * (scale + 1e-30), 0.0, validity)
-            # the family and the pooling work in NumPy/float64 on the CPU
-            unit, validity = unit.cpu(), validity.cpu()
-            sigma = None if sigma is None else sigma.cpu()
-            params = self.family.denormalize(unit)
+        params, validity, sigma = self._predict_patches(tensor, offsets, with_std, batch_size)
         if len(offsets) > 1:
             m = len(offsets) ** 2
             linear, pooled_validity, pooled_sigma = pool_patches(
@@ -246,6 +219,65 @@ class PSFEstimator:
         if single:
             results = [r[0] for r in results]
         return tuple(kind.restore(r) for r in results)
+
+    def _inference_trunk(self):
+        """``pooled_features`` of the network: a cached :class:`~psfmap.blind.network.
+        FusedTrunk` (batch norms folded, channels-last convolutions) in eval mode, rebuilt
+        when any weight changed (tensor version counters); the network itself in train mode."""
+        network = self.network
+        if network.training:
+            return network.pooled_features
+        tensors = [*network.parameters(), *network.buffers()]
+        key = tuple((id(t), t._version) for t in tensors)
+        if self._fused is None or self._fused[0] != key:
+            fused = network.fused_for_inference()
+            self._fused = (key, fused)
+        return self._fused[1]
+
+    def _predict_patches(
+        self, tensor: torch.Tensor, offsets: np.ndarray, with_std: bool, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Network estimates of checked patches or windows ``(B, w, w)``, per patch of side
+        ``p`` (windows cut at ``offsets``): unit-free parameters in the family's units,
+        validity and normalised σ (``None`` without ``with_std``), float64 on the CPU."""
+        p = self.patch_size
+        # each window scaled to a maximum of 1 in its own precision first: the network works in
+        # float32, where 1e-7-scale or 1e20-scale pixels would underflow or overflow
+        flat = tensor.flatten(1)
+        peak = torch.maximum(flat.amin(1).abs(), flat.amax(1).abs())[:, None, None]
+        inputs = (tensor / torch.where(peak > 0, peak, torch.ones_like(peak))).to(
+            dtype=torch.float32, device=self.device)
+        if len(offsets) > 1:
+            inputs = torch.stack([inputs[:, y:y + p, x:x + p] for y in offsets for x in offsets],
+                                 dim=1).reshape(-1, p, p)
+        n_params = self.family.n_params
+        network = self.network
+        outputs = [inputs.new_zeros(0, n_params + 1)]
+        log_variances = [inputs.new_zeros(0, n_params)]
+        with torch.inference_mode():
+            trunk = self._inference_trunk()
+            for start in range(0, inputs.shape[0], batch_size):
+                features = trunk(inputs[start:start + batch_size])
+                outputs.append(network.outputs(features))
+                if with_std:
+                    log_variances.append(network.log_variance(
+                        features, outputs[-1][:, :-1].clamp(0.0, 1.0)))
+            out = torch.cat(outputs)
+            sigma = torch.exp(0.5 * torch.cat(log_variances).double()) if with_std else None
+            unit = out[:, :-1].double().clamp(0.0, 1.0)
+            validity = torch.sigmoid(out[:, -1].double())
+            # a constant patch (std <= 1e-6 x its largest magnitude) carries no information
+            # whatever the network says
+            flat = inputs.flatten(1)
+            scale = flat.abs().amax(1) if len(inputs) else inputs.new_zeros(0)
+            constant = deviation_at_most(flat.cpu(), 1e-6 * (scale.cpu().double() + 1e-30),
+                                         unbiased=False, dtype=torch.float32)
+            validity = torch.where(constant.to(validity.device), 0.0, validity)
+            # the family and the pooling work in NumPy/float64 on the CPU
+            unit, validity = unit.cpu(), validity.cpu()
+            sigma = None if sigma is None else sigma.cpu()
+            params = self.family.denormalize(unit)
+        return params, validity, sigma
 
     def psf_map(self, image, window=None, stride=None, **kw):
         """Sliding-window PSF map of ``image`` (:func:`psfmap.identify.estimate_psf_map`)."""

@@ -6,9 +6,12 @@ for blind deconvolution and depth estimation in optical microscopy", IEEE TIP 20
 
 1. a sharp crop of side ``p + k - 1`` (patch side ``p``, PSF side ``k``) is cut from one of four
    sources: synthetic cells ``syn``, points ``poi``, natural images ``nat`` (scikit-image's
-   bundled pictures) and real sharp microscopy ``micr`` (the package's bundled sample plus,
+   bundled pictures), real sharp microscopy ``micr`` (the package's bundled sample plus,
    for training runs, ``../shared/data/sharp`` less the files measured unfit as ground truth,
-   ``DataConfig.micr_exclude``); it is turned by a multiple of 90° and maybe mirrored;
+   ``DataConfig.micr_exclude``) and procedural scenes ``proc``, sharp by construction
+   (:func:`~psfmap.training.sources.procedural_images`: rendered 4× finer and binned, seed
+   ranges disjoint between the ``train`` and ``test`` splits); it is turned by a multiple
+   of 90° and maybe mirrored;
 2. PSF parameters are drawn uniformly in ``[family.low, family.high]`` and the crop is
    convolved in *valid* mode (FFT of the crop size; the wrapped border is discarded), so the
    ``p × p`` patch has no border artefact;
@@ -48,12 +51,14 @@ from psfmap.training.sources import (
     MICR_EXCLUDE,
     microscopy_images,
     natural_images,
+    procedural_images,
     smooth_noise,
     synthetic_cells,
     synthetic_points,
 )
 
-SOURCES = ("syn", "poi", "nat", "micr")
+# "proc" last: adding it left the random draws of the mixes without it unchanged
+SOURCES = ("syn", "poi", "nat", "micr", "proc")
 INVALID_KINDS = ("black", "flat", "ramp", "shade")
 # the shipped models' kinds: "shade" was measured (benchmarks/RESULTS.md) and left optional
 DEFAULT_INVALID_KINDS = ("black", "flat", "ramp")
@@ -70,7 +75,7 @@ class DataConfig:
     patch_size : int
         Side ``p`` of the square patches.
     mix : dict
-        Relative frequency of the sources ``syn``, ``poi``, ``nat``, ``micr``.
+        Relative frequency of the sources ``syn``, ``poi``, ``nat``, ``micr``, ``proc``.
     invalid_fraction : float
         Fraction of explicit invalid samples (``invalid_kinds`` + noise).
     param_margin : float
@@ -126,6 +131,9 @@ class DataConfig:
     synthetic_images : int
         Number of synthetic cell and point images (``max(256, 2 crop)`` px square each) that
         crops are cut from.
+    proc_images : int
+        Number of procedural scenes (``max(256, 2 crop)`` px square each) that ``proc`` crops
+        are cut from, per split (rendering costs ~3 s per scene, once per process).
     """
 
     patch_size: int = 64
@@ -147,6 +155,7 @@ class DataConfig:
     micr_binning: int = 1
     micr_exclude: tuple[str, ...] = MICR_EXCLUDE
     synthetic_images: int = 16
+    proc_images: int = 64
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -187,6 +196,8 @@ class DataConfig:
             raise ValueError(f"param_margin must be in [0, 0.5], got {self.param_margin}")
         if not 0 <= self.blend_fraction <= 1:
             raise ValueError(f"blend_fraction must be in [0, 1], got {self.blend_fraction}")
+        if not isinstance(self.proc_images, int) or self.proc_images < 1:
+            raise ValueError(f"proc_images must be a positive integer, got {self.proc_images!r}")
         if not self.invalid_kinds or not set(self.invalid_kinds) <= set(INVALID_KINDS):
             raise ValueError(
                 f"invalid_kinds must be some of {INVALID_KINDS}, got {self.invalid_kinds!r}"
@@ -206,7 +217,7 @@ class Batch:
     valid : Tensor (B,)
         Validity flag ``a0`` (1 = enough texture to identify the blur).
     source : list of str
-        Source of each sample (``syn``, ``poi``, ``nat``, ``micr`` or one of
+        Source of each sample (``syn``, ``poi``, ``nat``, ``micr``, ``proc`` or one of
         ``INVALID_KINDS``).
     detail_snr, signal_snr : Tensor (B,)
         The two validity criteria (energy of the object's fine detail and of the blurred
@@ -235,7 +246,7 @@ class PatchGenerator:
         Seed of the generator; the same seed gives the same batches.
     split : {"train", "test"}
         Disjoint source material: different scikit-image pictures, different image regions
-        of the microscopy data, different seeds for the synthetic samples.
+        of the microscopy data, different seeds for the synthetic samples and the procedural scenes.
 
     Examples
     --------
@@ -298,6 +309,9 @@ class PatchGenerator:
         if cfg.mix.get("micr", 0) > 0:
             pools["micr"] = [torch.from_numpy(a) for a in microscopy_images(
                 self.split, cfg.shared_data, cfg.micr_binning, cfg.micr_exclude)]
+        if cfg.mix.get("proc", 0) > 0:
+            pools["proc"] = [torch.from_numpy(a) for a in procedural_images(
+                self.split, cfg.proc_images, side)]
         for name in SOURCES:  # images smaller than a crop are padded by reflection
             pools[name] = [self._fit(img) for img in pools[name]]
         return pools

@@ -1,6 +1,8 @@
 """Sharp source images for the CNN's training samples: synthetic cells and points, natural
-pictures (scikit-image's bundled ones, disjoint training and test lists) and real sharp
-microscopy (the package's sample plus ``../shared/data/sharp`` when present).
+pictures (scikit-image's bundled ones, disjoint training and test lists), real sharp
+microscopy (the package's sample plus ``../shared/data/sharp`` when present) and procedural
+fluorescence-like scenes sharp by construction (:func:`psfmap.simulate.scenes.scene`,
+rendered 4× finer and binned; disjoint seed ranges for training and test).
 
 Every image is returned scaled to [0, 1] (robust percentiles); synthetic scenes draw from the
 ``torch.Generator`` they are given, so a seed replays them.
@@ -34,6 +36,11 @@ MICR_EXCLUDE = ("confocal_neuron_zstack.tif",)
 # the package's sharp sample (src/psfmap/data); the other bundled files are bead images
 PACKAGE_SHARP = ("confocal_neuron_mip.tif",)
 NATURAL_TEST = ("gravel", "cell", "cat", "clock", "text", "page")
+# procedural scenes: scene i of a split is drawn from seed PROC_SEEDS[split] + i; the ranges
+# are PROC_SEED_SPAN apart, so no test scene is ever a training scene
+PROC_SEEDS = {"train": 10_000_000, "test": 20_000_000}
+PROC_SEED_SPAN = 10_000_000
+_PROC_CACHE: dict[tuple[str, int, int], list[np.ndarray]] = {}
 
 # ---------------------------------------------------------------- source images
 def _to_unit(image: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.8) -> np.ndarray:
@@ -52,7 +59,7 @@ def natural_images(split: str) -> list[np.ndarray]:
     images = []
     for name in names:
         try:
-            images.append(_to_unit(to_grey(getattr(skimage.data, name)())))
+            images.append(_to_unit(to_grey(np.asarray(getattr(skimage.data, name)(), np.float64))))
         except Exception:  # noqa: BLE001 - a picture missing from this install is skipped
             continue
     return images
@@ -111,6 +118,35 @@ def microscopy_images(
             part = plane[:height - test_rows] if split == "train" else plane[height - test_rows:]
             images.append(_to_unit(part))
     return images
+
+
+def procedural_images(split: str, count: int, side: int) -> list[np.ndarray]:
+    """``count`` procedural scenes of ``side × side`` px, sharp by construction, in ``[0, 1]``.
+
+    Scene ``i`` of a split is :func:`psfmap.simulate.scenes.scene` (``kind="mixed"``: nuclei
+    with textured interiors and sharp or soft edges, membranes, filaments, puncta, sparse to
+    dense fields, smooth background) drawn from seed ``PROC_SEEDS[split] + i``: the training
+    and test seed ranges are disjoint, so the test scenes are never seen in training. Each
+    scene is rendered ``4×`` finer and sum-binned, so its only blur is the pixel's
+    integration and a blur drawn on it is labelled exactly. Rendering costs about 3 s per
+    256² scene on one core, so the scenes are kept for the life of the process (read-only).
+    """
+    if split not in PROC_SEEDS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not isinstance(count, int) or not 0 <= count <= PROC_SEED_SPAN:
+        raise ValueError(f"count must be an integer in [0, {PROC_SEED_SPAN}], got {count!r}")
+    key = (split, int(count), int(side))
+    if key not in _PROC_CACHE:
+        from psfmap.simulate.scenes import scene
+
+        images = []
+        for index in range(count):
+            generator = torch.Generator().manual_seed(PROC_SEEDS[split] + index)
+            image = scene((side, side), generator=generator, kind="mixed", supersample=4)
+            image.requires_grad_(False)
+            images.append(image.numpy())
+        _PROC_CACHE[key] = images
+    return list(_PROC_CACHE[key])
 
 
 def sum_bin(plane: np.ndarray, factor: int) -> np.ndarray:
