@@ -129,16 +129,17 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 
 def to_grey(array: np.ndarray) -> np.ndarray:
     """Channel-last colour ``(..., H, W, C)`` to grey ``(..., H, W)``: alpha dropped, RGB to
-    luminance ``0.2125 R + 0.7154 G + 0.0721 B`` (float64 for integer samples, float32 or
-    float64 as the samples for float ones), a single channel kept as it is. A 2-D array is
-    returned as it is."""
+    luminance ``0.2125 R + 0.7154 G + 0.0721 B`` (float32 for 8- and 16-bit samples, whose
+    luminance float32 holds to 1e-7, float64 for wider integers, float32 or float64 as the
+    samples for float ones), a single channel kept as it is. A 2-D array is returned as it
+    is."""
     array = np.asarray(array)
     if array.ndim < 3:
         return array
     if array.shape[-1] in (2, 4):  # grey+alpha or RGBA: drop alpha
         array = array[..., :-1]
     if array.shape[-1] == 3:
-        dtype = np.float64
+        dtype = np.float32 if array.dtype.itemsize <= 2 else np.float64
         if np.issubdtype(array.dtype, np.floating):  # keep a float image's precision
             dtype = np.promote_types(array.dtype, np.float32)
         return array.astype(dtype) @ _LUMINANCE.astype(dtype)

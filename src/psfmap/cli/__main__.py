@@ -1,7 +1,5 @@
 """``python -m psfmap.cli ...``: the same as the ``psfmap`` script."""
 
-import sys
+from psfmap.cli import entry
 
-from psfmap.cli import main
-
-sys.exit(main())
+entry()
