@@ -55,6 +55,12 @@ def _background_piece(background: Any, region: tuple[int, int, int, int],
     return array[..., top:bottom, left:right]
 
 
+def _as_float(image: Any) -> tuple[Any, type]:
+    """The dask array in the solvers' float type: float64 stays, anything else is float32."""
+    dtype = np.float64 if image.dtype == np.float64 else np.float32
+    return (image if image.dtype == dtype else image.astype(dtype)), dtype
+
+
 def deconvolve_chunked(
     image: Any,
     operator: Any,
@@ -99,9 +105,7 @@ def deconvolve_chunked(
     if image.ndim < 2:
         raise ValueError(f"image must be a dask array of shape (..., H, W), got shape "
                          f"{image.shape}")
-    dtype = np.float64 if image.dtype == np.float64 else np.float32
-    if image.dtype != dtype:
-        image = image.astype(dtype)
+    image, dtype = _as_float(image)
     height, width = (int(v) for v in image.shape[-2:])
     restrict = _Restrictor(operator, (height, width),
                            torch.float64 if dtype == np.float64 else None)
@@ -205,9 +209,7 @@ def deconvolve_volume_chunked(
     if image.ndim < 3:
         raise ValueError(f"image must be a dask volume (..., D, H, W) for a 3D operator, got "
                          f"shape {image.shape}")
-    dtype = np.float64 if image.dtype == np.float64 else np.float32
-    if image.dtype != dtype:
-        image = image.astype(dtype)
+    image, dtype = _as_float(image)
     shape = tuple(int(v) for v in image.shape[-3:])
     whole = as_volume_operator(operator, shape)
     if getattr(whole, "image_shape", None) is not None and tuple(whole.image_shape) != shape:
