@@ -70,12 +70,30 @@ def volume_operator(args, image: np.ndarray) -> tuple[Any, str] | None:
 
 
 def _check_psf_step(args, psf: np.ndarray) -> None:
-    step = read_z_step(args.psf)
     stack_step = args.z_step if args.z_step is not None else read_z_step(args.image)
-    if step is not None and stack_step is not None and \
-            abs(step - stack_step) > Z_STEP_TOLERANCE * stack_step:
+    if stack_step is not None:
+        _check_same_step(args, stack_step)
+
+
+def _check_same_step(args, stack_step: float) -> None:
+    """A 3-D ``--psf`` file that states its own z-step must sample z as the stack does."""
+    step = read_z_step(args.psf) if args.psf is not None else None
+    if step is not None and abs(step - stack_step) > Z_STEP_TOLERANCE * stack_step:
         raise ValueError(f"--psf {args.psf!r} has a z-step of {step:g} µm, the stack "
                          f"{stack_step:g} µm; expected the same axial sampling (resample the PSF)")
+
+
+def stack_z_step(args, metadata: dict) -> float:
+    """The stack's z-step in µm: ``--z-step``, else the file's metadata; a usage error when
+    neither says or the value is not a step, an error when a 3-D ``--psf`` file states another."""
+    z_step = args.z_step if args.z_step is not None else metadata.get("z_step")
+    if z_step is None:
+        raise UsageError(f"the z-step of {args.image!r} is unknown (no PhysicalSizeZ, spacing, "
+                         "z scale or z_step in its metadata): pass --z-step in µm")
+    if not 0 < z_step < float("inf"):
+        raise UsageError(f"--z-step must be a step in µm > 0, got {z_step}")
+    _check_same_step(args, float(z_step))
+    return float(z_step)
 
 
 def _z_axis_last(args, image: np.ndarray, axes: str | None) -> tuple[np.ndarray, tuple]:
@@ -106,12 +124,7 @@ def run_volume(args, image: np.ndarray, metadata: dict, method: str, iterations:
     if args.tile:
         raise UsageError("--tile applies to 2-D restoration; a volume is restored in one piece")
     pixel_size = metadata.get("pixel_size")
-    z_step = args.z_step if args.z_step is not None else metadata.get("z_step")
-    if z_step is None:
-        raise UsageError(f"the z-step of {args.image!r} is unknown (no PhysicalSizeZ, spacing "
-                         "or z_step in its metadata): pass --z-step in µm")
-    if not 0 < z_step < float("inf"):
-        raise UsageError(f"--z-step must be a step in µm > 0, got {z_step}")
+    z_step = stack_z_step(args, metadata)
     stack, (z_axis, moved_shape) = _z_axis_last(args, image, metadata.get("axes"))
     volumes = stack.reshape((-1,) + stack.shape[-3:])
     tv = (DEFAULT_TV if args.tv is None else args.tv) if method == "rl-tv" else 0.0

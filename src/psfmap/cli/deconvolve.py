@@ -456,8 +456,7 @@ def _run_chunked_volume(args, image, metadata: dict, method: str, iterations: in
     and --chunk px squares, each restored with a halo and the operator restricted to it;
     pixel size and z-step kept in the output."""
     from psfmap.cli._large import dask_client, is_zarr, where, write_chunked
-    from psfmap.cli._volume import Z_STEP_TOLERANCE
-    from psfmap.io import read_z_step
+    from psfmap.cli._volume import stack_z_step
     from psfmap.restore import DEFAULT_TV, deconvolve
     from psfmap.restore.chunked import default_axial_halo
 
@@ -472,16 +471,7 @@ def _run_chunked_volume(args, image, metadata: dict, method: str, iterations: in
                            or not axes.endswith("ZYX")):
         raise ValueError(f"cannot restore {args.image!r} (shape {image.shape}, axes "
                          f"{axes or None!r}) as volumes in chunks: expected axes ending in ZYX")
-    z_step = args.z_step if args.z_step is not None else metadata.get("z_step")
-    if z_step is None:
-        raise UsageError(f"the z-step of {args.image!r} is unknown (no z scale in its "
-                         "metadata): pass --z-step in µm")
-    if not 0 < z_step < float("inf"):
-        raise UsageError(f"--z-step must be a step in µm > 0, got {z_step}")
-    psf_step = read_z_step(args.psf) if args.psf is not None else None
-    if psf_step is not None and abs(psf_step - z_step) > Z_STEP_TOLERANCE * z_step:
-        raise ValueError(f"--psf {args.psf!r} has a z-step of {psf_step:g} µm, the stack "
-                         f"{z_step:g} µm; expected the same axial sampling (resample the PSF)")
+    z_step = stack_z_step(args, metadata)
     # every plane in a chunk unless the store's z chunks already hold a z halo
     z_chunk = max(image.chunks[-3])
     if z_chunk < image.shape[-3] and z_chunk < default_axial_halo(
