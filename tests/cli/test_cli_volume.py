@@ -83,3 +83,18 @@ def test_bad_stacks_fail_with_one_sentence(stack, capsys):
     assert main(["deconvolve", str(shallow), "--psf", str(stack["psf"]), "--z-step", "0.3",
                  "-o", str(stack["tmp"] / "y.tif")]) != 0
     assert "deeper than the stack" in capsys.readouterr().err
+
+
+def test_a_psf_with_another_z_step_is_refused(stack, capsys):
+    psf = stack["tmp"] / "psf_1um.tif"
+    write_image(psf, _psf3d(), pixel_size=0.1, z_step=1.0)
+    out = stack["tmp"] / "r.tif"
+    assert main(["deconvolve", str(stack["imagej"]), "--psf", str(psf), "-o", str(out)]) == 1
+    assert "has a z-step of 1 µm, the stack 0.3 µm" in capsys.readouterr().err
+    assert not out.exists()
+    # the stack's step given on the command line is compared the same way
+    assert main(["deconvolve", str(stack["plain"]), "--psf", str(psf), "--z-step", "0.3",
+                 "-o", str(out)]) == 1
+    assert "same axial sampling" in capsys.readouterr().err
+    assert main(["deconvolve", str(stack["plain"]), "--psf", str(psf), "--z-step", "1.0",
+                 "--iterations", "1", "-o", str(out)]) == 0

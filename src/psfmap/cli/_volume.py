@@ -54,7 +54,6 @@ def volume_operator(args, image: np.ndarray) -> tuple[Any, str] | None:
                              "positive sum (subtract the background and clip it first)")
         from psfmap.operators import Convolution
 
-        _check_psf_step(args, psf)
         return Convolution(psf / psf.sum()), f"3-D PSF {Path(args.psf).name}"
     if args.operator is not None:
         from psfmap.operators import load
@@ -69,12 +68,6 @@ def volume_operator(args, image: np.ndarray) -> tuple[Any, str] | None:
     return None
 
 
-def _check_psf_step(args, psf: np.ndarray) -> None:
-    stack_step = args.z_step if args.z_step is not None else read_z_step(args.image)
-    if stack_step is not None:
-        _check_same_step(args, stack_step)
-
-
 def _check_same_step(args, stack_step: float) -> None:
     """A 3-D ``--psf`` file that states its own z-step must sample z as the stack does."""
     step = read_z_step(args.psf) if args.psf is not None else None
@@ -85,7 +78,8 @@ def _check_same_step(args, stack_step: float) -> None:
 
 def stack_z_step(args, metadata: dict) -> float:
     """The stack's z-step in µm: ``--z-step``, else the file's metadata; a usage error when
-    neither says or the value is not a step, an error when a 3-D ``--psf`` file states another."""
+    neither says or the value is not a step, an error when a 3-D ``--psf`` file states another
+    (both volume paths, in memory and chunked, call this once before restoring)."""
     z_step = args.z_step if args.z_step is not None else metadata.get("z_step")
     if z_step is None:
         raise UsageError(f"the z-step of {args.image!r} is unknown (no PhysicalSizeZ, spacing, "
