@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from psfmap._validation import describe
 from psfmap.calibrate.family import OperatorFamily
 from psfmap.deepblur.admissible import hull_distance, sample_box, sample_convex
 from psfmap.operators import Convolution
@@ -39,14 +40,21 @@ FIELD_GRID = 4
 ADMISSIBLE_TOLERANCE = 1e-3
 
 
-def _vector(gamma: Any, n_params: int, name: str = "gamma") -> np.ndarray:
+def gamma_array(gamma: Any, n_params: int, name: str = "gamma", what: str = "a vector"
+                ) -> np.ndarray:
+    """``gamma`` (sequence, array or tensor) as a float64 array; a TypeError naming ``name``
+    when it holds something other than numbers."""
     if isinstance(gamma, torch.Tensor):
         gamma = gamma.detach().cpu().double().numpy()
     try:
-        array = np.asarray(gamma, dtype=np.float64)
+        return np.asarray(gamma, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a vector of {n_params} numbers, got "
-                        f"{type(gamma).__name__}") from None
+        raise TypeError(f"{name} must be {what} of {n_params} numbers, got "
+                        f"{describe(gamma)}") from None
+
+
+def _vector(gamma: Any, n_params: int, name: str = "gamma") -> np.ndarray:
+    array = gamma_array(gamma, n_params, name)
     if array.ndim != 1 or array.size != n_params:
         raise ValueError(f"{name} must be a vector of length P = {n_params} (the family's "
                          f"number of coefficients), got shape {array.shape}")

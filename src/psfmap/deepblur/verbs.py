@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from psfmap._validation import ArrayKind, as_tensor, check_finite, describe
+from psfmap.deepblur.families import gamma_array
 from psfmap.deepblur.model import load_model
 
 __all__ = ["deblur", "identify"]
@@ -105,13 +106,7 @@ def deblur(image: Any, model: Any, gamma: Any = None, *, family: Any = None,
             checked.append(row if model.family.contains(row) else model.family.project(row))
         gammas = np.stack(checked)
     else:
-        if isinstance(gamma, torch.Tensor):
-            gamma = gamma.detach().cpu().double().numpy()
-        try:
-            gammas = np.asarray(gamma, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"gamma must be an array of {n_params} numbers, got "
-                            f"{describe(gamma)}") from None
+        gammas = gamma_array(gamma, n_params, what="an array")
         if gammas.ndim == 0 or gammas.shape[-1] != n_params:
             raise ValueError(f"gamma must have length P = {n_params} (the family's number of "
                              f"coefficients), got shape {gammas.shape}")
