@@ -3,12 +3,20 @@
 A file's header can claim any size (a TIFF 100000² pixels, a ``.psfmap`` archive of
 terabytes). Asking NumPy for it gives an allocator error, or swaps the machine, so readers
 check the size against :func:`available_memory` first and fail with one sentence.
+
+Solvers on large volumes keep their freed buffers for reuse while they run
+(:func:`reuse_freed_memory`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import os
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -46,3 +54,81 @@ def memory_problem(needed: int) -> str | None:
 def array_bytes(shape: tuple[int, ...], dtype: Any) -> int:
     """Bytes of an array of ``shape`` and ``dtype`` (Python integers: no overflow)."""
     return math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+
+
+# glibc's mallopt parameters (malloc.h), and the values restored after the block: the default
+# number of mappings, and the ceiling of glibc's dynamic thresholds (32 MB mmap, 64 MB trim),
+# which setting any of them switches off
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_AFTER = ((_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 64 * 2**20))
+# free memory kept at the top of the heap inside the block (glibc 2.36 trims anyway with
+# 2**31 - 1: measured)
+_KEEP = 2**30
+_reuse_lock = threading.Lock()
+_reuse_depth = 0
+
+
+def _glibc() -> Any:
+    """glibc's C library, or ``None`` (another C library or platform)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def worth_reusing(buffer_bytes: int, working_set_bytes: int) -> bool:
+    """Whether a solver should run inside :func:`reuse_freed_memory`.
+
+    ``PSFMAP_REUSE_MEMORY`` = ``1`` / ``0`` forces it on / off; otherwise (``auto``) when its
+    buffers are above glibc's 32 MB mmap ceiling (smaller ones are reused anyway) and the
+    working set is at most a sixth of the available memory: the heap's fragmentation took up
+    to 1.7× a run's peak (``benchmarks/bench_volume_large.py``), so a run that needs more keeps
+    the lower peak.
+    """
+    choice = os.environ.get("PSFMAP_REUSE_MEMORY", "auto").strip().lower()
+    if choice in ("0", "1"):
+        return choice == "1"
+    if choice != "auto":
+        raise ValueError(f"PSFMAP_REUSE_MEMORY must be 0, 1 or auto, got {choice!r}")
+    available = available_memory()
+    return (buffer_bytes > 32 * 2**20 and available is not None
+            and available >= 6 * working_set_bytes)
+
+
+@contextlib.contextmanager
+def reuse_freed_memory() -> Iterator[bool]:
+    """While the block runs, large freed buffers stay in the process and are reused.
+
+    glibc returns every buffer over 32 MB to the kernel when it is freed, and the next one
+    of that size costs a page fault per 4 KB and the zeroing of its pages: an iterative
+    solver on a large volume allocates gigabytes of FFT buffers per iteration, and on a
+    2-core virtual machine that churn took over half of Richardson–Lucy's time
+    (``benchmarks/RESULTS.md``). Inside this block large buffers come from the heap and stay
+    there when freed (``mallopt(M_MMAP_MAX, 0)``, ``M_TRIM_THRESHOLD`` 1 GB); at the end
+    the thresholds are set to the ceiling of glibc's own dynamic ones (mappings above 32 MB,
+    trim above 64 MB) and ``malloc_trim`` gives the memory back. The price is a higher
+    peak resident memory (freed buffers of different sizes fragment the heap). Yields whether
+    it took effect: ``False`` where the C library is not glibc. Nested blocks are allowed.
+    """
+    global _reuse_depth
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    with _reuse_lock:
+        if _reuse_depth == 0:
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, _KEEP)
+        _reuse_depth += 1
+    try:
+        yield True
+    finally:
+        with _reuse_lock:
+            _reuse_depth -= 1
+            if _reuse_depth == 0:
+                for parameter, value in _AFTER:
+                    libc.mallopt(parameter, value)
+                libc.malloc_trim(0)

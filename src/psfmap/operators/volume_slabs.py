@@ -25,7 +25,14 @@ from typing import Any
 import torch
 
 from psfmap.operators.fft import fast_size
-from psfmap.operators.fft3d import centred_spectra_3d, irfft3, rfft3, times_conj
+from psfmap.operators.fft3d import (
+    centred_spectra_3d,
+    irfft2,
+    irfft3,
+    rfft2,
+    rfft3,
+    times_conj,
+)
 
 __all__ = ["slab_adjoint", "slab_forward", "z_spans"]
 
@@ -197,7 +204,7 @@ def depth_forward(op: Any, x: torch.Tensor, spans: list[tuple[int, int]]) -> tor
     lateral = tuple(op.fft_shape[1:])
     weights = _depth_weights(op, x.dtype, x.device)
     depths = slab_fft_depths(op, spans)
-    spectrum = torch.fft.rfft2(x, s=lateral)  # (B, D, NH, NW/2+1), overwritten by the output
+    spectrum = rfft2(x, lateral)  # (B, D, NH, NW/2+1), overwritten by the output
     for rows in _row_chunks(op, x.shape[0], max(depths), x.dtype):
         source = spectrum[:, :, rows].clone()
         target = spectrum[:, :, rows].zero_()
@@ -211,7 +218,7 @@ def depth_forward(op: Any, x: torch.Tensor, spans: list[tuple[int, int]]) -> tor
             blurred = torch.fft.ifft(torch.fft.fft(padded, dim=-3).mul_(kernel), dim=-3)
             first, last = max(z0 - c, 0), min(z1 + d - 1 - c, depth)
             target[:, first:last] += blurred[:, first - (z0 - c):last - (z0 - c)]
-    return torch.fft.irfft2(spectrum, s=lateral)[..., :height, :width]
+    return irfft2(spectrum, lateral)[..., :height, :width]
 
 
 def depth_adjoint(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
@@ -226,7 +233,7 @@ def depth_adjoint(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]) -> tor
     lateral = tuple(op.fft_shape[1:])
     weights = _depth_weights(op, y.dtype, y.device)
     depths = slab_fft_depths(op, spans)
-    spectrum = torch.fft.rfft2(y, s=lateral)
+    spectrum = rfft2(y, lateral)
     for rows in _row_chunks(op, y.shape[0], max(depths), y.dtype):
         source = spectrum[:, :, rows].clone()
         target = spectrum[:, :, rows].zero_()
@@ -241,7 +248,7 @@ def depth_adjoint(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]) -> tor
             product = times_conj(torch.fft.fft(padded, dim=-3), kernel, in_place=True)
             correlated = torch.fft.ifft(product, dim=-3)[:, :z1 - z0]
             target[:, z0:z1] += correlated.mul_(weights[i, z0:z1, None, None])
-    return torch.fft.irfft2(spectrum, s=lateral)[..., :height, :width]
+    return irfft2(spectrum, lateral)[..., :height, :width]
 
 
 def _depth_forward_graph(op: Any, x: torch.Tensor, spans: list[tuple[int, int]]
@@ -252,7 +259,7 @@ def _depth_forward_graph(op: Any, x: torch.Tensor, spans: list[tuple[int, int]]
     c = d // 2
     lateral = tuple(op.fft_shape[1:])
     weights = _depth_weights(op, x.dtype, x.device)
-    spectrum_x = torch.fft.rfft2(x, s=lateral)
+    spectrum_x = rfft2(x, lateral)
     out = torch.zeros_like(spectrum_x)
     for i, ((z0, z1), n) in enumerate(zip(spans, slab_fft_depths(op, spans))):
         if z1 <= z0:
@@ -263,7 +270,7 @@ def _depth_forward_graph(op: Any, x: torch.Tensor, spans: list[tuple[int, int]]
         first, last = max(z0 - c, 0), min(z1 + d - 1 - c, depth)
         out = out.index_add(1, torch.arange(first, last, device=x.device),
                             blurred[:, first - (z0 - c):last - (z0 - c)])
-    return torch.fft.irfft2(out, s=lateral)[..., :height, :width]
+    return irfft2(out, lateral)[..., :height, :width]
 
 
 def _depth_adjoint_graph(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]
@@ -274,7 +281,7 @@ def _depth_adjoint_graph(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]
     c = d // 2
     lateral = tuple(op.fft_shape[1:])
     weights = _depth_weights(op, y.dtype, y.device)
-    spectrum_y = torch.fft.rfft2(y, s=lateral)
+    spectrum_y = rfft2(y, lateral)
     out = torch.zeros_like(spectrum_y)
     for i, ((z0, z1), n) in enumerate(zip(spans, slab_fft_depths(op, spans))):
         if z1 <= z0:
@@ -288,4 +295,4 @@ def _depth_adjoint_graph(op: Any, y: torch.Tensor, spans: list[tuple[int, int]]
         correlated = torch.fft.ifft(spectrum, dim=-3)[:, :z1 - z0]
         out = out.index_add(1, torch.arange(z0, z1, device=y.device),
                             correlated * weights[i, z0:z1, None, None])
-    return torch.fft.irfft2(out, s=lateral)[..., :height, :width]
+    return irfft2(out, lateral)[..., :height, :width]
