@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import sys
@@ -60,7 +61,9 @@ def array_bytes(shape: tuple[int, ...], dtype: Any) -> int:
 # number of mappings, and the ceiling of glibc's dynamic thresholds (32 MB mmap, 64 MB trim),
 # which setting any of them switches off
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
-_AFTER = ((_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 64 * 2**20))
+_MMAP_CEILING = 32 * 2**20  # glibc's largest mmap threshold: bigger buffers are always mapped
+_AFTER = ((_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, _MMAP_CEILING),
+          (_M_TRIM_THRESHOLD, 2 * _MMAP_CEILING))
 # free memory kept at the top of the heap inside the block (glibc 2.36 trims anyway with
 # 2**31 - 1: measured)
 _KEEP = 2**30
@@ -70,13 +73,17 @@ _reuse_depth = 0
 
 def _glibc() -> Any:
     """glibc's C library, or ``None`` (another C library or platform)."""
-    if not sys.platform.startswith("linux"):
-        return None
+    return _loaded_glibc() if sys.platform.startswith("linux") else None
+
+
+@functools.cache
+def _loaded_glibc() -> Any:
+    """The process's C library when it has glibc's ``mallopt`` (loaded once)."""
     try:
         libc = ctypes.CDLL(None)
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def worth_reusing(buffer_bytes: int, working_set_bytes: int) -> bool:
@@ -94,7 +101,7 @@ def worth_reusing(buffer_bytes: int, working_set_bytes: int) -> bool:
     if choice != "auto":
         raise ValueError(f"PSFMAP_REUSE_MEMORY must be 0, 1 or auto, got {choice!r}")
     available = available_memory()
-    return (buffer_bytes > 32 * 2**20 and available is not None
+    return (buffer_bytes > _MMAP_CEILING and available is not None
             and available >= 6 * working_set_bytes)
 
 

@@ -19,8 +19,9 @@ differentiate stay with torch.
 from __future__ import annotations
 
 import itertools
+import math
+from typing import Any
 
-import numpy as np
 import scipy.fft
 import torch
 
@@ -30,19 +31,18 @@ AXES = (-3, -2, -1)
 SCIPY_MIN_SIZE = 1 << 24  # points of a transform below which torch's FFT is as fast or faster
 
 
-def _use_scipy(x: torch.Tensor, size: int) -> bool:
-    """Whether a transform of ``x`` (``size`` points per batch item) goes through scipy."""
-    return (x.device.type == "cpu" and size >= SCIPY_MIN_SIZE
-            and x.dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128)
-            and not (x.requires_grad and torch.is_grad_enabled()))
-
-
-def _numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().resolve_conj().resolve_neg().numpy()
-
-
-def _workers() -> int:
-    return max(1, torch.get_num_threads())
+def _through_scipy(transform: Any, x: torch.Tensor, shape: tuple[int, ...], axes: tuple[int, ...],
+                   size: int) -> torch.Tensor | None:
+    """``scipy.fft``'s ``transform`` of ``x`` to ``shape`` over ``axes`` (threads: torch's),
+    or ``None`` where torch's transform should run: on another device, below
+    ``SCIPY_MIN_SIZE`` points (``size``), for other dtypes, or under autograd."""
+    if (x.device.type != "cpu" or size < SCIPY_MIN_SIZE
+            or x.dtype not in (torch.float32, torch.float64, torch.complex64, torch.complex128)
+            or (x.requires_grad and torch.is_grad_enabled())):
+        return None
+    array = x.detach().resolve_conj().resolve_neg().numpy()
+    return torch.from_numpy(transform(array, s=tuple(shape), axes=axes,
+                                      workers=max(1, torch.get_num_threads())))
 
 
 def same_fft_shape_3d(image_shape: tuple[int, ...], kernel_shape: tuple[int, ...]
@@ -55,10 +55,8 @@ def same_fft_shape_3d(image_shape: tuple[int, ...], kernel_shape: tuple[int, ...
 
 def rfft3(x: torch.Tensor, fft_shape: tuple[int, int, int]) -> torch.Tensor:
     """``rfftn`` of ``(..., D, H, W)`` zero-padded to ``fft_shape`` over the last three axes."""
-    if _use_scipy(x, int(np.prod(fft_shape))):
-        return torch.from_numpy(scipy.fft.rfftn(_numpy(x), s=tuple(fft_shape), axes=AXES,
-                                                workers=_workers()))
-    return torch.fft.rfftn(x, s=tuple(fft_shape), dim=AXES)
+    spectrum = _through_scipy(scipy.fft.rfftn, x, fft_shape, AXES, math.prod(fft_shape))
+    return torch.fft.rfftn(x, s=tuple(fft_shape), dim=AXES) if spectrum is None else spectrum
 
 
 def irfft3(spectrum: torch.Tensor, fft_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -66,27 +64,25 @@ def irfft3(spectrum: torch.Tensor, fft_shape: tuple[int, int, int]) -> torch.Ten
     the last: never ``irfftn`` over three axes (it crashes torch 2.13 on CPU, see the module
     docstring); through scipy's ``irfftn`` (which does not crash) where :func:`rfft3` would
     use scipy."""
-    if _use_scipy(spectrum, int(np.prod(fft_shape))):
-        return torch.from_numpy(scipy.fft.irfftn(_numpy(spectrum), s=tuple(fft_shape),
-                                                 axes=AXES, workers=_workers()))
+    volume = _through_scipy(scipy.fft.irfftn, spectrum, fft_shape, AXES, math.prod(fft_shape))
+    if volume is not None:
+        return volume
     partial = torch.fft.ifft2(spectrum, dim=(-3, -2))
     return torch.fft.irfft(partial, n=int(fft_shape[-1]), dim=-1)
 
 
 def rfft2(x: torch.Tensor, lateral: tuple[int, int]) -> torch.Tensor:
     """Batched lateral ``rfft2`` of ``(..., H, W)`` zero-padded to ``lateral``."""
-    if _use_scipy(x, int(np.prod(x.shape[:-2])) * lateral[0] * lateral[1]):
-        return torch.from_numpy(scipy.fft.rfft2(_numpy(x), s=tuple(lateral),
-                                                workers=_workers()))
-    return torch.fft.rfft2(x, s=tuple(lateral))
+    spectrum = _through_scipy(scipy.fft.rfft2, x, lateral, (-2, -1),
+                              math.prod(x.shape[:-2]) * math.prod(lateral))
+    return torch.fft.rfft2(x, s=tuple(lateral)) if spectrum is None else spectrum
 
 
 def irfft2(spectrum: torch.Tensor, lateral: tuple[int, int]) -> torch.Tensor:
     """The inverse of :func:`rfft2`."""
-    if _use_scipy(spectrum, int(np.prod(spectrum.shape[:-2])) * lateral[0] * lateral[1]):
-        return torch.from_numpy(scipy.fft.irfft2(_numpy(spectrum), s=tuple(lateral),
-                                                 workers=_workers()))
-    return torch.fft.irfft2(spectrum, s=tuple(lateral))
+    planes = _through_scipy(scipy.fft.irfft2, spectrum, lateral, (-2, -1),
+                            math.prod(spectrum.shape[:-2]) * math.prod(lateral))
+    return torch.fft.irfft2(spectrum, s=tuple(lateral)) if planes is None else planes
 
 
 def times_conj(a: torch.Tensor, b: torch.Tensor, in_place: bool = False) -> torch.Tensor:

@@ -221,9 +221,10 @@ def richardson_lucy_volume(
         scaled = times_power_of_two(frames, -exponents)
         shape_in = tuple(y.shape)
         del frames, y  # the solver keeps only the scaled copy (large volumes)
-        spectrum_bytes = scaled.shape[0] * math.prod(system.domain) * 2 * scaled.element_size()
+        volume_bytes = scaled.shape[0] * math.prod(system.domain) * scaled.element_size()
+        # the largest buffers are the extended volumes' complex spectra (twice a volume)
         reuse = (scaled.device.type == "cpu"
-                 and worth_reusing(spectrum_bytes, WORKING_SET * spectrum_bytes // 2))
+                 and worth_reusing(2 * volume_bytes, WORKING_SET * volume_bytes))
         with reuse_freed_memory() if reuse else contextlib.nullcontext():
             restored = rl_iterate(
                 scaled, system, iterations, tv, scaled_background,
