@@ -27,8 +27,16 @@ from psfmap.operators.base import LinearOperator
 # Richardson–Lucy's numerical guards, shared by the 2-D and the 3-D solvers:
 # the TV-RL denominator is kept >= this fraction of H*1 (positivity, bounded step)
 DENOMINATOR_FLOOR = 0.1
-# extended-domain pixels with H*1 below this fraction of its maximum carry no information: 0
-UNOBSERVED = 1e-6
+# extended-domain pixels with H*1 below this fraction of its maximum are left out (kept at 0).
+# They see less than 1 % of their PSF inside the field, so they carry almost no information;
+# and where a PSF has small negative lobes (a calibrated eigen-PSF family), H*1 there can be a
+# cancellation of positive and negative parts, a tiny positive number by which RL's update
+# H*(y / Hx) / H*1 is no longer a weighted mean of ratios: it grew 10^5 per iteration from
+# such pixels (beads12 family members, 1.5 % negative mass) until the estimate overflowed
+UNOBSERVED = 1e-2
+# a restored frame's model flux sum(H x) outside [1 / DIVERGED, DIVERGED] times the data's
+# sum(y - b) means the iteration diverged (or collapsed to zero): refused, never returned
+DIVERGED = 100.0
 # negative pixels down to -ROUNDOFF × max|image| are numerical noise, clipped to 0
 ROUNDOFF = 1e-5
 

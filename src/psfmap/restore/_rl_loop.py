@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from psfmap.restore._domain import DENOMINATOR_FLOOR, UNOBSERVED
+from psfmap.restore._domain import DENOMINATOR_FLOOR, DIVERGED, UNOBSERVED
 from psfmap.restore.tv import tv_curvature, tv_curvature_3d
 
 # with a compressed operator (eigen-PSFs with negative lobes) H x can fall far below y where x
@@ -58,6 +58,7 @@ def rl_iterate(
     intensity_scale: torch.Tensor | None = None,
     relative_floor: float = 0.0,
     accelerate: bool = False,
+    operator_name: str = "operator",
 ) -> torch.Tensor:
     """RL(-TV) iterations on frames ``y`` (B, *image_shape); the estimate on the extended domain.
 
@@ -80,6 +81,8 @@ def rl_iterate(
         > 0 keeps ``H x + b`` at least that fraction of ``y`` (``COMPRESSED_FLOOR``).
     accelerate : bool
         Biggs–Andrews vector extrapolation (module docstring).
+    operator_name : str
+        How the error of a diverged run names the operator.
 
     Returns
     -------
@@ -173,7 +176,29 @@ def rl_iterate(
         del updated
         if callback is not None:
             callback(iteration, change)
+    _check_flux(x, inverse_normaliser, flux, dims, operator_name)
     return x
+
+
+def _check_flux(x: torch.Tensor, inverse_normaliser: torch.Tensor, flux: torch.Tensor,
+                dims: tuple[int, ...], operator_name: str) -> None:
+    """Refuse a diverged (or collapsed) run: RL keeps ``sum(A x) = sum(x A*1)`` near the data's
+    flux, so a frame whose model flux is off by more than ``DIVERGED`` times (or not finite)
+    went wrong: never returned, whatever the operator."""
+    with torch.no_grad():
+        seen = inverse_normaliser > 0
+        model_flux = torch.where(seen, x / torch.where(seen, inverse_normaliser, 1.0), 0.0)
+        model_flux = model_flux.sum(dim=dims, keepdim=True)
+        ratio = (model_flux / flux.clamp(min=torch.finfo(flux.dtype).tiny)).flatten()
+        lit = (flux > 0).flatten()
+        bad = lit & ~((ratio >= 1 / DIVERGED) & (ratio <= DIVERGED))
+    if bool(bad.any()):
+        frame = int(torch.nonzero(bad)[0])
+        raise ValueError(
+            f"Richardson–Lucy with {operator_name} diverged: frame {frame}'s estimate holds "
+            f"{float(ratio[frame]):.3g} times the light of the data; expected an operator that "
+            "maps non-negative images to non-negative ones (look for negative lobes in its PSFs)"
+        )
 
 
 def _owned(result: torch.Tensor, *others: torch.Tensor) -> bool:

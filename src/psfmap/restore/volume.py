@@ -230,11 +230,9 @@ def richardson_lucy_volume(
                 scaled, system, iterations, tv, scaled_background,
                 image_shape=shape, tol=tol, tv_epsilon=tv_epsilon, callback=callback,
                 relative_floor=COMPRESSED_FLOOR if is_compressed(operator) else 0.0,
-                accelerate=accelerate, intensity_scale=scale)
+                accelerate=accelerate, intensity_scale=scale,
+                operator_name=f"operator {operator!r}")
         restored = system.crop(restored)
-        if not bool(torch.isfinite(restored).all()):
-            raise ValueError(f"Richardson–Lucy with operator {operator!r} produced NaN or "
-                             "infinite values; expected an operator with non-negative PSFs")
         restored = times_power_of_two(restored, exponents)
     restored = restored.reshape(shape_in)
     return kind.restore(fit_output(restored, kind, "the restored volume"))
