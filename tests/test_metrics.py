@@ -145,3 +145,17 @@ def test_fwhm_of_a_finely_sampled_gaussian_and_bad_profiles():
         metrics.fwhm(np.ones((3, 3)))
     with pytest.raises(ValueError, match="NaN"):
         metrics.fwhm(np.array([0.0, 1.0, np.nan, 0.0]))
+
+
+def test_ssim_per_image_matches_ssim_and_has_a_gradient(rng):
+    reference = torch.from_numpy(rng.random((3, 24, 20)))
+    estimate = (reference + 0.1 * torch.from_numpy(rng.standard_normal((3, 24, 20)))
+                ).requires_grad_()
+    values = metrics.ssim_per_image(reference, estimate, 1.0)
+    assert values.shape == (3,)
+    for index in range(3):
+        assert float(values[index]) == pytest.approx(
+            metrics.ssim(reference[index], estimate[index].detach(), data_range=1.0), abs=1e-12)
+    (1 - values.mean()).backward()
+    assert estimate.grad is not None and bool(torch.isfinite(estimate.grad).all())
+    assert float(estimate.grad.abs().sum()) > 0

@@ -129,14 +129,24 @@ def ssim(
         raise ValueError(f"reference must be an image (..., H, W), got {describe(reference)}")
     peak = _data_range(ref, data_range)
     k1, k2 = check_positive(k1, "k1"), check_positive(k2, "k2")
-    window = _gaussian_window(check_positive(sigma, "sigma"), 3.5, ref.dtype, ref.device)
-    if min(ref.shape[-2:]) < window.numel():
+    sigma = check_positive(sigma, "sigma")
+    size = 2 * int(3.5 * sigma + 0.5) + 1  # the Gaussian window's width
+    if min(ref.shape[-2:]) < size:
         raise ValueError(
-            f"images must be at least {window.numel()}x{window.numel()} px for SSIM with "
+            f"images must be at least {size}x{size} px for SSIM with "
             f"sigma={sigma}, got {tuple(ref.shape[-2:])}"
         )
     x = ref.reshape(-1, *ref.shape[-2:])
     y = est.reshape(-1, *est.shape[-2:])
+    return float(ssim_per_image(x, y, peak, sigma=sigma, k1=k1, k2=k2).mean())
+
+
+def ssim_per_image(x: torch.Tensor, y: torch.Tensor, peak: float | torch.Tensor, *,
+                   sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """The mean SSIM of each image pair of ``x, y (B, H, W)`` as a tensor ``(B,)``, without
+    checks and differentiable (a training loss); ``peak`` is the data range (a number, or one
+    per image ``(B, 1, 1)``); the window as in :func:`ssim`."""
+    window = _gaussian_window(sigma, 3.5, x.dtype, x.device)
     mu_x, mu_y = _filter_valid(x, window), _filter_valid(y, window)
     var_x = _filter_valid(x * x, window) - mu_x**2
     var_y = _filter_valid(y * y, window) - mu_y**2
@@ -144,7 +154,7 @@ def ssim(
     c1, c2 = (k1 * peak) ** 2, (k2 * peak) ** 2
     numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     denominator = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    return float((numerator / denominator).mean())
+    return (numerator / denominator).mean(dim=(-2, -1))
 
 
 def r2(true_params: Any, predicted_params: Any, *, average: bool = True) -> float | np.ndarray:

@@ -45,3 +45,34 @@ def test_operator_count_must_match():
         assert "one per image (3)" in str(error)
     else:  # pragma: no cover
         raise AssertionError("a wrong number of operators was accepted")
+
+
+def test_unshuffled_proximal_step_keeps_full_resolution_and_any_size():
+    from psfmap.deepblur.networks import ProximalCNN
+
+    torch.manual_seed(0)
+    prox = ProximalCNN(channels=4, unshuffle=4).eval()
+    gain = torch.tensor(0.5)
+    with torch.no_grad():
+        for shape in ((32, 32), (37, 50)):  # 37 and 50 are not multiples of 4: padded, cropped
+            x = torch.rand(2, *shape)
+            out = prox(x, gain)
+            assert out.shape == x.shape and bool(torch.isfinite(out).all())
+            assert not torch.equal(out, x)  # the residual is not zero
+            assert bool((prox(x, torch.tensor(0.0)) == x).all())  # β = 0: the identity
+        # the residual has full resolution: each phase of a 4 × 4 block gets its own value
+        residual = prox(torch.rand(1, 32, 32), gain) - prox(torch.zeros(1, 32, 32), gain)
+        assert torch.unique(residual[0, :4, :4]).numel() == 16
+
+
+def test_unrolled_with_unshuffle_round_trips_its_config(zernike_family):
+    net = UnrolledFISTA(iterations=2, channels=4, unshuffle=2)
+    assert net.config == {"iterations": 2, "channels": 4, "unshuffle": 2}
+    again = UnrolledFISTA(**net.config)
+    again.load_state_dict(net.state_dict())
+    operator = zernike_family.operator(np.zeros(7))
+    image = torch.rand(1, 30, 26)
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(image, operator), net.eval()(image, operator))
+    # weights saved before the option existed (no "unshuffle" key) load at full resolution
+    assert UnrolledFISTA(iterations=2, channels=4).prox.unshuffle == 1

@@ -44,3 +44,24 @@ def test_psfmap_train_deepblur(tmp_path, capsys):
     assert load_model(str(output.with_suffix(".json"))).n_params == 7
     assert main(["train", "--model", "deepblur-nothing", "-o", str(output)]) == 2
     assert "NAME must be one of" in capsys.readouterr().err
+
+
+def test_deblur_loss_options():
+    """``deblur.loss``: "mse" (the default) or "ssim_l1"; anything else is refused by name."""
+    import torch
+
+    from psfmap.training import deepblur as training
+
+    family = training.build_family(training.CONFIGS["zernike7"])
+    pool = torch.rand(4, 48, 48)
+    gammas = family.sample(4, seed=0, spread=False)
+    base = {"size": 32, "pad": 8, "photons": 1000.0, "seed": 0, "time_limit": None}
+    for loss in ("mse", "ssim_l1"):
+        config = {**base, "deblur": {"steps": 2, "batch": 2, "lr": 1e-3, "iterations": 2,
+                                     "channels": 4, "unshuffle": 2, "loss": loss}}
+        net, log = training.train_deblurrer(config, family, pool, gammas)
+        assert log["steps_done"] == 2 and np.isfinite(log["final_loss"])
+        assert net.config["unshuffle"] == 2
+    config["deblur"]["loss"] = "l2"
+    with pytest.raises(ValueError, match="deblur.loss must be 'mse' or 'ssim_l1', got 'l2'"):
+        training.train_deblurrer(config, family, pool, gammas)

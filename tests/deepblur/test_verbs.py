@@ -78,3 +78,21 @@ def test_shipped_models(name):
     assert model.n_params == {"zernike7": 7, "beads12": 12}[name]
     assert model.field == 64
     assert model.config["training"]["size"] == 64
+
+
+def test_space_invariant_family_is_identified_from_its_most_textured_window(tiny_model):
+    from psfmap.deepblur.verbs import IDENTIFY_WINDOW, _textured_window
+
+    side = IDENTIFY_WINDOW
+    rng = np.random.default_rng(4)
+    image = np.zeros((2 * side, 2 * side), np.float32)
+    # texture only near the bottom-right corner, which one window of the 3 × 3 grid covers
+    image[-100:, -100:] = rng.random((100, 100))
+    window = _textured_window(torch.from_numpy(image)[None], side)
+    assert window.shape == (1, side, side)
+    np.testing.assert_array_equal(window[0].numpy(), image[-side:, -side:])
+    # identify reads that window: the same γ̂ as from the window alone
+    np.testing.assert_allclose(identify(image, tiny_model),
+                               identify(image[-side:, -side:], tiny_model), rtol=1e-5, atol=1e-6)
+    small = image[:40, :50]  # at most the window's side: read whole
+    assert _textured_window(torch.from_numpy(small)[None], side).shape == (1, 40, 50)

@@ -104,6 +104,8 @@ class ZernikeBoxFamily(_Family):
     """
 
     kind = "box"
+    #: the same blur everywhere in the field (``identify`` may read a part of it)
+    space_invariant = True
 
     def __init__(self, psf_family: PSFFamily):
         if not isinstance(psf_family, PSFFamily):
@@ -193,6 +195,8 @@ class CalibratedHullFamily(_Family):
     """
 
     kind = "calibrated_hull"
+    #: the blur varies across the field: ``identify`` reads all of it
+    space_invariant = False
 
     def __init__(self, operator_family: OperatorFamily, name: str = "calibrated",
                  source: str | None = None):

@@ -88,18 +88,41 @@ class IdentificationNet(nn.Module):
 
 
 class ProximalCNN(nn.Module):
-    """The learned proximal step: ``x + β · CNN(x)``, a 4-layer residual CNN (dilated middle)."""
+    """The learned proximal step: ``x + β · CNN(x)``, a 4-layer residual CNN (dilated middle).
 
-    def __init__(self, channels: int = 16):
+    With ``unshuffle = s > 1`` the CNN works at ``1/s`` resolution: the image is split into its
+    ``s²`` sub-sampled phases (``pixel_unshuffle``, ``s²`` channels), and the CNN's ``s²``
+    output channels are put back in place (``pixel_shuffle``), so the residual still has full
+    resolution. This costs ``s²`` times fewer pixels per convolution for a receptive field
+    ``s`` times wider (Shi et al., CVPR 2016, "Real-time single image and video
+    super-resolution using an efficient sub-pixel convolutional neural network"). The
+    convolutions run in channels-last layout, which oneDNN runs 2-3× faster for so few
+    channels on a CPU.
+    """
+
+    def __init__(self, channels: int = 16, unshuffle: int = 1):
         super().__init__()
+        self.unshuffle = int(unshuffle)
+        phases = self.unshuffle ** 2
         self.net = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(phases, channels, 3, padding=1), nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=2, dilation=2), nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(channels, 1, 3, padding=1))
+            nn.Conv2d(channels, phases, 3, padding=1))
+        self.net.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-        return x + gain * self.net(x[:, None])[:, 0]
+        s = self.unshuffle
+        height, width = x.shape[-2:]
+        features = x[:, None]
+        if s > 1:  # pad to a multiple of s (edge values), split into phases
+            features = nn.functional.pad(features, (0, -width % s, 0, -height % s),
+                                         mode="replicate")
+            features = nn.functional.pixel_unshuffle(features, s)
+        features = self.net(features.contiguous(memory_format=torch.channels_last))
+        if s > 1:
+            features = nn.functional.pixel_shuffle(features, s)[..., :height, :width]
+        return x + gain * features[:, 0]
 
 
 class UnrolledFISTA(nn.Module):
@@ -111,12 +134,15 @@ class UnrolledFISTA(nn.Module):
         K, the number of unrolled iterations (Deep-Blur: 15).
     channels : int
         Width of the proximal CNN.
+    unshuffle : int
+        The proximal CNN's resolution divisor (:class:`ProximalCNN`; 1: full resolution).
     """
 
-    def __init__(self, iterations: int = 15, channels: int = 16):
+    def __init__(self, iterations: int = 15, channels: int = 16, unshuffle: int = 1):
         super().__init__()
-        self.config = {"iterations": int(iterations), "channels": int(channels)}
-        self.prox = ProximalCNN(channels)
+        self.config = {"iterations": int(iterations), "channels": int(channels),
+                       "unshuffle": int(unshuffle)}
+        self.prox = ProximalCNN(channels, unshuffle)
         # τ_k = softplus(·) starts at 1 (‖A‖ ≈ 1 for PSFs summing to 1); β_k starts small
         self.steps = nn.Parameter(torch.full((iterations,), math.log(math.e - 1)))
         self.gains = nn.Parameter(torch.full((iterations,), 0.1))

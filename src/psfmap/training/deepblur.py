@@ -37,13 +37,18 @@ from psfmap.deepblur import (
     UnrolledFISTA,
     ZernikeBoxFamily,
 )
+from psfmap.metrics import ssim_per_image
 from psfmap.operators import Convolution
 from psfmap.psf import model as psf_model
 from psfmap.simulate.scenes import scenes
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
+#: the weight of 1 - SSIM in the ``ssim_l1`` deblurring loss (the rest: L1)
+SSIM_WEIGHT = 0.84
 
-#: the shipped models' configs (``psfmap train``/``python -m`` reproduce them)
+#: the shipped models' configs (``psfmap train``/``python -m`` reproduce them). The shipped
+#: weights came from chains of warm-started runs on a shared CPU (each run's config is in the
+#: model's JSON, ``training_parts``); a single run of these configs trains the same networks
 CONFIGS: dict[str, dict[str, Any]] = {
     "zernike7": {
         "name": "zernike7", "family": {"kind": "box", "psf_model": "zernike7"},
@@ -51,7 +56,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "pool_operators": 4000, "operator_seed": 7, "seed": 0, "time_limit": 2700,
         "identify": {"steps": 1000, "batch": 32, "lr": 2e-3, "widths": [16, 32, 64, 128],
                      "blocks": 1, "pool": 1},
-        "deblur": {"steps": 250, "batch": 8, "lr": 2e-3, "iterations": 15, "channels": 16},
+        "deblur": {"steps": 2000, "batch": 8, "lr": 2e-3, "iterations": 8, "channels": 8},
     },
     "beads12": {
         "name": "beads12",
@@ -61,7 +66,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "pool_operators": 4000, "operator_seed": 12, "seed": 0, "time_limit": 2700,
         "identify": {"steps": 1000, "batch": 32, "lr": 2e-3, "widths": [16, 32, 64, 128],
                      "blocks": 1, "pool": 4},
-        "deblur": {"steps": 250, "batch": 8, "lr": 2e-3, "iterations": 15, "channels": 16},
+        "deblur": {"steps": 2000, "batch": 8, "lr": 2e-3, "iterations": 8, "channels": 8},
     },
 }
 
@@ -95,16 +100,70 @@ def calibrated_family(path: Path) -> Path:
                                        "synthetic_calibration_set(9 conditions, 256², seed 0)"})
 
 
-def scene_pool(n: int, size: int, seed: int, cache: Path | None = None) -> torch.Tensor:
-    """``n`` procedural scenes ``(n, size, size)`` from ``seed`` (cached to ``cache``)."""
+def scene_pool(n: int, size: int, seed: int, cache: Path | None = None,
+               material: dict[str, float] | None = None) -> torch.Tensor:
+    """``n`` sharp training images ``(n, size, size)``, each of maximum 1, from ``seed``
+    (cached to ``cache``).
+
+    ``material`` gives the shares of ``"procedural"`` scenes (the default: all of them),
+    ``"natural"`` pictures (scikit-image's training list) and real ``"microscopy"``
+    (:func:`~psfmap.training.sources.microscopy_images`, training regions, with the shared
+    data; the bundled neuron is left out: its crops are the held-out evaluation) — the real
+    images as random crops that hold some signal.
+    """
+    shares = {"procedural": 1.0} if material is None else dict(material)
+    unknown = set(shares) - {"procedural", "natural", "microscopy"}
+    if unknown or not shares or min(shares.values()) < 0 or sum(shares.values()) <= 0:
+        raise ValueError(f"material must give non-negative shares of 'procedural', 'natural' "
+                         f"and 'microscopy', got {material!r}")
+    counts = {kind: int(round(n * share / sum(shares.values()))) for kind, share in shares.items()}
+    counts["procedural"] = n - sum(v for k, v in counts.items() if k != "procedural")
+    key = {"n": n, "size": size, "seed": seed, "counts": counts}
     if cache is not None and cache.exists():
-        pool = torch.load(cache, weights_only=True)
-        if tuple(pool.shape) == (n, size, size):
-            return pool
-    pool = scenes(n, size, generator=torch.Generator().manual_seed(seed))
+        saved = torch.load(cache, weights_only=True)
+        if isinstance(saved, dict) and saved.get("key") == key:  # the same pool, not a stale one
+            return saved["pool"]
+    generator = torch.Generator().manual_seed(seed)
+    parts = [scenes(counts["procedural"], size, generator=generator)]
+    for kind in ("natural", "microscopy"):
+        if counts.get(kind, 0) > 0:
+            parts.append(_real_crops(kind, counts[kind], size, seed))
+    pool = torch.cat(parts)
     if cache is not None:
-        torch.save(pool, cache)
+        torch.save({"key": key, "pool": pool}, cache)
     return pool
+
+
+def _real_crops(kind: str, count: int, size: int, seed: int) -> torch.Tensor:
+    """``count`` random ``size²`` crops of the training pictures of ``kind``, each scaled to a
+    maximum of 1; crops of near-empty background are drawn again."""
+    from psfmap.training.sources import (
+        MICR_EXCLUDE,
+        PACKAGE_SHARP,
+        microscopy_images,
+        natural_images,
+    )
+
+    if kind == "natural":
+        images = natural_images("train")
+    else:
+        images = microscopy_images("train", shared_data=True,
+                                   exclude=(*MICR_EXCLUDE, *PACKAGE_SHARP))
+    images = [image for image in images if min(image.shape) >= size]
+    if not images:
+        raise ValueError(f"material asks for {kind} images but none of at least {size}² px "
+                         "is available (the microscopy needs the shared data folder)")
+    rng = np.random.default_rng(seed)
+    crops: list[np.ndarray] = []
+    while len(crops) < count:
+        image = images[int(rng.integers(len(images)))]
+        row = int(rng.integers(0, image.shape[0] - size + 1))
+        col = int(rng.integers(0, image.shape[1] - size + 1))
+        crop = image[row : row + size, col : col + size]
+        if crop.max() <= 0 or crop.mean() < 0.02 * image.max():
+            continue
+        crops.append(crop / crop.max())
+    return torch.tensor(np.stack(crops), dtype=torch.float32)
 
 
 def _dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -220,13 +279,24 @@ def train_deblurrer(config: dict[str, Any], family, pool, gammas) -> tuple[Unrol
     spec = config["deblur"]
     psfs = _pool_psfs(family, gammas)
     torch.manual_seed(config["seed"])
-    net = UnrolledFISTA(spec["iterations"], spec["channels"])
+    net = UnrolledFISTA(spec["iterations"], spec["channels"], spec.get("unshuffle", 1))
+
+    loss_kind = spec.get("loss", "mse")
+    if loss_kind not in ("mse", "ssim_l1"):
+        raise ValueError(f"deblur.loss must be 'mse' or 'ssim_l1', got {loss_kind!r}")
 
     def loss_of(generator: torch.Generator) -> torch.Tensor:
         noisy, sharp, _, operators = make_batch(family, pool, gammas, spec["batch"],
                                                 config["size"], config["pad"],
                                                 config["photons"], generator, psfs)
-        return ((net(noisy.float(), operators) - sharp) ** 2).mean()
+        restored = net(noisy.float(), operators)
+        if loss_kind == "mse":
+            return ((restored - sharp) ** 2).mean()
+        # Zhao et al. (IEEE TCI 2017, "Loss functions for image restoration with neural
+        # networks"): 0.84 (1 - SSIM) + 0.16 L1, the SSIM of each image over its own range
+        peak = (sharp.amax((-2, -1)) - sharp.amin((-2, -1))).clamp_min(1e-6)[:, None, None]
+        structure = 1 - ssim_per_image(sharp, restored, peak).mean()
+        return SSIM_WEIGHT * structure + (1 - SSIM_WEIGHT) * (restored - sharp).abs().mean()
 
     generator = torch.Generator().manual_seed(config["seed"] + 2)
     return net, _fit(net, config, spec, "deblur", generator, loss_of, log_every=25, window=50,
@@ -262,7 +332,7 @@ def run(config: dict[str, Any], part: str, out: Path, cache: Path | None = None)
         }, name)
         return model.save(out / f"deepblur-{name}.pt")
     pool = scene_pool(config["pool_scenes"], config["size"] + 2 * config["pad"],
-                      config["scene_seed"], cache)
+                      config["scene_seed"], cache, config.get("material"))
     gammas = operator_pool(config, family)
     if part == "identify":
         net, log = train_identifier(config, family, pool, gammas)

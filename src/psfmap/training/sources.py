@@ -75,8 +75,9 @@ def _read_planes(path: Path) -> list[np.ndarray]:
 
 def microscopy_paths(shared_data: bool = False, exclude: Sequence[str] = ()) -> list[Path]:
     """The sharp microscopy files :func:`microscopy_images` reads: the bundled sample first,
-    then, with ``shared_data``, ``../shared/data/sharp/*.tif`` less the names in ``exclude``."""
-    paths = [PACKAGE_DATA / name for name in PACKAGE_SHARP if (PACKAGE_DATA / name).is_file()]
+    then, with ``shared_data``, ``../shared/data/sharp/*.tif``; less the names in ``exclude``."""
+    paths = [PACKAGE_DATA / name for name in PACKAGE_SHARP
+             if (PACKAGE_DATA / name).is_file() and name not in exclude]
     if shared_data and SHARED_SHARP.is_dir():
         paths += sorted(p for p in SHARED_SHARP.glob("*.tif") if p.name not in exclude)
     return paths
