@@ -76,3 +76,29 @@ def test_unrolled_with_unshuffle_round_trips_its_config(zernike_family):
         torch.testing.assert_close(again.eval()(image, operator), net.eval()(image, operator))
     # weights saved before the option existed (no "unshuffle" key) load at full resolution
     assert UnrolledFISTA(iterations=2, channels=4).prox.unshuffle == 1
+
+
+def test_fused_identifier_equals_the_network_in_eval_mode():
+    torch.manual_seed(0)
+    net = IdentificationNet(5, widths=(4, 8, 16), pool=2)
+    # non-trivial batch-norm statistics, as after training
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(4, 40, 40) * 3)
+    net.eval()
+    fused = net.fused_for_inference()
+    images = torch.rand(3, 48, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(images), net(images), atol=1e-5, rtol=1e-4)
+
+
+def test_upper_quantile_equals_torch_quantile():
+    from psfmap.deepblur.networks import upper_quantile
+
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((3, 4096), (2, 200), (1, 7), (4, 1)):
+        rows = torch.rand(shape, generator=generator) ** 3
+        for q in (0.995, 0.9, 1.0):
+            torch.testing.assert_close(upper_quantile(rows, q), torch.quantile(rows, q, dim=1),
+                                       atol=1e-6, rtol=0)

@@ -95,7 +95,7 @@ def identify(image: Any, model: Any, *, family: Any = None) -> Any:
     if getattr(model.family, "space_invariant", False):
         frames = _textured_window(frames, IDENTIFY_WINDOW)
     with torch.no_grad():
-        unit = model.identifier.eval()(frames)
+        unit = model.identifier.eval().fused_for_inference()(frames)
         gamma = model.family.denormalize(unit.double())
     gamma = gamma.reshape(*lead, model.n_params)
     if kind.numpy:
