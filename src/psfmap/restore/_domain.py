@@ -27,8 +27,9 @@ from psfmap.operators.base import LinearOperator
 # Richardson–Lucy's numerical guards, shared by the 2-D and the 3-D solvers:
 # the TV-RL denominator is kept >= this fraction of H*1 (positivity, bounded step)
 DENOMINATOR_FLOOR = 0.1
-# extended-domain pixels with H*1 below this fraction of its maximum are left out (kept at 0).
-# They see less than 1 % of their PSF inside the field, so they carry almost no information;
+# extended-domain pixels that see less than this fraction of their PSF inside the field
+# (H*1 against H_ext*1, the PSF's mass on the whole extended domain) are left out (kept at 0):
+# they carry almost no information;
 # and where a PSF has small negative lobes (a calibrated eigen-PSF family), H*1 there can be a
 # cancellation of positive and negative parts, a tiny positive number by which RL's update
 # H*(y / Hx) / H*1 is no longer a weighted mean of ratios: it grew 10^5 per iteration from

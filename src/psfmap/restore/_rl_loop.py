@@ -97,7 +97,11 @@ def rl_iterate(
     n_frames = y.shape[0]
     ones = torch.ones(tuple(image_shape), dtype=y.dtype, device=y.device)
     normaliser = system.adjoint(ones)  # A*1 on the extended domain
-    observed = normaliser > UNOBSERVED * normaliser.max()
+    # each pixel's PSF mass on the extended domain: a pixel is observed when more than
+    # UNOBSERVED of it lands in the field (a local test: a tile decides as the whole image)
+    reach = system.operator.adjoint(torch.ones_like(normaliser)).clamp_(min=0)
+    observed = (normaliser > UNOBSERVED * reach) & (normaliser > 1e-6 * normaliser.max())
+    del reach
     normaliser = torch.where(observed, normaliser, torch.ones_like(normaliser))
     inverse_normaliser = observed / normaliser  # 0 where nothing is observed
     total_weight = (normaliser * observed).sum()
