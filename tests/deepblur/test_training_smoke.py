@@ -65,3 +65,22 @@ def test_deblur_loss_options():
     config["deblur"]["loss"] = "l2"
     with pytest.raises(ValueError, match="deblur.loss must be 'mse' or 'ssim_l1', got 'l2'"):
         training.train_deblurrer(config, family, pool, gammas)
+
+
+def test_scene_pool_mixes_material_and_caches_by_content(tmp_path):
+    import torch
+
+    from psfmap.training.deepblur import scene_pool
+
+    cache = tmp_path / "pool.pt"
+    mixed = scene_pool(6, 48, 3, cache, {"procedural": 0.5, "natural": 0.5})
+    assert mixed.shape == (6, 48, 48)
+    torch.testing.assert_close(mixed.amax((-2, -1)), torch.ones(6))  # each scaled to max 1
+    procedural = scene_pool(6, 48, 3)
+    torch.testing.assert_close(mixed[:3], procedural[:3])  # the procedural part comes first
+    assert not torch.equal(mixed[3:], procedural[3:])
+    # the cache holds its key: another mix of the same shape is drawn anew, not reused
+    assert torch.equal(scene_pool(6, 48, 3, cache, {"procedural": 0.5, "natural": 0.5}), mixed)
+    torch.testing.assert_close(scene_pool(6, 48, 3, cache), procedural)
+    with pytest.raises(ValueError, match="material must give non-negative shares"):
+        scene_pool(6, 48, 3, None, {"procedural": 1.0, "paintings": 1.0})
