@@ -148,7 +148,7 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-def _fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     """A convolution with bias equal to ``norm(conv(x))`` in eval mode (computed in float64).
 
     ``BN(Wx) = γ (Wx − μ) / √(σ² + ε) + β = (s W) x + (β − s μ)``, ``s = γ / √(σ² + ε)``.
@@ -172,10 +172,10 @@ def fold_blocks(blocks: Any) -> nn.ModuleList:
     folded = nn.ModuleList()
     for block in blocks:
         fused = nn.Module()
-        fused.conv1 = _fold_batch_norm(block.conv1, block.bn1)
-        fused.conv2 = _fold_batch_norm(block.conv2, block.bn2)
+        fused.conv1 = fold_batch_norm(block.conv1, block.bn1)
+        fused.conv2 = fold_batch_norm(block.conv2, block.bn2)
         fused.shortcut = (None if isinstance(block.shortcut, nn.Identity)
-                          else _fold_batch_norm(block.shortcut[0], block.shortcut[1]))
+                          else fold_batch_norm(block.shortcut[0], block.shortcut[1]))
         folded.append(fused)
     return folded
 
@@ -192,7 +192,7 @@ class FusedTrunk(nn.Module):
     """Inference-only copy of a :class:`PSFRegressor`'s features, stem and trunk.
 
     Batch normalisations are folded into the preceding convolutions
-    (:func:`_fold_batch_norm`), activations run in place, and the stem's response to the
+    (:func:`fold_batch_norm`), activations run in place, and the stem's response to the
     radial channel, the same for every patch, is computed once and added as a constant.
     ``forward(patches)`` equals :meth:`PSFRegressor.pooled_features` in eval mode up to
     float32 rounding. Built by :meth:`PSFRegressor.fused_for_inference`; the source network
@@ -203,7 +203,7 @@ class FusedTrunk(nn.Module):
         super().__init__()
         self.features = network.features
         conv, norm = network.stem[0], network.stem[1]
-        stem = _fold_batch_norm(conv, norm)
+        stem = fold_batch_norm(conv, norm)
         # split the stem: image channels (patch, log spectrum) and the constant radius
         self.stem = nn.Conv2d(2, conv.out_channels, conv.kernel_size, conv.stride,
                               conv.padding, bias=False).to(conv.weight.device)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from psfmap.blind.network import BasicBlock, _fold_batch_norm, fold_blocks, run_folded_blocks
+from psfmap.blind.network import BasicBlock, fold_batch_norm, fold_blocks, run_folded_blocks
 
 __all__ = ["FusedIdentifier", "IdentificationNet", "ProximalCNN", "UnrolledFISTA", "image_scale"]
 
@@ -113,7 +113,7 @@ class FusedIdentifier(nn.Module):
 
     def __init__(self, network: IdentificationNet):
         super().__init__()
-        self.stem = _fold_batch_norm(network.stem[0], network.stem[1])
+        self.stem = fold_batch_norm(network.stem[0], network.stem[1])
         self.blocks = fold_blocks(network.body)
         self.pool, self.head = network.pool, network.head
         self.eval()
