@@ -79,8 +79,16 @@ def psnr(reference: Any, estimate: Any, data_range: float | None = None) -> floa
     return 10.0 * math.log10(peak**2 / mse)
 
 
+# SSIM's Gaussian window reaches this many σ (Wang et al.: σ 1.5 px, 11 × 11)
+SSIM_TRUNCATE = 3.5
+
+
+def _window_radius(sigma: float, truncate: float = SSIM_TRUNCATE) -> int:
+    return int(truncate * sigma + 0.5)
+
+
 def _gaussian_window(sigma: float, truncate: float, dtype, device) -> torch.Tensor:
-    radius = int(truncate * sigma + 0.5)
+    radius = _window_radius(sigma, truncate)
     offsets = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     window = torch.exp(-0.5 * (offsets / sigma) ** 2)
     return window / window.sum()
@@ -130,7 +138,7 @@ def ssim(
     peak = _data_range(ref, data_range)
     k1, k2 = check_positive(k1, "k1"), check_positive(k2, "k2")
     sigma = check_positive(sigma, "sigma")
-    size = 2 * int(3.5 * sigma + 0.5) + 1  # the Gaussian window's width
+    size = 2 * _window_radius(sigma) + 1  # the Gaussian window's width
     if min(ref.shape[-2:]) < size:
         raise ValueError(
             f"images must be at least {size}x{size} px for SSIM with "
@@ -146,7 +154,7 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor, peak: float | torch.Tensor,
     """The mean SSIM of each image pair of ``x, y (B, H, W)`` as a tensor ``(B,)``, without
     checks and differentiable (a training loss); ``peak`` is the data range (a number, or one
     per image ``(B, 1, 1)``); the window as in :func:`ssim`."""
-    window = _gaussian_window(sigma, 3.5, x.dtype, x.device)
+    window = _gaussian_window(sigma, SSIM_TRUNCATE, x.dtype, x.device)
     mu_x, mu_y = _filter_valid(x, window), _filter_valid(y, window)
     var_x = _filter_valid(x * x, window) - mu_x**2
     var_y = _filter_valid(y * y, window) - mu_y**2
