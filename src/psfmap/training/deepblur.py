@@ -41,6 +41,12 @@ from psfmap.metrics import ssim_per_image
 from psfmap.operators import Convolution
 from psfmap.psf import model as psf_model
 from psfmap.simulate.scenes import scenes
+from psfmap.training.sources import (
+    MICR_EXCLUDE,
+    PACKAGE_SHARP,
+    microscopy_images,
+    natural_images,
+)
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
 #: the weight of 1 - SSIM in the ``ssim_l1`` deblurring loss (the rest: L1)
@@ -137,13 +143,6 @@ def scene_pool(n: int, size: int, seed: int, cache: Path | None = None,
 def _real_crops(kind: str, count: int, size: int, seed: int) -> torch.Tensor:
     """``count`` random ``size²`` crops of the training pictures of ``kind``, each scaled to a
     maximum of 1; crops of near-empty background are drawn again."""
-    from psfmap.training.sources import (
-        MICR_EXCLUDE,
-        PACKAGE_SHARP,
-        microscopy_images,
-        natural_images,
-    )
-
     if kind == "natural":
         images = natural_images("train")
     else:
