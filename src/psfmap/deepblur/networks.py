@@ -48,8 +48,8 @@ def image_scale(images: torch.Tensor) -> torch.Tensor:
 
 def upper_quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
     """``torch.quantile(rows, q, dim=1)`` (linear interpolation) for ``q`` near 1, from the
-    ``(1 − q) n`` largest values of each row (``topk``) instead of a full sort: 13 → 2 ms for
-    a 512² image, the same numbers."""
+    ``(1 − q) n`` largest values of each row (``topk``) instead of a full sort: 23 → 1.1 ms
+    for a 512² image on 2 CPU cores (``benchmarks/RESULTS.md``), the same numbers."""
     n = rows.shape[1]
     position = q * (n - 1)
     low = math.floor(position)
