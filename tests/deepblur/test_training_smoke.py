@@ -1,4 +1,5 @@
-"""A tiny end-to-end training run (slow): identify, deblur, assemble, load, use."""
+"""Deep-Blur training: a tiny end-to-end run (slow: identify, deblur, assemble, load, use) and
+the training options, each in a few steps."""
 
 from __future__ import annotations
 
@@ -46,16 +47,28 @@ def test_psfmap_train_deepblur(tmp_path, capsys):
     assert "NAME must be one of" in capsys.readouterr().err
 
 
-def test_deblur_loss_options():
-    """``deblur.loss``: "mse" (the default) or "ssim_l1"; anything else is refused by name."""
+#: the run settings of the tiny training calls below
+TINY_RUN = {"size": 32, "pad": 8, "photons": 1000.0, "seed": 0, "time_limit": None}
+
+
+@pytest.fixture
+def tiny_material():
+    """zernike7's family, four random 48² scenes and four of its γ: a training call in ms."""
     import torch
 
     from psfmap.training import deepblur as training
 
     family = training.build_family(training.CONFIGS["zernike7"])
-    pool = torch.rand(4, 48, 48)
-    gammas = family.sample(4, seed=0, spread=False)
-    base = {"size": 32, "pad": 8, "photons": 1000.0, "seed": 0, "time_limit": None}
+    return family, torch.rand(4, 48, 48), family.sample(4, seed=0, spread=False)
+
+
+def test_deblur_loss_options(tiny_material):
+    """``deblur.loss``: "mse" (the default) or "ssim_l1"; anything else is refused by name."""
+
+    from psfmap.training import deepblur as training
+
+    family, pool, gammas = tiny_material
+    base = dict(TINY_RUN)
     for loss in ("mse", "ssim_l1"):
         config = {**base, "deblur": {"steps": 2, "batch": 2, "lr": 1e-3, "iterations": 2,
                                      "channels": 4, "unshuffle": 2, "loss": loss}}
@@ -65,6 +78,89 @@ def test_deblur_loss_options():
     config["deblur"]["loss"] = "l2"
     with pytest.raises(ValueError, match="deblur.loss must be 'mse' or 'ssim_l1', got 'l2'"):
         training.train_deblurrer(config, family, pool, gammas)
+
+
+def test_identify_loss_options(tiny_material):
+    """``identify.loss``: "coefficients" (the default) or "psf_snr" (the evaluation's PSF-field
+    SNR, negated, so the log reads in dB); anything else is refused by name."""
+
+    from psfmap.training import deepblur as training
+
+    family, pool, gammas = tiny_material
+    base = dict(TINY_RUN)
+    for loss in ("coefficients", "psf_snr"):
+        config = {**base, "identify": {"steps": 2, "batch": 2, "lr": 1e-3, "widths": [4, 8],
+                                       "blocks": 1, "pool": 1, "loss": loss}}
+        _, log = training.train_identifier(config, family, pool, gammas)
+        assert log["steps_done"] == 2 and np.isfinite(log["final_loss"])
+    config["identify"]["loss"] = "mse"
+    with pytest.raises(ValueError,
+                       match="identify.loss must be 'coefficients' or 'psf_snr', got 'mse'"):
+        training.train_identifier(config, family, pool, gammas)
+
+
+def test_deblurrer_trained_on_estimated_operators(tiny_material, tmp_path):
+    """``deblur.estimated_share``: that share of each batch is restored with ``A(γ̂)`` from
+    the identify part (projected onto the admissible set); the part file is found beside the
+    output, and a missing one or a share outside [0, 1] is refused by name."""
+    import torch
+
+    from psfmap.deepblur import IdentificationNet
+    from psfmap.training import deepblur as training
+
+    family, pool, gammas = tiny_material
+    identifier = IdentificationNet(7, widths=(4, 8))
+    with torch.no_grad():  # an identifier far off: its γ̂ leave the box and must be projected
+        identifier.head.bias.fill_(5.0)
+    config = {**TINY_RUN, "deblur": {"steps": 2, "batch": 4, "lr": 1e-3, "iterations": 2,
+                                     "channels": 4, "estimated_share": 1.0}}
+    seen = []
+    original = training._estimated_operators
+
+    def spy(*args, **kwargs):
+        operators = original(*args, **kwargs)
+        seen.extend(operators)
+        return operators
+
+    training._estimated_operators = spy
+    try:
+        _, log = training.train_deblurrer(config, family, pool, gammas, identifier)
+    finally:
+        training._estimated_operators = original
+    assert log["steps_done"] == 2 and np.isfinite(log["final_loss"])
+    edge = family.psf_family(torch.full((7,), 0.15, dtype=torch.float64)).float()
+    assert len(seen) == 8 and all(torch.allclose(op.psf, edge, atol=1e-6) for op in seen)
+    with pytest.raises(ValueError, match="needs an identification network"):
+        training.train_deblurrer(config, family, pool, gammas)
+    config["deblur"]["estimated_share"] = 1.5
+    with pytest.raises(ValueError, match=r"estimated_share must be in \[0, 1\], got 1.5"):
+        training.train_deblurrer(config, family, pool, gammas, identifier)
+    with pytest.raises(FileNotFoundError, match="train the identify part first"):
+        training._load_identifier(tmp_path / "zernike7-identify.pt")
+
+
+def test_psf_field_snr_is_the_evaluation_figure_and_has_gradients(zernike_family, hull_family):
+    """The training loss equals ``family.field_snr`` (the held-out figure) for both kinds of
+    family, costs nothing for a twin, and passes gradients to the estimate."""
+    import torch
+
+    from psfmap.training.deepblur import psf_field_snr
+
+    for family in (zernike_family, hull_family):
+        truth = torch.from_numpy(family.sample(3, seed=1, spread=False))
+        estimate = torch.from_numpy(family.sample(3, seed=2, spread=False)).requires_grad_()
+        snr = psf_field_snr(family, estimate, truth)
+        expected = [family.field_snr(a, b) for a, b in
+                    zip(truth.numpy(), estimate.detach().numpy(), strict=True)]
+        np.testing.assert_allclose(snr.detach().numpy(), expected, rtol=1e-9)
+        snr.sum().backward()
+        assert estimate.grad is not None and bool(estimate.grad.abs().sum() > 0)
+        fields = family.psf_fields(truth)
+        assert fields.shape[0] == 3
+        np.testing.assert_allclose(fields[1].numpy(), family.psf_field(truth[1].numpy()),
+                                   atol=1e-12)
+    truth = torch.tensor([[0.1, -0.05, 0.12, 0.03, -0.08, 0.06, 0.02]], dtype=torch.float64)
+    assert float(psf_field_snr(zernike_family, zernike_family.twin(truth), truth)) > 60
 
 
 def test_scene_pool_mixes_material_and_caches_by_content(tmp_path):

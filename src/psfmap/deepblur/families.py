@@ -179,6 +179,10 @@ class ZernikeBoxFamily(_Family):
         vector = _vector(gamma, self.n_params)
         return self.psf_family(torch.from_numpy(vector)).double().numpy()[None]
 
+    def psf_fields(self, gammas: torch.Tensor) -> torch.Tensor:
+        """``k(γ_b)`` of a batch ``(B, P)`` as ``(B, 1, h, w)``, differentiable in ``γ``."""
+        return self.psf_family(gammas)[:, None]
+
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "psf_model": self.psf_family.config()}
 
@@ -215,6 +219,7 @@ class CalibratedHullFamily(_Family):
         spread = self.vertices.std(0)
         self._std = np.where(spread > 1e-12 * self.scale, spread, self.scale)
         self._by_shape: dict[tuple[int, int], OperatorFamily] = {}
+        self._unit_fields: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         fam = self.operator_family
@@ -290,6 +295,16 @@ class CalibratedHullFamily(_Family):
         cols = (np.arange(FIELD_GRID) + 0.5) * (width - 1) / FIELD_GRID
         positions = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
         return fam.psfs_at(vector.reshape(fam.projected_shape), positions)
+
+    def psf_fields(self, gammas: torch.Tensor) -> torch.Tensor:
+        """:meth:`psf_field` of a batch ``(B, P)`` as ``(B, 16, h, w)``, differentiable in
+        ``γ``: the field is linear in ``γ``, so it is ``γ`` times the fields of the unit
+        vectors (computed once)."""
+        if self._unit_fields is None:
+            self._unit_fields = torch.from_numpy(
+                np.stack([self.psf_field(row) for row in np.eye(self.n_params)]))
+        basis = self._unit_fields.to(gammas.dtype)
+        return torch.einsum("bp,pfhw->bfhw", gammas, basis)
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "family_file": self.source}

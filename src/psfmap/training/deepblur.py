@@ -9,7 +9,8 @@ The two networks are trained separately, as in Debarnot & Weiss (Deep-Blur):
   blurred by ``A(γ)`` extended by ``pad`` and cropped to ``size`` (so light comes in from
   outside the field, as in a real image), then Poisson noise at ``photons`` per unit;
 * identification: MSE on normalised coefficients; for a family with twins (``zernike7``: the
-  even Noll terms 4–6 negated give the same PSF) the smaller of the two errors;
+  even Noll terms 4–6 negated give the same PSF) the smaller of the two errors; or
+  (``identify.loss = "psf_snr"``) the evaluation's PSF-field SNR itself, negated;
 * deblurring: MSE to the sharp scene, the network given the true operator.
 
 Run ``python -m psfmap.training.deepblur --name zernike7 --part identify`` (then ``deblur``,
@@ -257,10 +258,16 @@ def train_identifier(config: dict[str, Any], family, pool, gammas) -> tuple[Iden
     torch.manual_seed(config["seed"])
     net = IdentificationNet(family.n_params, spec["widths"], spec["blocks"], spec["pool"])
 
+    loss_kind = spec.get("loss", "coefficients")
+    if loss_kind not in ("coefficients", "psf_snr"):
+        raise ValueError(f"identify.loss must be 'coefficients' or 'psf_snr', got {loss_kind!r}")
+
     def loss_of(generator: torch.Generator) -> torch.Tensor:
         noisy, _, gamma, _ = make_batch(family, pool, gammas, spec["batch"], config["size"],
                                         config["pad"], config["photons"], generator, psfs)
         prediction = net(noisy.float())
+        if loss_kind == "psf_snr":
+            return -psf_field_snr(family, family.denormalize(prediction), gamma).mean()
         target = family.normalize(gamma).float()
         twin = family.normalize(family.twin(gamma)).float()
         # twins are the same PSF: regress to whichever the network is closer to
@@ -272,9 +279,25 @@ def train_identifier(config: dict[str, Any], family, pool, gammas) -> tuple[Iden
                      window=200)
 
 
-def train_deblurrer(config: dict[str, Any], family, pool, gammas) -> tuple[UnrolledFISTA,
-                                                                          dict[str, Any]]:
-    """Train the unrolled network with the true operators; returns it and a training log."""
+def psf_field_snr(family, estimate: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """The PSF-field SNR (dB) of each estimate ``(B, P)`` against ``gamma``, differentiable:
+    the evaluation's identification figure, used as the ``psf_snr`` training loss (negated).
+    Twins and near-twins (coefficients that barely change the PSF) cost nothing here, unlike
+    an error on the coefficients."""
+    reference = family.psf_fields(gamma.to(estimate.dtype))
+    error = (family.psf_fields(estimate) - reference).square().sum((1, 2, 3))
+    return 10 * torch.log10(reference.square().sum((1, 2, 3)) / error.clamp_min(1e-12))
+
+
+def train_deblurrer(config: dict[str, Any], family, pool, gammas,
+                    identifier: IdentificationNet | None = None
+                    ) -> tuple[UnrolledFISTA, dict[str, Any]]:
+    """Train the unrolled network; returns it and a training log.
+
+    The network is given the true operators, except for a share ``deblur.estimated_share`` of
+    each batch (default 0) that gets ``A(γ̂)``, with ``γ̂`` from ``identifier`` on the noisy
+    image, projected onto the admissible set: what the network meets in blind use.
+    """
     spec = config["deblur"]
     psfs = _pool_psfs(family, gammas)
     torch.manual_seed(config["seed"])
@@ -283,11 +306,21 @@ def train_deblurrer(config: dict[str, Any], family, pool, gammas) -> tuple[Unrol
     loss_kind = spec.get("loss", "mse")
     if loss_kind not in ("mse", "ssim_l1"):
         raise ValueError(f"deblur.loss must be 'mse' or 'ssim_l1', got {loss_kind!r}")
+    share = float(spec.get("estimated_share", 0.0))
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"deblur.estimated_share must be in [0, 1], got {share!r}")
+    if share > 0 and identifier is None:
+        raise ValueError("deblur.estimated_share > 0 needs an identification network "
+                         "(train the identify part first, or give deblur.identifier)")
+    estimator = identifier.eval().fused_for_inference() if share > 0 else None
 
     def loss_of(generator: torch.Generator) -> torch.Tensor:
         noisy, sharp, _, operators = make_batch(family, pool, gammas, spec["batch"],
                                                 config["size"], config["pad"],
                                                 config["photons"], generator, psfs)
+        if estimator is not None:
+            operators = _estimated_operators(family, estimator, noisy, operators, share,
+                                             generator)
         restored = net(noisy.float(), operators)
         if loss_kind == "mse":
             return ((restored - sharp) ** 2).mean()
@@ -300,6 +333,22 @@ def train_deblurrer(config: dict[str, Any], family, pool, gammas) -> tuple[Unrol
     generator = torch.Generator().manual_seed(config["seed"] + 2)
     return net, _fit(net, config, spec, "deblur", generator, loss_of, log_every=25, window=50,
                      clip=1.0)
+
+
+def _estimated_operators(family, estimator, noisy: torch.Tensor, operators: list,
+                         share: float, generator: torch.Generator) -> list:
+    """``operators`` with a random ``share`` of them replaced by ``A(γ̂)`` of their image."""
+    chosen = torch.nonzero(torch.rand(len(noisy), generator=generator) < share)[:, 0].tolist()
+    if not chosen:
+        return operators
+    with torch.no_grad():
+        estimates = family.denormalize(estimator(noisy[chosen].float()).double()).numpy()
+    estimates = np.stack([family.project(row) for row in estimates])
+    size = tuple(noisy.shape[-2:])
+    out = list(operators)
+    for index, operator in zip(chosen, family.operators(estimates, size), strict=True):
+        out[index] = operator
+    return out
 
 
 def operator_pool(config: dict[str, Any], family) -> np.ndarray:
@@ -316,10 +365,8 @@ def run(config: dict[str, Any], part: str, out: Path, cache: Path | None = None)
         return calibrated_family(out / config["family"]["family_file"])
     family = build_family(config)
     if part == "assemble":
-        identify_state = torch.load(out / f"{name}-identify.pt", weights_only=False)
+        identifier, identify_state = _load_identifier(out / f"{name}-identify.pt")
         deblur_state = torch.load(out / f"{name}-deblur.pt", weights_only=False)
-        identifier = IdentificationNet(**identify_state["config"])
-        identifier.load_state_dict(identify_state["state"])
         deblurrer = UnrolledFISTA(**deblur_state["config"])
         deblurrer.load_state_dict(deblur_state["state"])
         model = DeepBlurModel(family, identifier, deblurrer, {
@@ -336,7 +383,11 @@ def run(config: dict[str, Any], part: str, out: Path, cache: Path | None = None)
     if part == "identify":
         net, log = train_identifier(config, family, pool, gammas)
     elif part == "deblur":
-        net, log = train_deblurrer(config, family, pool, gammas)
+        identifier = None
+        if config["deblur"].get("estimated_share", 0) > 0:
+            identifier, _ = _load_identifier(Path(config["deblur"].get(
+                "identifier", out / f"{name}-identify.pt")))
+        net, log = train_deblurrer(config, family, pool, gammas, identifier)
     else:
         raise ValueError(f"part must be 'identify', 'deblur' or 'assemble', got {part!r}")
     path = out / f"{name}-{part}.pt"
@@ -344,6 +395,17 @@ def run(config: dict[str, Any], part: str, out: Path, cache: Path | None = None)
                 "training": config}, path)
     (out / f"{name}-{part}.config.json").write_text(json.dumps(config, indent=2))
     return path
+
+
+def _load_identifier(path: Path) -> tuple[IdentificationNet, dict[str, Any]]:
+    """The identification network of an ``identify`` part file, and the file's contents."""
+    if not path.exists():
+        raise FileNotFoundError(f"identification part file {str(path)!r} does not exist; "
+                                "train the identify part first or set deblur.identifier")
+    saved = torch.load(path, weights_only=False)
+    net = IdentificationNet(**saved["config"])
+    net.load_state_dict(saved["state"])
+    return net, saved
 
 
 def train_all(name: str, output: str | Path, *, config: str | Path | None = None,
