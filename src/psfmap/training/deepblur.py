@@ -62,7 +62,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "size": 64, "pad": 16, "photons": 1000.0, "pool_scenes": 600, "scene_seed": 1000,
         "pool_operators": 4000, "operator_seed": 7, "seed": 0, "time_limit": 2700,
         "identify": {"steps": 1000, "batch": 32, "lr": 2e-3, "widths": [16, 32, 64, 128],
-                     "blocks": 1, "pool": 1},
+                     "blocks": 1, "pool": 1, "loss": "psf_snr"},
         "deblur": {"steps": 2000, "batch": 8, "lr": 2e-3, "iterations": 8, "channels": 8},
     },
     "beads12": {
