@@ -259,23 +259,22 @@ def main() -> None:
     big = args.size + 2 * args.pad
     gammas = model.family.sample(2 * args.n, seed=999, spread=False)
     started = time.perf_counter()
+    held_out = scenes(args.n, big, generator=torch.Generator().manual_seed(2000))
     result = {
         "model": args.model, "family": repr(model.family), "size": args.size,
         "photons": PHOTONS, "threads": args.threads,
         "machine": f"{platform.processor() or platform.machine()}, "
                    f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
-        "held_out_scenes": evaluate(
-            model, scenes(args.n, big, generator=torch.Generator().manual_seed(2000)),
-            gammas[: args.n], args.size, args.pad, blind, args.identify_only),
+        "held_out_scenes": evaluate(model, held_out, gammas[: args.n], args.size, args.pad,
+                                    blind, args.identify_only),
         "held_out_neuron_crops": evaluate(
             model, neuron_crops(args.n, big, seed=4), gammas[args.n :], args.size, args.pad,
             blind, args.identify_only),
     }
     if args.known_scene:
         n = min(args.known_scene, args.n)
-        result["known_scene_bound"] = known_scene_bound(
-            model, scenes(args.n, big, generator=torch.Generator().manual_seed(2000))[:n],
-            gammas[:n], args.size, args.pad)
+        result["known_scene_bound"] = known_scene_bound(model, held_out[:n], gammas[:n],
+                                                        args.size, args.pad)
     if not (args.no_speed or args.identify_only):
         result["speed_512"] = speed(model)
     result["seconds"] = time.perf_counter() - started

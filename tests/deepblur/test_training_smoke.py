@@ -99,10 +99,10 @@ def test_identify_loss_options(tiny_material):
         training.train_identifier(config, family, pool, gammas)
 
 
-def test_deblurrer_trained_on_estimated_operators(tiny_material, tmp_path):
+def test_deblurrer_trained_on_estimated_operators(tiny_material, tmp_path, monkeypatch):
     """``deblur.estimated_share``: that share of each batch is restored with ``A(γ̂)`` from
-    the identify part (projected onto the admissible set); the part file is found beside the
-    output, and a missing one or a share outside [0, 1] is refused by name."""
+    the identification network (projected onto the admissible set); no network, a missing
+    identify part file or a share outside [0, 1] is refused by name."""
     import torch
 
     from psfmap.deepblur import IdentificationNet
@@ -122,11 +122,8 @@ def test_deblurrer_trained_on_estimated_operators(tiny_material, tmp_path):
         seen.extend(operators)
         return operators
 
-    training._estimated_operators = spy
-    try:
-        _, log = training.train_deblurrer(config, family, pool, gammas, identifier)
-    finally:
-        training._estimated_operators = original
+    monkeypatch.setattr(training, "_estimated_operators", spy)
+    _, log = training.train_deblurrer(config, family, pool, gammas, identifier)
     assert log["steps_done"] == 2 and np.isfinite(log["final_loss"])
     edge = family.psf_family(torch.full((7,), 0.15, dtype=torch.float64)).float()
     assert len(seen) == 8 and all(torch.allclose(op.psf, edge, atol=1e-6) for op in seen)
