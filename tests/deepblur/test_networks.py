@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from psfmap.deepblur import IdentificationNet, UnrolledFISTA
@@ -91,6 +92,36 @@ def test_fused_identifier_equals_the_network_in_eval_mode():
     images = torch.rand(3, 48, 40)
     with torch.no_grad():
         torch.testing.assert_close(fused(images), net(images), atol=1e-5, rtol=1e-4)
+
+
+def test_identifier_grows_full_resolution_blocks_without_changing_its_outputs():
+    """``fine`` blocks start as the identity: a trained network grown with them gives the same
+    γ̂; once they are trained the fused copy still equals the network; a state that lacks
+    more than the new blocks, or whose shapes differ, is refused."""
+    torch.manual_seed(0)
+    small = IdentificationNet(5, widths=(4, 8), pool=2)
+    small.train()
+    with torch.no_grad():
+        small(torch.rand(4, 40, 40))
+    small.eval()
+    grown = IdentificationNet(5, widths=(4, 8), pool=2, fine=2).eval()
+    assert grown.config["fine"] == 2 and "fine" not in small.config
+    added = grown.load_grown(small.state_dict())
+    assert added and all(name.startswith("fine.") for name in added)
+    images = torch.rand(3, 40, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(images), small(images))
+        for block in grown.fine:  # as after training: the blocks act
+            block.bn2.weight.normal_()
+            block.bn1.running_mean.uniform_(-0.1, 0.1)
+        assert not torch.allclose(grown(images), small(images))
+        torch.testing.assert_close(grown.fused_for_inference()(images), grown(images),
+                                   atol=1e-5, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="does not fit this identification network"):
+        IdentificationNet(5, widths=(4, 8), blocks=2, pool=2, fine=1).load_grown(
+            small.state_dict())
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        IdentificationNet(5, widths=(4, 16), pool=2, fine=1).load_grown(small.state_dict())
 
 
 def test_upper_quantile_equals_torch_quantile():

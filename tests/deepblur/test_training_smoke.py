@@ -99,6 +99,26 @@ def test_identify_loss_options(tiny_material):
         training.train_identifier(config, family, pool, gammas)
 
 
+def test_identifier_grown_from_a_part_file(tiny_material, tmp_path):
+    """``identify.fine`` with an ``init`` that has no full-resolution blocks: the run starts
+    from the saved weights (same loss at the first step) and adds the blocks."""
+    import torch
+
+    from psfmap.training import deepblur as training
+
+    family, pool, gammas = tiny_material
+    spec = {"steps": 1, "batch": 2, "lr": 0.0, "widths": [4, 8], "blocks": 1, "pool": 1,
+            "loss": "psf_snr"}
+    small, small_log = training.train_identifier({**TINY_RUN, "identify": spec}, family, pool,
+                                                 gammas)
+    torch.save({"config": small.config, "state": small.state_dict()}, tmp_path / "small.pt")
+    grown_spec = {**spec, "fine": 1, "init": str(tmp_path / "small.pt")}
+    grown, grown_log = training.train_identifier({**TINY_RUN, "identify": grown_spec}, family,
+                                                 pool, gammas)
+    assert grown.config["fine"] == 1 and len(grown.fine) == 1
+    assert grown_log["final_loss"] == pytest.approx(small_log["final_loss"], abs=1e-4)
+
+
 def test_deblurrer_trained_on_estimated_operators(tiny_material, tmp_path, monkeypatch):
     """``deblur.estimated_share``: that share of each batch is restored with ``A(γ̂)`` from
     the identification network (projected onto the admissible set); no network, a missing

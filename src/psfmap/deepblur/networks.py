@@ -72,15 +72,25 @@ class IdentificationNet(nn.Module):
         Residual blocks per stage.
     pool : int
         Adaptive average pooling to ``pool × pool`` before the linear head (1: global).
+    fine : int
+        Residual blocks at full resolution (``widths[0]`` channels) between the stem and the
+        first stride-2 stage, for PSF detail finer than the first stage keeps. Each starts as
+        the identity (its last batch norm's scale is zero), so a network without them can be
+        grown into one with them and keep its outputs (:meth:`load_grown`).
     """
 
     def __init__(self, n_params: int, widths: Sequence[int] = (16, 32, 64, 128),
-                 blocks: int = 1, pool: int = 1):
+                 blocks: int = 1, pool: int = 1, fine: int = 0):
         super().__init__()
         self.config = {"n_params": int(n_params), "widths": list(widths), "blocks": int(blocks),
                        "pool": int(pool)}
+        if fine:  # only when used: older weights' configs stay as they were
+            self.config["fine"] = int(fine)
         self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.fine = nn.Sequential(*[BasicBlock(widths[0], widths[0]) for _ in range(fine)])
+        for block in self.fine:
+            nn.init.zeros_(block.bn2.weight)
         layers: list[nn.Module] = []
         channels = widths[0]
         for width in widths:
@@ -96,8 +106,22 @@ class IdentificationNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images (B, H, W)`` (any intensity scale) → ``(B, P)``."""
         x = images / image_scale(images)
-        x = self.body(self.stem(x[:, None]))
+        x = self.body(self.fine(self.stem(x[:, None])))
         return self.head(torch.flatten(self.pool(x), 1))
+
+    def load_grown(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Load the weights of the same network with fewer :attr:`fine` blocks (or none);
+        the blocks it lacks stay as the identity. Returns the names of the weights left as
+        they were; any other mismatch raises like :meth:`load_state_dict`."""
+        own = self.state_dict()
+        missing = [key for key in own if key not in state]
+        wrong = [key for key in missing if not key.startswith("fine.")]
+        wrong += [key for key in state if key not in own]
+        if wrong:
+            raise RuntimeError(f"state does not fit this identification network: "
+                               f"{', '.join(wrong[:5])}")
+        self.load_state_dict(state, strict=False)
+        return missing
 
     def fused_for_inference(self) -> FusedIdentifier:
         """An inference-only copy computing :meth:`forward` in eval mode, faster."""
@@ -114,7 +138,7 @@ class FusedIdentifier(nn.Module):
     def __init__(self, network: IdentificationNet):
         super().__init__()
         self.stem = fold_batch_norm(network.stem[0], network.stem[1])
-        self.blocks = fold_blocks(network.body)
+        self.blocks = fold_blocks([*network.fine, *network.body])
         self.pool, self.head = network.pool, network.head
         self.eval()
         self.to(memory_format=torch.channels_last)

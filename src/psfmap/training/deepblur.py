@@ -208,9 +208,17 @@ def _cosine(step: int, steps: int, lr: float) -> float:
 
 def _warm_start(net: torch.nn.Module, spec: dict[str, Any]) -> None:
     """Start from the weights of an earlier run of the same part (``init``: its ``.pt``), e.g.
-    to continue a run that a shared machine cut short; the chain is recorded in the config."""
-    if spec.get("init"):
-        net.load_state_dict(torch.load(spec["init"], weights_only=False)["state"])
+    to continue a run that a shared machine cut short; the chain is recorded in the config.
+    An identifier may be grown: ``init`` may lack its full-resolution ``fine`` blocks."""
+    if not spec.get("init"):
+        return
+    state = torch.load(spec["init"], weights_only=False)["state"]
+    if isinstance(net, IdentificationNet):
+        grown = net.load_grown(state)
+        if grown:
+            _log(f"identify: grown from {spec['init']}; new weights: {len(grown)} tensors")
+    else:
+        net.load_state_dict(state)
 
 
 def _out_of_time(config: dict[str, Any], started: float) -> bool:
@@ -256,7 +264,8 @@ def train_identifier(config: dict[str, Any], family, pool, gammas) -> tuple[Iden
     spec = config["identify"]
     psfs = _pool_psfs(family, gammas)
     torch.manual_seed(config["seed"])
-    net = IdentificationNet(family.n_params, spec["widths"], spec["blocks"], spec["pool"])
+    net = IdentificationNet(family.n_params, spec["widths"], spec["blocks"], spec["pool"],
+                            spec.get("fine", 0))
 
     loss_kind = spec.get("loss", "coefficients")
     if loss_kind not in ("coefficients", "psf_snr"):
