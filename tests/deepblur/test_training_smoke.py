@@ -197,3 +197,29 @@ def test_scene_pool_mixes_material_and_caches_by_content(tmp_path):
     torch.testing.assert_close(scene_pool(6, 48, 3, cache), procedural)
     with pytest.raises(ValueError, match="material must give non-negative shares"):
         scene_pool(6, 48, 3, None, {"procedural": 1.0, "paintings": 1.0})
+
+
+def test_calibrated_family_variation(tmp_path):
+    """``family.variation`` widens the synthetic microscope the hull family is calibrated
+    from: its members differ more (the centre of the hull predicts them worse); an unknown
+    key is refused by name."""
+    from psfmap.calibrate import OperatorFamily
+    from psfmap.calibrate.synthetic import synthetic_calibration_set
+    from psfmap.deepblur import CalibratedHullFamily
+    from psfmap.training import deepblur as training
+
+    microscope, conditions, _, _ = synthetic_calibration_set(
+        3, (64, 64), 4, focus=0.25, astigmatism=0.08, tilt=0.12, field_astigmatism=0.06)
+    assert conditions[0][0] == -0.25 and microscope.tilt == 0.12
+    assert microscope.field_astigmatism == 0.06
+
+    def centre_snr(variation):
+        path = training.calibrated_family(tmp_path / f"{len(variation)}.psfmap", variation)
+        family = CalibratedHullFamily(OperatorFamily.load(path))
+        centre = family.vertices.mean(0)
+        return np.mean([family.field_snr(g, centre)
+                        for g in family.sample(16, seed=3, spread=False)])
+
+    assert centre_snr({"focus": 0.25, "astigmatism": 0.08}) < centre_snr({}) - 5
+    with pytest.raises(ValueError, match="family.variation takes focus.*got defocus"):
+        training.calibrated_family(tmp_path / "x.psfmap", {"defocus": 0.2})

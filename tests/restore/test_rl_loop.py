@@ -102,13 +102,16 @@ def test_compressed_volume_operator_gets_the_floor_that_keeps_rl_bounded():
     assert float(unfloored.max()) * float(blurred.max()) < 5 * float(truth.max())
 
 
-def _negative_lobed_case():
-    """A member of the shipped beads12 family (eigen-PSFs, 1.5 % negative mass) and a scene
-    it blurred: RL diverged on it until the unobserved threshold was raised."""
-    from psfmap.deepblur import load_model
+def _negative_lobed_case(tmp_path):
+    """A member of beads12's first family (the calibration's default ranges; eigen-PSFs, 1.5 %
+    negative mass) and a scene it blurred: RL diverged on it until the unobserved threshold
+    was raised."""
+    from psfmap.calibrate import OperatorFamily
+    from psfmap.deepblur import CalibratedHullFamily
     from psfmap.simulate import scenes
+    from psfmap.training.deepblur import calibrated_family
 
-    family = load_model("beads12").family
+    family = CalibratedHullFamily(OperatorFamily.load(calibrated_family(tmp_path / "b.psfmap")))
     gamma = family.sample(64, seed=999, spread=False)[13]
     size, pad = 64, 16
     sharp = scenes(32, size + 2 * pad, generator=torch.Generator().manual_seed(2000))[13]
@@ -118,11 +121,12 @@ def _negative_lobed_case():
     return family.operator(gamma, (size, size)), noisy, sharp[pad:-pad, pad:-pad]
 
 
-def test_operator_with_small_negative_lobes_restores_instead_of_diverging(monkeypatch):
+def test_operator_with_small_negative_lobes_restores_instead_of_diverging(monkeypatch,
+                                                                          tmp_path):
     from psfmap.metrics import ssim
     from psfmap.restore import _rl_loop
 
-    operator, noisy, sharp = _negative_lobed_case()
+    operator, noisy, sharp = _negative_lobed_case(tmp_path)
     blurred_ssim = ssim(sharp.numpy(), noisy.numpy())
     restored = richardson_lucy(noisy, operator, iterations=50, tv=0.01)
     assert bool(torch.isfinite(restored).all())

@@ -209,14 +209,21 @@ def synthetic_calibration_set(
     psf_size: int = 17,
     photons: float = 20000.0,
     seed: int = 0,
+    focus: float = 0.1,
+    astigmatism: float = 0.03,
+    tilt: float = 0.06,
+    field_astigmatism: float = 0.03,
 ):
     """A known family, its conditions and one Poisson bead image per condition.
 
+    ``focus`` and ``astigmatism`` are the ranges of :func:`conditions_grid`, ``tilt`` and
+    ``field_astigmatism`` the field variation of :class:`ZernikeFieldFamily` (RMS waves).
     Returns ``(model, conditions, images, positions)`` where ``model`` is a
     :class:`ZernikeFieldFamily`.
     """
-    model = ZernikeFieldFamily(image_shape=tuple(image_shape), psf_size=psf_size)
-    conditions = conditions_grid(n_conditions)
+    model = ZernikeFieldFamily(image_shape=tuple(image_shape), psf_size=psf_size, tilt=tilt,
+                               field_astigmatism=field_astigmatism)
+    conditions = conditions_grid(n_conditions, focus, astigmatism)
     # beads spaced so that about n_beads fit: area per bead ~ (1.6 × spacing)²
     spacing = max(1.3 * psf_size, 0.8 * np.sqrt(image_shape[0] * image_shape[1] / n_beads))
     images, positions = [], []
