@@ -85,8 +85,8 @@ def test_shipped_models(name):
 def test_shipped_model_identifies_unseen_scenes(name, at_least, centre_at_most):
     """The shipped weights do their job on scenes no training saw (generator seed 3000), far
     above the centre of the admissible set (no information). Measured: zernike7 8–9 dB
-    against −5 dB (RESULTS: 9.9 dB on the evaluation's 32); beads12 20.2 dB against
-    15.4 dB (RESULTS: 20.3 against 16.9 on the evaluation's 32). Guards the weights and
+    against −5 dB (RESULTS: 9.9 dB on the evaluation's 32); beads12 20.5 dB against
+    15.4 dB (RESULTS: 21.6 against 16.9 on the evaluation's 32). Guards the weights and
     their loading."""
     from psfmap.simulate import scenes
 
