@@ -92,9 +92,7 @@ def evaluate(model, sharp_big: torch.Tensor, gammas: np.ndarray, size: int, pad:
     snrs = [model.family.field_snr(g, e) for g, e in zip(gammas, estimates, strict=True)]
     # the no-information baseline: always answer the centre of the admissible set
     family = model.family
-    centre = (family.vertices.mean(0) if hasattr(family, "vertices")
-              else (family.low + family.high) / 2)
-    centre_snrs = [family.field_snr(g, centre) for g in gammas]
+    centre_snrs = [family.field_snr(g, family.centre) for g in gammas]
     if identify_only:
         return {"n": len(noisy), "identification_snr_db": {
             "mean": float(np.mean(snrs)), "median": float(np.median(snrs)),
@@ -205,7 +203,7 @@ def known_scene_bound(model, sharp_big: torch.Tensor, gammas: np.ndarray, size: 
         counts = y * PHOTONS
         best: tuple[float, np.ndarray] = (np.inf, estimate)
         flipped = -family.twin(torch.from_numpy(estimate)).numpy()  # odd terms negated
-        for start in ((family.low + family.high) / 2, estimate, flipped):
+        for start in (family.centre, estimate, flipped):
             best = min(best, _poisson_fit(lambda g, x=scene: blurred(g, x)[crop, crop],
                                           counts, start, low, high), key=lambda r: r[0])
         snrs.append(family.field_snr(gamma, best[1]))

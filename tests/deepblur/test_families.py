@@ -83,6 +83,18 @@ def test_sample_is_admissible(zernike_family, hull_family):
     assert all(hull_family.contains(g) for g in hull[:5])
 
 
+def test_centre_is_the_middle_of_the_admissible_set(zernike_family, hull_family):
+    """``centre``: the middle of the box, the mean of the hull's vertices; inside the set, and
+    the zero of the networks' normalised coefficients."""
+    np.testing.assert_allclose(zernike_family.centre,
+                               (zernike_family.low + zernike_family.high) / 2)
+    np.testing.assert_allclose(hull_family.centre, hull_family.vertices.mean(0))
+    for family in (zernike_family, hull_family):
+        assert family.contains(family.centre)
+        unit = family.normalize(torch.from_numpy(family.centre))
+        np.testing.assert_allclose(unit.numpy(), 0, atol=1e-12)
+
+
 def test_field_snr_definition():
     reference = np.ones((2, 3, 3))
     assert field_snr(reference, reference * 1.1) == pytest.approx(20.0)

@@ -68,6 +68,9 @@ class _Family:
 
     name: str
     n_params: int
+    #: the centre of the admissible set (the box's middle, the mean of the hull's vertices):
+    #: the answer that carries no information, the baseline of the identification figures
+    centre: np.ndarray
 
     def contains(self, gamma: Any) -> bool:
         """Whether ``gamma`` is in the admissible set (to :data:`ADMISSIBLE_TOLERANCE`)."""
@@ -117,6 +120,7 @@ class ZernikeBoxFamily(_Family):
         self.low = psf_family.low.copy()
         self.high = psf_family.high.copy()
         self.scale = float(np.linalg.norm(self.high - self.low))
+        self.centre = (self.low + self.high) / 2
         self.kernel_shape = (psf_family.size, psf_family.size)
         # Noll terms even under ρ → −ρ (defocus, astigmatisms): k(−c_even, c_odd) = k(c) for a
         # real pupil, so γ and its twin are the same PSF (see :meth:`twin`)
@@ -213,9 +217,9 @@ class CalibratedHullFamily(_Family):
         self.vertices = operator_family.gammas.reshape(operator_family.n_conditions, -1).numpy()
         self.n_params = int(self.vertices.shape[1])
         self.kernel_shape = operator_family.kernel_shape
-        centred = self.vertices - self.vertices.mean(0)
+        self.centre = self.vertices.mean(0)
+        centred = self.vertices - self.centre
         self.scale = float(np.sqrt((centred**2).sum(1).max())) or 1.0
-        self._mean = self.vertices.mean(0)
         spread = self.vertices.std(0)
         self._std = np.where(spread > 1e-12 * self.scale, spread, self.scale)
         self._by_shape: dict[tuple[int, int], OperatorFamily] = {}
@@ -253,12 +257,12 @@ class CalibratedHullFamily(_Family):
         return gamma
 
     def normalize(self, gamma: torch.Tensor) -> torch.Tensor:
-        return (gamma - torch.as_tensor(self._mean, dtype=gamma.dtype)) / torch.as_tensor(
+        return (gamma - torch.as_tensor(self.centre, dtype=gamma.dtype)) / torch.as_tensor(
             self._std, dtype=gamma.dtype)
 
     def denormalize(self, unit: torch.Tensor) -> torch.Tensor:
         return unit * torch.as_tensor(self._std, dtype=unit.dtype) + torch.as_tensor(
-            self._mean, dtype=unit.dtype)
+            self.centre, dtype=unit.dtype)
 
     def _family_for(self, image_shape: tuple[int, int]) -> OperatorFamily:
         """The family with its field of view mapped onto an image of ``image_shape``."""
