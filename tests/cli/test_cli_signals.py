@@ -90,6 +90,50 @@ def test_a_signal_during_the_work(job, capsys, monkeypatch, signum):
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored after the command
 
 
+@pytest.mark.parametrize("moment", ["loading", "work"])
+def test_a_signal_python_swallows_still_interrupts(job, capsys, monkeypatch, moment):
+    """A handler that runs inside a weakref callback (as in the import system's module-lock
+    callback while the commands load) raises where Python only reports the exception and
+    goes on: the run must still end interrupted, in one line, with no output written (it
+    once finished the work and exited 0)."""
+    import weakref
+
+    import psfmap.cli as cli
+    import psfmap.restore as restore
+
+    def swallowed_signal() -> None:
+        class Thing:
+            pass
+
+        thing = Thing()
+        keep = weakref.ref(thing, lambda _: signal.getsignal(signal.SIGINT)(signal.SIGINT, None))
+        del thing  # the callback runs here; its exception is reported, not raised
+        assert keep() is None
+
+    if moment == "loading":
+        original_parser = cli.build_parser
+
+        def parser_then_signal(chosen):
+            parser = original_parser(chosen)
+            swallowed_signal()
+            return parser
+
+        monkeypatch.setattr(cli, "build_parser", parser_then_signal)
+        expected = "psfmap: interrupted"
+    else:
+        original = restore.sparse_smooth
+
+        def signalled(*args, **kwargs):
+            swallowed_signal()
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(restore, "sparse_smooth", signalled)
+        expected = "psfmap deconvolve: interrupted; no output written"
+    assert main(command(job, 3)) == 128 + signal.SIGINT
+    assert capsys.readouterr().err.strip() == expected
+    assert all_or_none(job) is False
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_between_two_output_writes(job, monkeypatch, signum):
     calls = []

@@ -134,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chosen = words[0] if words and words[0] in COMMANDS else None
             parser = build_parser(chosen)
             args = parser.parse_args(words)  # exits 2 on usage errors
+            _raise_pending(state)
         except (Interrupted, KeyboardInterrupt) as error:
             signum = getattr(error, "signum", signal.SIGINT)
             print(f"psfmap: {_signal_word(signum)}", file=sys.stderr)
@@ -178,6 +179,7 @@ def _run(args, state: dict) -> int:
             with group as writes:
                 state["writes"] = writes
                 status = args._run(args)
+                _raise_pending(state)  # before the outputs are renamed into place
             state["done"] = True
         except BaseException as error:  # noqa: BLE001 - every failure becomes one line
             state["done"] = True  # a second signal does not cut the clean-up short
@@ -224,14 +226,27 @@ def _signals_unwind():
     Once the command's outputs are being renamed into place (``writes.committing``), a signal
     is noted and ignored: stopping half-way would leave some outputs new and others missing.
     Outside the main thread (handlers cannot be installed there) nothing changes.
+
+    A handler that runs inside a weakref callback or a ``__del__`` (e.g. the import system's
+    module-lock callback, while the commands import torch) raises where Python only reports
+    the exception and goes on: the signal is therefore also kept in ``state["pending"]``,
+    which :func:`_raise_pending` turns back into :class:`Interrupted` once the command line is
+    parsed and once the work is done, and that report is left out of stderr.
     """
-    state: dict = {"writes": None, "done": False}
+    state: dict = {"writes": None, "done": False, "pending": None}
 
     def handler(signum, frame):
         writes = state["writes"]
         if state["done"] or getattr(writes, "committing", False):
             return
+        state["pending"] = signum
         raise Interrupted(signum)
+
+    report = sys.unraisablehook
+
+    def unraisable(info):
+        if not isinstance(info.exc_value, Interrupted):  # an Interrupted stays pending
+            report(info)
 
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -239,11 +254,21 @@ def _signals_unwind():
             previous[signum] = signal.signal(signum, handler)
         except ValueError:  # not the main thread
             break
+    if previous:
+        sys.unraisablehook = unraisable
     try:
         yield state
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        if previous:
+            sys.unraisablehook = report
+
+
+def _raise_pending(state: dict) -> None:
+    """Raise the :class:`Interrupted` of a signal whose exception was swallowed."""
+    if state["pending"] is not None:
+        raise Interrupted(state["pending"])
 
 
 def _one_line_warning(command: str):
