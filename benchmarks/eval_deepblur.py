@@ -172,17 +172,62 @@ def _poisson_fit(forward, counts: torch.Tensor, start: np.ndarray, low: torch.Te
         return float(negative_log_likelihood()), gamma.detach().numpy().copy()
 
 
+def _hull_fit(blurred_vertices: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Poisson maximum likelihood of the vertex weights ``w`` (simplex) for the rate
+    ``Σ_k w_k b_k``: a convex problem (the rate is linear in ``w``), solved by SLSQP from
+    uniform weights, so the optimum is global."""
+    from scipy.optimize import minimize
+
+    rates = blurred_vertices.reshape(len(blurred_vertices), -1) * PHOTONS  # (K, N)
+    data = counts.reshape(-1)
+
+    def objective(weights: np.ndarray) -> tuple[float, np.ndarray]:
+        rate = np.maximum(weights @ rates, 1e-9)
+        return float((rate - data * np.log(rate)).sum()), rates @ (1 - data / rate)
+
+    k = len(rates)
+    result = minimize(objective, np.full(k, 1 / k), jac=True, method="SLSQP",
+                      bounds=[(0, 1)] * k, options={"maxiter": 500, "ftol": 1e-12},
+                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1,
+                                    "jac": lambda w: np.ones_like(w)}])
+    weights = np.clip(result.x, 0, None)
+    return weights / weights.sum()
+
+
 def known_scene_bound(model, sharp_big: torch.Tensor, gammas: np.ndarray, size: int,
                       pad: int) -> dict:
     """The identification SNR of a fit that knows the sharp scene: Poisson maximum likelihood
-    of γ over the box (L-BFGS from the centre, from the network's γ̂ and from γ̂ with the odd
-    terms negated — the point-reflected PSF — keeping the best likelihood). It bounds what the
-    blind network could reach on the same noisy images (box families only)."""
+    of γ on the same noisy images. It bounds what the blind network could reach there.
+
+    * box (Zernike) families: L-BFGS over the box from the centre, from the network's γ̂ and
+      from γ̂ with the odd terms negated (the point-reflected PSF), best likelihood kept;
+    * hull families: ``A(γ) x`` is linear in γ, so the fit over the hull's vertex weights is
+      convex and solved to its global optimum (:func:`_hull_fit`).
+    """
     family = model.family
-    if family.kind != "box":
-        raise ValueError("the known-scene bound is computed for box (Zernike) families only")
     noisy, _ = blur_set(model, sharp_big, gammas, size, pad, seed=5)
     estimates = np.asarray(identify(noisy.numpy(), model))
+    crop = slice(pad, pad + size)
+    snrs = []
+    if family.kind == "calibrated_hull":
+        for scene, y, gamma in zip(sharp_big, noisy, gammas, strict=True):
+            blurred_vertices = np.stack([
+                family.operator(vertex, (size, size)).extended(pad).forward(scene)[crop, crop]
+                .double().numpy() for vertex in family.vertices])
+            weights = _hull_fit(blurred_vertices, y.double().numpy() * PHOTONS)
+            snrs.append(family.field_snr(gamma, weights @ family.vertices))
+    elif family.kind == "box":
+        snrs = _box_known_scene(family, sharp_big, noisy, gammas, estimates, size, pad)
+    else:
+        raise ValueError(f"no known-scene bound for a family of kind {family.kind!r}")
+    return {"n": len(snrs), "known_scene_snr_db": {"mean": float(np.mean(snrs)),
+                                                   "median": float(np.median(snrs))},
+            "network_snr_db": float(np.mean([family.field_snr(g, e) for g, e in
+                                             zip(gammas, estimates, strict=True)]))}
+
+
+def _box_known_scene(family, sharp_big: torch.Tensor, noisy: torch.Tensor, gammas: np.ndarray,
+                     estimates: np.ndarray, size: int, pad: int) -> list[float]:
     low, high = torch.tensor(family.low), torch.tensor(family.high)
     crop = slice(pad, pad + size)
 
@@ -196,7 +241,7 @@ def known_scene_bound(model, sharp_big: torch.Tensor, gammas: np.ndarray, size: 
     for scene, y, gamma, estimate in zip(sharp_big.double(), noisy.double(), gammas, estimates,
                                          strict=True):
         # the forward model is the evaluation's own blur (checked on the noiseless image)
-        reference = model.family.operator(gamma, (size, size)).extended(pad).forward(
+        reference = family.operator(gamma, (size, size)).extended(pad).forward(
             scene.float())[crop, crop]
         assert torch.allclose(blurred(torch.from_numpy(gamma), scene)[crop, crop].float(),
                               reference, atol=1e-5)
@@ -207,10 +252,7 @@ def known_scene_bound(model, sharp_big: torch.Tensor, gammas: np.ndarray, size: 
             best = min(best, _poisson_fit(lambda g, x=scene: blurred(g, x)[crop, crop],
                                           counts, start, low, high), key=lambda r: r[0])
         snrs.append(family.field_snr(gamma, best[1]))
-    return {"n": len(snrs), "known_scene_snr_db": {"mean": float(np.mean(snrs)),
-                                                   "median": float(np.median(snrs))},
-            "network_snr_db": float(np.mean([family.field_snr(g, e) for g, e in
-                                             zip(gammas, estimates, strict=True)]))}
+    return snrs
 
 
 def speed(model, size: int = 512, repeats: int = 2) -> dict:
@@ -258,6 +300,7 @@ def main() -> None:
     gammas = model.family.sample(2 * args.n, seed=999, spread=False)
     started = time.perf_counter()
     held_out = scenes(args.n, big, generator=torch.Generator().manual_seed(2000))
+    crops = neuron_crops(args.n, big, seed=4)
     result = {
         "model": args.model, "family": repr(model.family), "size": args.size,
         "photons": PHOTONS, "threads": args.threads,
@@ -266,13 +309,14 @@ def main() -> None:
         "held_out_scenes": evaluate(model, held_out, gammas[: args.n], args.size, args.pad,
                                     blind, args.identify_only),
         "held_out_neuron_crops": evaluate(
-            model, neuron_crops(args.n, big, seed=4), gammas[args.n :], args.size, args.pad,
-            blind, args.identify_only),
+            model, crops, gammas[args.n :], args.size, args.pad, blind, args.identify_only),
     }
     if args.known_scene:
         n = min(args.known_scene, args.n)
         result["known_scene_bound"] = known_scene_bound(model, held_out[:n], gammas[:n],
                                                         args.size, args.pad)
+        result["known_scene_bound_neuron_crops"] = known_scene_bound(
+            model, crops[:n], gammas[args.n : args.n + n], args.size, args.pad)
     if not (args.no_speed or args.identify_only):
         result["speed_512"] = speed(model)
     result["seconds"] = time.perf_counter() - started
