@@ -54,6 +54,20 @@ def test_shapes_ranges_and_normalisation():
     assert bool(((stds - 1).abs() < 1e-3).all())
 
 
+def test_batches_keep_their_counts_and_noise_draw(gaussian1):
+    """What a fit that knows the noise model needs: the counts before normalisation and the
+    draw of each sample, consistent with the patches and within the configured ranges."""
+    data = PatchGenerator(gaussian1, {**SMALL, "photons": (100, 1000), "offset": (5, 10)},
+                          seed=1)
+    batch = data.batch(16)
+    assert batch.counts.shape == batch.patches.shape
+    assert torch.allclose(normalize_patches(batch.counts), batch.patches)
+    assert set(batch.noise) == {"photons", "qe", "read_noise", "background", "offset"}
+    photons, offset = batch.noise["photons"].flatten(), batch.noise["offset"].flatten()
+    assert bool(((photons >= 100) & (photons <= 1000)).all())
+    assert bool(((offset >= 5) & (offset <= 10)).all())
+
+
 def test_explicit_black_and_flat_samples_are_invalid(gaussian1):
     config = {**SMALL, "invalid_fraction": 0.5,
               "invalid_kinds": ["black", "flat", "ramp", "shade"]}

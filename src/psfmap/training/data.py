@@ -222,6 +222,12 @@ class Batch:
     detail_snr, signal_snr : Tensor (B,)
         The two validity criteria (energy of the object's fine detail and of the blurred
         signal, each divided by the noise standard deviation).
+    counts : Tensor (B, p, p)
+        The noisy patches before normalisation, in camera units (``patches`` standardised).
+    noise : dict of Tensor (B, 1, 1)
+        The noise draw of each sample: ``photons``, ``qe``, ``read_noise``, ``background``,
+        ``offset`` (what a fit that knows the noise model needs, e.g. a bound on the
+        regression's accuracy).
     """
 
     patches: torch.Tensor
@@ -230,6 +236,8 @@ class Batch:
     source: list[str]
     detail_snr: torch.Tensor | None = None
     signal_snr: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+    noise: dict[str, torch.Tensor] | None = None
 
 
 # ---------------------------------------------------------------- generator
@@ -481,8 +489,10 @@ class PatchGenerator:
         detail_snr = detail / noise_level
         signal_snr = signal / noise_level
         valid = (detail_snr >= cfg.detail_snr) & (signal_snr >= cfg.signal_snr) & ~explicit
+        noise = {"photons": photons, "qe": qe, "read_noise": read, "background": background,
+                 "offset": offset}
         return Batch(normalize_patches(noisy), params.float(), valid.float(), names,
-                     detail_snr, signal_snr)
+                     detail_snr, signal_snr, noisy, noise)
 
 
 def _laplacian(images: torch.Tensor) -> torch.Tensor:
