@@ -21,7 +21,7 @@ if importlib.util.find_spec("napari") is None:  # the optional extra is not inst
 
 
 @pytest.fixture
-def viewer(make_napari_viewer):
+def viewer(request):
     """A real napari viewer (napari's ``make_napari_viewer``, closed after the test)."""
     if not os.environ.get("DISPLAY"):
         reason = ("no X display for the viewer's OpenGL canvas: install the Xvfb program "
@@ -29,7 +29,9 @@ def viewer(make_napari_viewer):
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    return make_napari_viewer()
+    # requested only now: napari's fixture tears down by reading the test call's report,
+    # which a test skipped during its set-up never gets
+    return request.getfixturevalue("make_napari_viewer")()
 
 
 @pytest.fixture
