@@ -101,6 +101,18 @@ HELD_OUT = {
 }
 
 
+def held_out_generator(estimator, source: str, seed: int, config: dict | None = None
+                   ) -> PatchGenerator:
+    """The held-out patches of one Table III data type (``source``), all of it valid
+    material; ``config`` replaces the model's data config (e.g. another photon range).
+    ``micr_bundled``: only the package's own sample (no ../shared/data), held-out rows."""
+    config = dict(estimator.config["data"] if config is None else config)
+    return PatchGenerator(estimator.family, {
+        **config, "mix": {source.split("_")[0]: 1.0}, "invalid_fraction": 0.0,
+        "shared_data": source != "micr_bundled" and config.get("shared_data", False),
+        "proc_images": PROC_TEST_SCENES}, seed=seed, split="test")
+
+
 def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None = None,
               window: int | None = None, sources: tuple | None = None) -> dict:
     """R² per data type on ``samples`` held-out patches per type (truly valid ones).
@@ -118,14 +130,8 @@ def table_iii(estimator, samples: int, seed: int = 2020, photons: tuple | None =
         config["photons"] = list(photons)
     if window is not None:
         config["patch_size"] = int(window)
-    # micr_bundled: only the package's own sample (no ../shared/data), held-out rows
     for source in sources or SOURCES + ("micr_bundled",):
-        mix = {source.split("_")[0]: 1.0}
-        data = PatchGenerator(estimator.family, {**config, "mix": mix, "invalid_fraction": 0.0,
-                                                 "shared_data": source != "micr_bundled"
-                                                 and config.get("shared_data", False),
-                                                 "proc_images": PROC_TEST_SCENES},
-                              seed=seed, split="test")
+        data = held_out_generator(estimator, source, seed, config)
         patches, params, valid = [], [], []
         for start in range(0, samples, 1000):
             batch = data.batch(min(1000, samples - start))

@@ -31,10 +31,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_regression import PROC_TEST_SCENES, _predict_all, _r2  # noqa: E402
+from eval_regression import _predict_all, _r2, held_out_generator  # noqa: E402
 
 from psfmap.blind.estimator import PSFEstimator  # noqa: E402
-from psfmap.training import PatchGenerator  # noqa: E402
 
 #: grid points per parameter (a periodic axis is sampled over one period, end excluded)
 GRID = {"gaussian1": (351,), "gaussian2": (71, 71), "zernike1": (201,),
@@ -43,12 +42,7 @@ GRID = {"gaussian1": (351,), "gaussian2": (71, 71), "zernike1": (201,),
 
 def test_patches(estimator, source: str, samples: int, seed: int = 2020):
     """``(sharp crops, params, batch)`` of ``table_iii``'s test set for ``source``."""
-    config = dict(estimator.config["data"])
-    data = PatchGenerator(estimator.family, {**config, "mix": {source: 1.0},
-                                             "invalid_fraction": 0.0,
-                                             "shared_data": config.get("shared_data", False),
-                                             "proc_images": PROC_TEST_SCENES},
-                          seed=seed, split="test")
+    data = held_out_generator(estimator, source, seed)
     sharp, names, explicit = data.sharp_crops(samples)
     params = data.sample_params(samples)
     batch = data.render(sharp, params, estimator.family(params.float()).float(), names,
