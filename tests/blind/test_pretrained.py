@@ -18,14 +18,20 @@ SHIPPED = ("gaussian1", "gaussian2", "zernike1", "zernike3")
 # gaussian1 0.73 and 0.80 at seeds 14-15: a few gross errors on 280 patches move it by 0.1);
 # the margin absorbs platform differences. Model cards give the full held-out figures.
 MIN_R2 = {"gaussian1": 0.62, "gaussian2": 0.62, "zernike1": 0.70, "zernike3": 0.45}
-# a model trained with procedural scenes in its mix ([proc]) would render its config's 64 of
-# them (~1.5 s each) before the first patch: a few are enough material for these tests
-FEW_SCENES = {"proc_images": 4}
 
 
 @pytest.fixture(scope="module", params=SHIPPED)
 def estimator(request):
     return PSFEstimator.pretrained(request.param)
+
+
+def held_out_data(estimator, seed: int, **overrides) -> PatchGenerator:
+    """Valid patches of the model's own material, held-out split, bundled data only. A model
+    trained with procedural scenes in its mix ([proc]) would render its config's 64 of them
+    (~1.5 s each) before the first patch: 4 are enough material here."""
+    config = {**estimator.config["data"], "proc_images": 4, "shared_data": False,
+              "invalid_fraction": 0.0, **overrides}
+    return PatchGenerator(estimator.family, config, seed=seed, split="test")
 
 
 def test_shipped_files_are_small_and_documented():
@@ -49,9 +55,7 @@ def test_pretrained_family_and_patch_size(estimator):
 def test_pretrained_regresses_its_family(estimator):
     family = estimator.family
     periodic = [angle for _, angle in estimator.network.periodic]
-    data = PatchGenerator(family, {**estimator.config["data"], **FEW_SCENES,
-                                   "shared_data": False, "invalid_fraction": 0.0},
-                          seed=11, split="test")
+    data = held_out_data(estimator, seed=11)
     batch = data.batch(320)
     params, validity = estimator.predict(batch.patches)
     valid = batch.valid.numpy() > 0.5
@@ -112,9 +116,7 @@ def test_predict_does_not_depend_on_the_intensity_scale(estimator):
 def test_pretrained_predicts_the_size_of_its_own_errors(estimator):
     family = estimator.family
     assert estimator.has_uncertainty
-    data = PatchGenerator(family, {**estimator.config["data"], **FEW_SCENES,
-                                   "shared_data": False, "invalid_fraction": 0.0},
-                          seed=13, split="test")
+    data = held_out_data(estimator, seed=13)
     batch = data.batch(400)
     params, validity, std = estimator.predict(batch.patches, return_std=True)
     assert std.shape == params.shape and bool((std > 0).all())
@@ -136,9 +138,7 @@ def test_pretrained_predicts_the_size_of_its_own_errors(estimator):
 
 def test_predict_pools_larger_windows_like_the_psf_map(estimator):
     p = estimator.patch_size
-    data = PatchGenerator(estimator.family, {**estimator.config["data"], **FEW_SCENES,
-                                             "shared_data": False, "invalid_fraction": 0.0,
-                                             "patch_size": 2 * p + 16}, seed=5, split="test")
+    data = held_out_data(estimator, seed=5, patch_size=2 * p + 16)
     windows = data.batch(3).patches.double()
     params, validity = estimator.predict(windows)
     assert params.shape == (3, estimator.family.n_params) and validity.shape == (3,)
