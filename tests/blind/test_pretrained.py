@@ -27,8 +27,8 @@ def estimator(request):
 
 def held_out_data(estimator, seed: int, **overrides) -> PatchGenerator:
     """Valid patches of the model's own material, held-out split, bundled data only. A model
-    trained with procedural scenes in its mix ([proc]) would render its config's 64 of them
-    (~1.5 s each) before the first patch: 4 are enough material here."""
+    trained with procedural scenes in its mix ([proc]) would render up to its config's 64 of
+    them (~1.5 s each, as their crops are drawn): 4 are enough material here."""
     config = {**estimator.config["data"], "proc_images": 4, "shared_data": False,
               "invalid_fraction": 0.0, **overrides}
     return PatchGenerator(estimator.family, config, seed=seed, split="test")

@@ -10,7 +10,13 @@ from psfmap.psf import model
 from psfmap.simulate.scenes import scene
 from psfmap.training import DataConfig, PatchGenerator
 from psfmap.training.data import SOURCES
-from psfmap.training.sources import PROC_SEED_SPAN, PROC_SEEDS, procedural_images
+from psfmap.training.sources import (
+    PROC_SEED_SPAN,
+    PROC_SEEDS,
+    LazyImages,
+    procedural_images,
+    procedural_scene,
+)
 
 
 def test_procedural_images_replay_their_seeds_and_splits_are_disjoint():
@@ -34,6 +40,8 @@ def test_procedural_images_bad_arguments():
         procedural_images("validation", 1, 32)
     with pytest.raises(ValueError, match="count"):
         procedural_images("train", -1, 32)
+    with pytest.raises(ValueError, match="index"):
+        procedural_scene("train", -1, 32)
 
 
 def test_proc_is_a_source_and_its_pool_size_is_checked():
@@ -66,3 +74,39 @@ def test_proc_samples_carry_the_blur_they_are_labelled_with():
     order = width.argsort()
     sharpest, widest = high[order[:16]], high[order[-16:]]
     assert sharpest.median() > 100 * widest.median()
+
+
+def test_generator_renders_only_the_scenes_it_draws_and_draws_as_from_a_list():
+    family = model("gaussian1", size=9)
+    config = {"patch_size": 16, "mix": {"proc": 1.0}, "proc_images": 1000,
+              "invalid_fraction": 0.0}
+    lazy = PatchGenerator(family, config, seed=3, split="test")
+    pool = lazy.pools["proc"]
+    assert len(pool) == 1000 and pool.made == 0  # building the generator rendered nothing
+    batch = lazy.batch(2)
+    assert 1 <= pool.made <= 2
+    # the same draws as from a plain list of the scenes (holding only those drawn: any other
+    # draw would fail on a None)
+    replay = PatchGenerator(family, config, seed=3, split="test")
+    replay.pools["proc"] = _ListWithHoles(replay.pools["proc"], set(pool._made))
+    again = replay.batch(2)
+    assert torch.equal(batch.patches, again.patches)
+    assert torch.equal(batch.params, again.params)
+
+
+class _ListWithHoles(list):
+    """A plain list of the pool's length, holding the drawn scenes (fails on any other)."""
+
+    def __init__(self, pool, indices):
+        super().__init__([pool[i] if i in indices else None for i in range(len(pool))])
+
+
+def test_lazy_images_indexing():
+    made = []
+    pool = LazyImages(3, lambda i: made.append(i) or i * 10)
+    assert len(pool) == 3 and made == []
+    assert pool[1] == 10 and pool[-1] == 20 and pool[1] == 10
+    assert made == [1, 2] and pool.made == 2
+    assert pool[0:2] == [0, 10]
+    with pytest.raises(IndexError):
+        pool[3]

@@ -9,9 +9,9 @@ for blind deconvolution and depth estimation in optical microscopy", IEEE TIP 20
    bundled pictures), real sharp microscopy ``micr`` (the package's bundled sample plus,
    for training runs, ``../shared/data/sharp`` less the files measured unfit as ground truth,
    ``DataConfig.micr_exclude``) and procedural scenes ``proc``, sharp by construction
-   (:func:`~psfmap.training.sources.procedural_images`: rendered 4× finer and binned, seed
-   ranges disjoint between the ``train`` and ``test`` splits); it is turned by a multiple
-   of 90° and maybe mirrored;
+   (:func:`~psfmap.training.sources.procedural_scene`: rendered 4× finer and binned when
+   first drawn, seed ranges disjoint between the ``train`` and ``test`` splits); it is
+   turned by a multiple of 90° and maybe mirrored;
 2. PSF parameters are drawn uniformly in ``[family.low, family.high]`` and the crop is
    convolved in *valid* mode (FFT of the crop size; the wrapped border is discarded), so the
    ``p × p`` patch has no border artefact;
@@ -49,9 +49,10 @@ import torch
 from psfmap.psf import PSFFamily
 from psfmap.training.sources import (
     MICR_EXCLUDE,
+    LazyImages,
     microscopy_images,
     natural_images,
-    procedural_images,
+    procedural_scene,
     smooth_noise,
     synthetic_cells,
     synthetic_points,
@@ -133,7 +134,8 @@ class DataConfig:
         crops are cut from.
     proc_images : int
         Number of procedural scenes (``max(256, 2 crop)`` px square each) that ``proc`` crops
-        are cut from, per split (rendering costs ~3 s per scene, once per process).
+        are cut from, per split (rendering costs ~3 s per scene: each is rendered the first
+        time a crop of it is drawn, once per process).
     """
 
     patch_size: int = 64
@@ -301,10 +303,10 @@ class PatchGenerator:
         weights = torch.tensor([config.mix[s] for s in names], dtype=torch.float64)
         self.source_weights = weights / weights.sum()
 
-    def _build_pools(self) -> dict[str, list[torch.Tensor]]:
+    def _build_pools(self) -> dict[str, Sequence[torch.Tensor]]:
         cfg = self.config
         pool_generator = torch.Generator().manual_seed(1_000_003 * (self.split == "test") + 17)
-        pools: dict[str, list[torch.Tensor]] = {s: [] for s in SOURCES}
+        pools: dict[str, Sequence[torch.Tensor]] = {s: [] for s in SOURCES}
         side = max(256, 2 * self.crop_size)
         if cfg.mix.get("syn", 0) > 0:
             pools["syn"] = [torch.from_numpy(synthetic_cells((side, side), pool_generator))
@@ -317,11 +319,11 @@ class PatchGenerator:
         if cfg.mix.get("micr", 0) > 0:
             pools["micr"] = [torch.from_numpy(a) for a in microscopy_images(
                 self.split, cfg.shared_data, cfg.micr_binning, cfg.micr_exclude)]
-        if cfg.mix.get("proc", 0) > 0:
-            pools["proc"] = [torch.from_numpy(a) for a in procedural_images(
-                self.split, cfg.proc_images, side)]
         for name in SOURCES:  # images smaller than a crop are padded by reflection
             pools[name] = [self._fit(img) for img in pools[name]]
+        if cfg.mix.get("proc", 0) > 0:  # seconds per scene: each is rendered when first drawn
+            pools["proc"] = LazyImages(cfg.proc_images, lambda index: self._fit(torch.from_numpy(
+                procedural_scene(self.split, index, side))))
         return pools
 
     def _fit(self, image: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ NATURAL_TEST = ("gravel", "cell", "cat", "clock", "text", "page")
 # are PROC_SEED_SPAN apart, so no test scene is ever a training scene
 PROC_SEEDS = {"train": 10_000_000, "test": 20_000_000}
 PROC_SEED_SPAN = 10_000_000
-_PROC_CACHE: dict[tuple[str, int, int], list[np.ndarray]] = {}
+_PROC_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
 
 # ---------------------------------------------------------------- source images
 def _to_unit(image: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.8) -> np.ndarray:
@@ -121,33 +121,76 @@ def microscopy_images(
     return images
 
 
-def procedural_images(split: str, count: int, side: int) -> list[np.ndarray]:
-    """``count`` procedural scenes of ``side × side`` px, sharp by construction, in ``[0, 1]``.
+def procedural_scene(split: str, index: int, side: int) -> np.ndarray:
+    """Procedural scene ``index`` of a split: ``side²`` px in ``[0, 1]``, sharp by construction.
 
-    Scene ``i`` of a split is :func:`psfmap.simulate.scenes.scene` (``kind="mixed"``: nuclei
-    with textured interiors and sharp or soft edges, membranes, filaments, puncta, sparse to
-    dense fields, smooth background) drawn from seed ``PROC_SEEDS[split] + i``: the training
-    and test seed ranges are disjoint, so the test scenes are never seen in training. Each
-    scene is rendered ``4×`` finer and sum-binned, so its only blur is the pixel's
-    integration and a blur drawn on it is labelled exactly. Rendering costs about 3 s per
-    256² scene on one core, so the scenes are kept for the life of the process (read-only).
+    The scene is :func:`psfmap.simulate.scenes.scene` (``kind="mixed"``: nuclei with textured
+    interiors and sharp or soft edges, membranes, filaments, puncta, sparse to dense fields,
+    smooth background) drawn from seed ``PROC_SEEDS[split] + index``: the training and test
+    seed ranges are disjoint, so the test scenes are never seen in training. It is rendered
+    ``4×`` finer and sum-binned, so its only blur is the pixel's integration and a blur drawn
+    on it is labelled exactly. Rendering costs about 3 s per 256² scene on one core, so each
+    scene is kept for the life of the process (read-only) once made.
+    """
+    if split not in PROC_SEEDS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not isinstance(index, int) or not 0 <= index < PROC_SEED_SPAN:
+        raise ValueError(f"index must be an integer in [0, {PROC_SEED_SPAN}), got {index!r}")
+    key = (split, int(index), int(side))
+    if key not in _PROC_CACHE:
+        from psfmap.simulate.scenes import scene
+
+        generator = torch.Generator().manual_seed(PROC_SEEDS[split] + index)
+        image = scene((side, side), generator=generator, kind="mixed", supersample=4)
+        image.requires_grad_(False)
+        _PROC_CACHE[key] = image.numpy()
+    return _PROC_CACHE[key]
+
+
+def procedural_images(split: str, count: int, side: int) -> list[np.ndarray]:
+    """The first ``count`` procedural scenes of a split (:func:`procedural_scene`), all made now.
+
+    :class:`psfmap.training.PatchGenerator` does not call this: it renders a scene the first
+    time one of its crops is drawn (:class:`LazyImages`), so a generator that draws a few
+    batches does not pay for every scene of its config.
     """
     if split not in PROC_SEEDS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if not isinstance(count, int) or not 0 <= count <= PROC_SEED_SPAN:
         raise ValueError(f"count must be an integer in [0, {PROC_SEED_SPAN}], got {count!r}")
-    key = (split, int(count), int(side))
-    if key not in _PROC_CACHE:
-        from psfmap.simulate.scenes import scene
+    return [procedural_scene(split, index, side) for index in range(count)]
 
-        images = []
-        for index in range(count):
-            generator = torch.Generator().manual_seed(PROC_SEEDS[split] + index)
-            image = scene((side, side), generator=generator, kind="mixed", supersample=4)
-            image.requires_grad_(False)
-            images.append(image.numpy())
-        _PROC_CACHE[key] = images
-    return list(_PROC_CACHE[key])
+
+class LazyImages(Sequence):
+    """A read-only pool of ``count`` images, image ``i`` made by ``make(i)`` on first use.
+
+    For source images that take seconds each to make (procedural scenes): the pool has its
+    full length from the start, so the random draws over it are those of a list of the same
+    images, and only the images actually drawn are ever made.
+    """
+
+    def __init__(self, count: int, make):
+        self._count = int(count)
+        self._make = make
+        self._made: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not -self._count <= index < self._count:
+            raise IndexError(f"index {index} out of range for {self._count} images")
+        index %= self._count
+        if index not in self._made:
+            self._made[index] = self._make(index)
+        return self._made[index]
+
+    @property
+    def made(self) -> int:
+        """How many images have been made so far."""
+        return len(self._made)
 
 
 def sum_bin(plane: np.ndarray, factor: int) -> np.ndarray:
