@@ -47,3 +47,40 @@ def test_cli_bad_gamma_and_model(tiny_model, tmp_path, capsys):
                    str(tmp_path / "o.tif")])
     assert status == 2
     assert "neither a shipped Deep-Blur model" in capsys.readouterr().err
+
+
+def test_cli_projects_identified_gamma_quietly_and_saves_both(tiny_model, tmp_path, capsys):
+    """An identifier whose answers leave the admissible set: every frame is restored with the
+    projected γ̂, without a warning per frame (as ``psfmap.deepblur.deblur`` does), and
+    ``--save-gamma`` records what was used and what the network said."""
+    import warnings
+
+    import torch
+
+    with torch.no_grad():
+        tiny_model.identifier.head.bias.fill_(5.0)  # far beyond the box in every coefficient
+    model_path = tiny_model.save(tmp_path / "far.pt").with_suffix(".json")
+    stack = (np.random.default_rng(1).random((3, 40, 40)) * 100).astype(np.float32)
+    source, out, gamma_file = tmp_path / "in.tif", tmp_path / "out.tif", tmp_path / "g.json"
+    tifffile.imwrite(source, stack, photometric="minisblack")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        status = main(["deepblur", str(source), "--model", str(model_path), "-o", str(out),
+                       "--save-gamma", str(gamma_file), "--strict"])
+    assert status == 0
+    assert "γ̂ of 3 projected onto the set" in capsys.readouterr().out
+    record = json.loads(gamma_file.read_text())
+    used, raw = np.asarray(record["gamma"]), np.asarray(record["gamma_identified"])
+    assert used.shape == raw.shape == (3, 7)
+    family = tiny_model.family
+    assert all(family.contains(row) for row in used) and not any(
+        family.contains(row) for row in raw)
+    np.testing.assert_allclose(used, np.stack([family.project(row) for row in raw]))
+    # the recorded γ restores the same first frame
+    again, given = tmp_path / "again.tif", tmp_path / "given.json"
+    given.write_text(json.dumps({"gamma": record["gamma"][0]}))
+    tifffile.imwrite(tmp_path / "first.tif", stack[0])
+    assert main(["deepblur", str(tmp_path / "first.tif"), "--model", str(model_path), "-o",
+                 str(again), "--gamma", str(given), "--strict", "--quiet"]) == 0
+    np.testing.assert_allclose(tifffile.imread(again), tifffile.imread(out)[0], rtol=1e-4,
+                               atol=1e-3)

@@ -30,11 +30,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, help="restored image (.tif)")
     parser.add_argument("--gamma", help="JSON file with the coefficients to use (skip "
                                         "identification): a list, or {\"gamma\": [...]}")
-    parser.add_argument("--save-gamma", help="write the coefficients used to this JSON file")
+    parser.add_argument("--save-gamma", help="write the coefficients used to this JSON file "
+                                             "(and, when identified, the network's raw "
+                                             "estimates)")
     parser.add_argument("--plane", type=int, help="plane of a stack to restore (default: all)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse a --gamma outside the admissible set (default: project "
-                             "it onto the set with a warning)")
+                             "it onto the set with a warning); identified coefficients are "
+                             "always projected, quietly, as by psfmap.deepblur.deblur")
     return parser
 
 
@@ -57,6 +60,7 @@ def _read_gamma(path: str) -> np.ndarray:
 def run(args) -> int:
     from psfmap.cli.estimate import read_plane
     from psfmap.deepblur import deblur, identify, load_model
+    from psfmap.deepblur.verbs import project_estimates
     from psfmap.io import write_image
 
     check_outputs(args, [args.image, args.gamma], images=[args.output],
@@ -70,14 +74,17 @@ def run(args) -> int:
     image, metadata = read_plane(args.image, args.plane, stack=True, args=args)
     frames = np.asarray(image, dtype=np.float32).reshape(-1, *image.shape[-2:])
     start = time.perf_counter()
+    identified = None
     if args.gamma is not None:
         gammas = _read_gamma(args.gamma)
         if gammas.ndim != 1 or gammas.size != model.n_params:
             raise ValueError(f"--gamma must hold P = {model.n_params} numbers for the "
                              f"{model.family.name} family, got shape {gammas.shape}")
         gammas = np.repeat(gammas[None], len(frames), axis=0)
-    else:
-        gammas = np.asarray(identify(frames, model)).reshape(-1, model.n_params)
+    else:  # the network's estimates, projected onto the set as the Python verb does
+        identified = np.asarray(identify(frames, model), dtype=np.float64).reshape(
+            -1, model.n_params)
+        gammas = project_estimates(identified, model.family)
     restored = []
     with progress_bar(args, len(frames), "deepblur") as bar:
         for frame, gamma in zip(frames, gammas, strict=True):
@@ -96,12 +103,16 @@ def run(args) -> int:
     if args.save_gamma:
         record = {"model": str(args.model), "family": model.family.name,
                   "gamma": np.asarray(gammas).tolist()}
+        if identified is not None:  # the network's answers before projection onto the set
+            record["gamma_identified"] = identified.tolist()
         target = Path(args.save_gamma)
         temporary = target.with_name(f".{target.name}.tmp")
         temporary.write_text(json.dumps(record, indent=2))
         temporary.replace(target)
         written.append(args.save_gamma)
+    projected = "" if identified is None else (
+        f", γ̂ of {int(np.any(identified != gammas, axis=1).sum())} projected onto the set")
     summary(args, f"deepblur {model.name}: {len(frames)} frame(s) of "
-                  f"{image.shape[-2]}x{image.shape[-1]}, P = {model.n_params}, in "
+                  f"{image.shape[-2]}x{image.shape[-1]}, P = {model.n_params}{projected}, in "
                   f"{elapsed:.1f} s -> {', '.join(written)}")
     return 0
