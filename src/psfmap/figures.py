@@ -165,6 +165,18 @@ def plot_psf_map(
     return figure
 
 
+def _unwrap_periodic(cells: np.ndarray, periodic: list) -> np.ndarray:
+    """``cells (n, N)`` with each periodic axis column (period π) unwrapped to within ±π/2 of
+    its circular mean (angles doubled, weighted by the astigmatism power), so that cells at
+    0.05 and π − 0.05 rad — the same axis — are summarised as near 0, not as 1.57."""
+    cells = np.array(cells, dtype=np.float64, copy=True)
+    for power, axis in periodic:
+        weights = np.abs(cells[:, power]) + 1e-12
+        centre = np.angle(np.sum(weights * np.exp(2j * cells[:, axis]))) / 2
+        cells[:, axis] = centre + (cells[:, axis] - centre + np.pi / 2) % np.pi - np.pi / 2
+    return cells
+
+
 def plot_psf_map_stack(
     maps: Any,
     path: str | os.PathLike | None = None,
@@ -178,7 +190,9 @@ def plot_psf_map_stack(
     One panel per parameter of the family: the median over each frame's valid cells
     (validity ≥ 0.5; all cells where none is valid) with the 10–90 % range across those
     cells, i.e. the blur of the plane and how much it varies over the field. Through a
-    z-stack the width of a Gaussian map is smallest at the focal plane.
+    z-stack the width of a Gaussian map is smallest at the focal plane. A periodic
+    astigmatism axis (0 ≡ π) is summarised around its circular mean, so its curve may leave
+    ``[0, π)`` by up to π/2 rather than jump across the wrap.
 
     Parameters
     ----------
@@ -200,11 +214,13 @@ def plot_psf_map_stack(
                              f"{maps[0].family.name} one")
     plt = pyplot()
     names = maps[0].names
+    periodic = getattr(maps[0].family, "periodic", [])
     # (frames, 3 quantiles, N): 10th percentile, median, 90th percentile over valid cells
     summary = np.stack([
         np.percentile(
-            psf_map.params[psf_map.validity >= 0.5] if (psf_map.validity >= 0.5).any()
-            else psf_map.params.reshape(-1, len(names)),
+            _unwrap_periodic(psf_map.params[psf_map.validity >= 0.5]
+                             if (psf_map.validity >= 0.5).any()
+                             else psf_map.params.reshape(-1, len(names)), periodic),
             [10, 50, 90], axis=0,
         )
         for psf_map in maps
@@ -213,11 +229,12 @@ def plot_psf_map_stack(
     figure, axes = plt.subplots(
         len(names), 1, figsize=(figsize, 2.2 * len(names) + 0.6), sharex=True, squeeze=False
     )
+    units = getattr(maps[0].family, "units", None)
     for k, (axis, name) in enumerate(zip(axes[:, 0], names)):
         axis.fill_between(frames, summary[:, 0, k], summary[:, 2, k], alpha=0.3,
                           label="10–90 % of the cells")
         axis.plot(frames, summary[:, 1, k], "o-", markersize=3, label="median")
-        axis.set_ylabel(name)
+        axis.set_ylabel(f"{name} ({units[k]})" if units else name)
         axis.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     axes[-1, 0].set_xlabel(xlabel)

@@ -208,3 +208,14 @@ def test_an_empty_batch_gives_no_psfs():
     for name in ("gaussian1", "zernike3"):
         family = psf.model(name)
         assert family(np.zeros((0, family.n_params))).shape == (0, family.size, family.size)
+
+
+def test_every_family_names_the_unit_of_each_parameter():
+    from psfmap.psf.families import FAMILIES
+
+    for name in FAMILIES:
+        family = psf.model(name)
+        assert len(family.units) == family.n_params
+    assert psf.model("gaussian2").units == ("px", "px")
+    assert psf.model("zernike3").units == ("waves RMS", "waves RMS", "rad")
+    assert set(psf.model("zernike7").units) == {"waves RMS"}

@@ -219,7 +219,8 @@ def plot_map_comparison(truth, estimated, resample_params):
             axes[row, k].set_title(f"{label} {name}")
             axes[row, k].set_xticks([])
             axes[row, k].set_yticks([])
-            figure.colorbar(image, ax=axes[row, k], fraction=0.046)
+            figure.colorbar(image, ax=axes[row, k], fraction=0.046,
+                            label=estimated.family.units[k])
     image = axes[1, -1].imshow(estimated.validity, vmin=0, vmax=1, cmap="gray")
     axes[1, -1].set_title("CNN validity")
     figure.colorbar(image, ax=axes[1, -1], fraction=0.046)

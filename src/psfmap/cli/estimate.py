@@ -174,8 +174,9 @@ def describe_map(psf_map) -> str:
     params = np.stack([m.params for m in maps])
     validity = np.stack([m.validity for m in maps])
     gy, gx = maps[0].grid
+    units = [f" {unit}" for unit in getattr(maps[0].family, "units", ("",) * params.shape[-1])]
     ranges = ", ".join(
-        f"{name} {params[..., k].min():.3g}..{params[..., k].max():.3g}"
+        f"{name} {params[..., k].min():.3g}..{params[..., k].max():.3g}{units[k]}"
         for k, name in enumerate(maps[0].names)
     )
     cells = f"{int((validity >= 0.5).sum())}/{validity.size} cells valid"
@@ -183,7 +184,8 @@ def describe_map(psf_map) -> str:
         # the network's own error estimate, median over the valid cells
         std = np.stack([m.std for m in maps])[validity >= 0.5]
         cells += ", predicted error " + ", ".join(
-            f"{name} ±{np.median(std[:, k]):.2g}" for k, name in enumerate(maps[0].names))
+            f"{name} ±{np.median(std[:, k]):.2g}{units[k]}"
+            for k, name in enumerate(maps[0].names))
     what = f"{gy}x{gx} {maps[0].family.name} map"
     if isinstance(psf_map, list):
         what = f"{len(maps)} {gy}x{gx} {maps[0].family.name} maps (one per frame)"

@@ -73,6 +73,8 @@ class PSFFamily:
         Catalogue name (``gaussian1`` ... ``zernike3``).
     names : tuple of str
         Parameter names, in column order.
+    units : tuple of str
+        Unit of each parameter (``"px"``, ``"waves RMS"`` or ``"rad"``).
     low, high : np.ndarray
         Admissible range of each parameter (used for sampling and for normalising regressions).
     size : int
@@ -130,6 +132,14 @@ class PSFFamily:
     @property
     def n_params(self) -> int:
         return len(self.names)
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """Unit of each parameter: ``"px"`` (Gaussian widths), ``"waves RMS"`` (Zernike
+        coefficients and astigmatism power), ``"rad"`` (astigmatism axis)."""
+        if self.kind == "gaussian":
+            return ("px",) * self.n_params
+        return tuple("rad" if name == "axis" else "waves RMS" for name in self.names)
 
     def __repr__(self) -> str:
         ranges = ", ".join(
