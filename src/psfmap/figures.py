@@ -97,6 +97,7 @@ def plot_psf_map(
     psf_cmap: str = "magma",
     gamma: float = 0.5,
     figsize: float = 6.0,
+    parameters: bool = False,
 ):
     """Draw the local PSFs of a PSF map or operator over the image, at their cell centres.
 
@@ -116,11 +117,18 @@ def plot_psf_map(
         Save the figure there (atomically); the format follows the extension.
     grid : (int, int), optional
         Sampling grid for operators.
+    parameters : bool
+        For a :class:`~psfmap.operators.psf_map.PSFMap`, add one panel per parameter: its
+        value in every cell over the image's extent, with a colour bar in the parameter's
+        unit; cells of validity < 0.5 (filled from their neighbours) are drawn faded. A
+        fine grid's PSFs are too small to read; these panels show the map at a glance.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
+    from psfmap.operators.psf_map import PSFMap
+
     plt = pyplot()
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -138,7 +146,10 @@ def plot_psf_map(
 
     colormap = plt.get_cmap(psf_cmap)
     aspect = height / width
-    figure, axes = plt.subplots(figsize=(figsize, figsize * aspect))
+    names = psf_map.names if parameters and isinstance(psf_map, PSFMap) else ()
+    figure, panels = plt.subplots(1, 1 + len(names), squeeze=False, figsize=(
+        figsize * (1 + 1.2 * len(names)), figsize * aspect))
+    axes = panels[0, 0]
     low, high = np.percentile(image, [1.0, 99.5])
     axes.imshow(image, cmap=cmap, vmin=low, vmax=high if high > low else low + 1,
                 extent=(-0.5, width - 0.5, height - 0.5, -0.5))
@@ -159,10 +170,36 @@ def plot_psf_map(
     kernel = psfs.shape[-1]
     axes.set_title(title or f"local PSFs ({gy}×{gx} grid, {kernel}×{kernel} px windows, "
                    f"magnified ×{side / kernel:.1f})", fontsize=9)
+    for k, name in enumerate(names):
+        _draw_parameter(figure, panels[0, 1 + k], psf_map, k, name, (height, width))
     figure.tight_layout()
     if path is not None:
         save_figure(figure, path)
     return figure
+
+
+def _draw_parameter(figure: Any, axes: Any, psf_map: Any, k: int, name: str,
+                    shape: tuple[int, int]) -> None:
+    """Parameter ``k`` of a PSF map as an image over the image's extent (cells of validity
+    < 0.5 faded), with a colour bar in its unit."""
+    height, width = shape
+    family = psf_map.family
+    low, high = float(family.low[k]), float(family.high[k])
+    periodic = any(k == axis for _, axis in getattr(family, "periodic", []))
+    shown = axes.imshow(psf_map.params[..., k], cmap="twilight" if periodic else "viridis",
+                        vmin=low, vmax=high, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                        interpolation="nearest")
+    faded = np.where(psf_map.validity < 0.5, 0.6, 0.0)  # a white veil over filled cells
+    overlay = np.zeros((*faded.shape, 4))
+    overlay[..., :3], overlay[..., 3] = 1.0, faded
+    axes.imshow(overlay, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                interpolation="nearest")
+    units = getattr(family, "units", None)
+    figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04,
+                    label=f"{name} ({units[k]})" if units else name)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_title(name + (" (faded: low validity)" if faded.any() else ""), fontsize=9)
 
 
 def _unwrap_periodic(cells: np.ndarray, periodic: list) -> np.ndarray:

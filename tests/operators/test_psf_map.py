@@ -220,3 +220,31 @@ def test_plot_psf_map_stack_summarises_the_axis_across_its_wrap(tmp_path):
     assert axis_panel.get_ylabel() == "axis (rad)"
     assert figure.axes[0].get_ylabel() == "focus (waves RMS)"
     plt.close(figure)
+
+
+def test_plot_psf_map_draws_each_parameter_in_its_unit(tmp_path, check_figure):
+    """``parameters=True``: beside the local PSFs, one panel per parameter holding the cell
+    values over the image's extent, a colour bar in the parameter's unit, and the cells of low
+    validity veiled; an operator (no parameters) keeps the single panel."""
+    from matplotlib import pyplot as plt
+
+    from psfmap.figures import plot_psf_map
+
+    params = np.stack(np.meshgrid(np.linspace(0.5, 1.5, 3), [1.0, 2.0], indexing="xy"), -1)
+    validity = np.ones((2, 3))
+    validity[0, 0] = 0.1
+    psf_map = PSFMap("gaussian2", params, (40, 60), validity=validity)
+    image = np.random.default_rng(0).random((40, 60))
+    figure = plot_psf_map(image, psf_map, tmp_path / "map.png", parameters=True)
+    check_figure(tmp_path / "map.png")
+    labels = [axis.get_ylabel() for axis in figure.axes]
+    assert "width_x (px)" in labels and "width_y (px)" in labels
+    panel = figure.axes[1]
+    np.testing.assert_allclose(panel.images[0].get_array(), params[..., 0])
+    veil = panel.images[1].get_array()
+    assert veil[0, 0, 3] > 0 and veil[1, 2, 3] == 0  # only the low-validity cell is veiled
+    assert panel.images[0].get_extent() == [-0.5, 59.5, 39.5, -0.5]
+    plt.close(figure)
+    single = plot_psf_map(image, psf_map.operator(), grid=(2, 2), parameters=True)
+    assert len(single.axes) == 1
+    plt.close(single)

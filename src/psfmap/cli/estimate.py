@@ -135,7 +135,8 @@ def add_map_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--figure", default=None,
-        help="figure of the PSF map to write (.png; a stack: parameters frame by frame)",
+        help="figure of the PSF map to write (.png: local PSFs over the image and each "
+             "parameter's map; a stack: parameters frame by frame)",
     )
 
 
@@ -160,7 +161,8 @@ def write_outputs(args, image: np.ndarray, psf_map) -> list[str]:
             title = f"{psf_map.family.name} PSF map ({psf_map.grid[0]}x{psf_map.grid[1]})"
             # one map shared by the frames of a stack: drawn over their maximum projection
             background = image.reshape(-1, *image.shape[-2:]).max(axis=0)
-            figure = plot_psf_map(background, psf_map, args.figure, title=title)
+            figure = plot_psf_map(background, psf_map, args.figure, title=title,
+                                  parameters=True)
         import matplotlib.pyplot as plt
 
         plt.close(figure)
