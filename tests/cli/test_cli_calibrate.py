@@ -86,3 +86,21 @@ def test_cli_errors(files, capsys):
     assert "holds no rows" in error and len(error.strip().splitlines()) == 1
     assert main(["calibrate", stack, "--pixel-size", "-0.1", "-o", str(files / "f.psfmap")]) == 2
     assert main(["calibrate", stack, "--min-beads", "0", "-o", str(files / "f.psfmap")]) == 2
+
+
+def test_calibrate_names_the_slice_short_of_beads(files, capsys):
+    """A slice of a z-stack with too few beads is named by file and slice, and the message
+    says how to keep the in-focus slices; with --slices given, no such advice."""
+    stack = np.stack([tifffile.imread(files / "beads.tif")[0], np.zeros((192, 192), np.float32)])
+    tifffile.imwrite(files / "blank_slice.tif", stack, photometric="minisblack")
+    out = files / "never.psfmap"
+    assert main(["calibrate", str(files / "blank_slice.tif"), "--psf-size", "21",
+                 "-o", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "blank_slice.tif[1]" in error and "images[" not in error
+    assert "--slices a:b" in error and "--volume" in error
+    assert not out.exists()
+    assert main(["calibrate", str(files / "blank_slice.tif"), "--slices", "1:2",
+                 "--psf-size", "21", "-o", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "blank_slice.tif[1]" in error and "--slices a:b" not in error

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -151,20 +152,23 @@ def run(args) -> int:
     metadata = {"conditions": names, "sources": [str(p) for p in args.beads]}
     if pixel_size:
         metadata["pixel_size"] = float(np.atleast_1d(pixel_size)[-1])
-    with progress_bar(args, len(images), "calibrating") as bar:
-        family = calibrate(
-            images,
-            psf_size=args.psf_size,
-            psf_sigma=args.psf_sigma,
-            n_eigen=args.eigen,
-            spatial_rank=args.spatial,
-            smoothing=args.smoothing,
-            k=args.threshold,
-            min_beads=args.min_beads,
-            metadata=metadata,
-            seed=args.seed,
-            progress=bar.update,
-        )
+    try:
+        with progress_bar(args, len(images), "calibrating") as bar:
+            family = calibrate(
+                images,
+                psf_size=args.psf_size,
+                psf_sigma=args.psf_sigma,
+                n_eigen=args.eigen,
+                spatial_rank=args.spatial,
+                smoothing=args.smoothing,
+                k=args.threshold,
+                min_beads=args.min_beads,
+                metadata=metadata,
+                seed=args.seed,
+                progress=bar.update,
+            )
+    except ValueError as error:
+        raise ValueError(_name_condition(str(error), names, args)) from None
     family.save(args.output)
     if args.figure:
         plot_family(family, args.figure)
@@ -176,6 +180,21 @@ def run(args) -> int:
         f"J={family.n_spatial} spatial maps -> {args.output}",
     )
     return 0
+
+
+def _name_condition(message: str, names: list[str], args) -> str:
+    """A calibration error about ``images[k]`` names the file (and slice) it came from, and
+    for a slice of a z-stack taken whole says how to pick the in-focus slices."""
+    match = re.search(r"images\[(\d+)\]", message)
+    if match is None or int(match.group(1)) >= len(names):
+        return message
+    name = names[int(match.group(1))]
+    message = message.replace(match.group(0), name)
+    if name.endswith("]") and args.slices is None:
+        message += ("; every slice of a z-stack is one condition: keep the slices where the "
+                    "beads are in focus with --slices a:b, or calibrate the stack as one "
+                    "volume with --volume")
+    return message
 
 
 def run_volume(args) -> int:
