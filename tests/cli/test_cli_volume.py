@@ -98,3 +98,26 @@ def test_a_psf_with_another_z_step_is_refused(stack, capsys):
     assert "same axial sampling" in capsys.readouterr().err
     assert main(["deconvolve", str(stack["plain"]), "--psf", str(psf), "--z-step", "1.0",
                  "--iterations", "1", "-o", str(out)]) == 0
+
+
+def test_a_3d_psf_gets_the_checks_of_a_2d_one(stack, capsys):
+    """A measured 3-D PSF on its camera background is flagged as a 2-D one is (it was taken
+    silently: 57 % of a real bead's cropped flux was background); negative values are refused
+    naming --clip-psf, and clipped with a warning under it."""
+    base = ["deconvolve", str(stack["imagej"]), "--iterations", "2", "-o",
+            str(stack["tmp"] / "r.tif"), "--quiet"]
+    assert main([*base, "--psf", str(stack["psf"])]) == 0
+    assert capsys.readouterr().err == ""
+    raw = stack["tmp"] / "raw3d.tif"
+    tifffile.imwrite(raw, 100 * _psf3d() + 1.0)
+    assert main([*base, "--psf", str(raw)]) == 0
+    warning = capsys.readouterr().err
+    assert "border level of --psf raw3d.tif" in warning and "subtract the background" in warning
+    noisy = stack["tmp"] / "noisy3d.tif"
+    psf = _psf3d()
+    psf[0, 0, 0] = -1e-4
+    tifffile.imwrite(noisy, psf)
+    assert main([*base, "--psf", str(noisy)]) == 1
+    assert "--clip-psf" in capsys.readouterr().err
+    assert main([*base, "--psf", str(noisy), "--clip-psf"]) == 0
+    assert "--clip-psf set 1 negative values" in capsys.readouterr().err

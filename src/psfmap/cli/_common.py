@@ -15,6 +15,9 @@ from psfmap.cli import UsageError
 # an integer image with at least this fraction of its pixels at the dtype's maximum is
 # saturated: those pixels lost their true value and restoration treats them as real
 SATURATION_WARNING = 1e-3
+# a measured PSF whose flat border level holds more than this fraction of its flux is mostly
+# background: normalised to unit sum, its peak is a small bump on a flat kernel
+PEDESTAL_WARNING = 0.2
 
 
 def check_outputs(
@@ -201,3 +204,46 @@ def warn_saturated(args, image, name: str) -> float:
                    f"{array.dtype} maximum {top}; their true intensity is lost and the "
                    "restoration around them is unreliable")
     return fraction
+
+
+def pedestal_fraction(psf) -> float:
+    """Fraction of a PSF's flux (2-D or 3-D) in a flat level under it: ``b · size / sum``
+    with ``b`` the 10th percentile of its border pixels (every face of a 3-D PSF): a
+    background lifts the whole border, corners included; a tightly cropped clean PSF only
+    the middle of its edges."""
+    import numpy as np
+
+    psf = np.asarray(psf, dtype=np.float64)
+    inner = np.zeros(psf.shape, dtype=bool)
+    inner[tuple(slice(1, -1) for _ in psf.shape)] = True
+    border = psf[~inner]
+    total = float(psf.sum())
+    if border.size == 0 or not total > 0:
+        return 0.0
+    return float(max(np.percentile(border, 10), 0.0) * psf.size / total)
+
+
+def checked_psf(args, psf):
+    """A ``--psf`` array made ready for the verbs, with one line for what the user should
+    know: negative values (the noise of a background subtraction) clipped under --clip-psf
+    with a warning, else refused naming the option; a PSF whose border level carries much
+    of its flux (background not subtracted) warned about."""
+    import numpy as np
+
+    name = Path(args.psf).name
+    negative = psf < 0
+    if np.isfinite(psf).all() and negative.any():  # non-finite values: the verb's message
+        mass = float(np.abs(psf).sum())
+        fraction = float(-psf[negative].sum()) / mass if mass > 0 else 1.0
+        if not args.clip_psf:
+            raise ValueError(
+                f"--psf {args.psf!r} has negative values (minimum {float(psf.min()):.3g}, "
+                f"{100 * fraction:.2g} % of its mass); pass --clip-psf to set them to 0")
+        warn(args, f"--clip-psf set {int(negative.sum())} negative values of --psf {name} "
+                   f"to 0 ({100 * fraction:.2g} % of its mass)")
+        psf = np.clip(psf, 0.0, None)
+    if np.isfinite(psf).all() and (pedestal := pedestal_fraction(psf)) > PEDESTAL_WARNING:
+        warn(args, f"the border level of --psf {name} carries {100 * pedestal:.0f} % of its "
+                   "flux: subtract the background and crop the PSF around the bead, or the "
+                   "restoration barely sharpens")
+    return psf

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from psfmap.cli import UsageError
-from psfmap.cli._common import progress_bar, provenance, summary, warn
+from psfmap.cli._common import checked_psf, progress_bar, provenance, summary, warn
 from psfmap.io import read_z_step
 
 # a PSF's z-step may differ from the stack's by this fraction (no resampling is done)
@@ -49,7 +49,8 @@ def volume_operator(args, image: np.ndarray) -> tuple[Any, str] | None:
         psf = np.asarray(psf, dtype=np.float64)
         if psf.ndim != 3 or image.ndim < 3 or args.plane_by_plane:
             return None
-        if not np.isfinite(psf).all() or (psf < 0).any() or not psf.sum() > 0:
+        psf = checked_psf(args, psf)
+        if not np.isfinite(psf).all() or not psf.sum() > 0:
             raise ValueError(f"--psf {args.psf!r} must be a finite, non-negative 3-D PSF with a "
                              "positive sum (subtract the background and clip it first)")
         from psfmap.operators import Convolution

@@ -11,6 +11,7 @@ from psfmap.cli import UsageError, command_parser
 from psfmap.cli._common import (
     check_number,
     check_outputs,
+    checked_psf,
     progress_bar,
     provenance,
     summary,
@@ -22,19 +23,6 @@ from psfmap.cli._volume import add_volume_flags, run_volume, volume_operator
 
 # frames restored together: at most this many pixels per batch (memory stays bounded)
 BATCH_PIXELS = 4 * 1024 * 1024
-# a measured PSF whose flat border level holds more than this fraction of its flux is mostly
-# background: normalised to unit sum, its peak is a small bump on a flat kernel
-PEDESTAL_WARNING = 0.2
-
-
-def pedestal_fraction(psf: np.ndarray) -> float:
-    """Fraction of the PSF's flux in a flat level under it: ``b · size / sum`` with ``b`` the
-    10th percentile of its border (a background lifts the whole border, corners included;
-    a tightly cropped clean PSF only the middle of its edges)."""
-    border = np.concatenate([psf[0], psf[-1], psf[1:-1, 0], psf[1:-1, -1]])
-    return float(max(np.percentile(border, 10), 0.0) * psf.size / psf.sum())
-
-
 def add_parser(subparsers):
     from psfmap.restore.tiled import DEFAULT_OVERLAP, MIN_TILE
 
@@ -174,15 +162,10 @@ def _load_operator(args, image_shape: tuple[int, int]):
             psf, note = psf[plane], f" (PSF plane {plane} of {psf.shape[0]})"
         if psf.ndim != 2:
             raise ValueError(f"--psf must be a 2-D PSF image, got shape {psf.shape}")
-        psf = _nonnegative_psf(args, psf)
+        psf = checked_psf(args, psf)
         # the verb's own reading of a PSF array: checked (finite, non-negative, not all
         # zero), then normalised to unit sum
         operator = as_operator(psf, image_shape, f"--psf {args.psf!r}")
-        pedestal = pedestal_fraction(psf)
-        if pedestal > PEDESTAL_WARNING:
-            warn(args, f"the border level of --psf {Path(args.psf).name} carries "
-                       f"{100 * pedestal:.0f} % of its flux: subtract the background and crop "
-                       "the PSF around the bead, or the restoration barely sharpens")
         return operator, f"PSF {Path(args.psf).name}{note}"
     if args.operator is not None:
         from psfmap.operators import load
@@ -193,26 +176,6 @@ def _load_operator(args, image_shape: tuple[int, int]):
     psf_map = PSFMap.load(args.psf_map)
     psf_map.check_covers(image_shape, f"--psf-map {args.psf_map!r}")
     return psf_map.operator(image_shape), f"PSF map {Path(args.psf_map).name}"
-
-
-def _nonnegative_psf(args, psf: np.ndarray) -> np.ndarray:
-    """A PSF with negative values: clipped with a warning under --clip-psf, else refused with
-    the option to use (the verb refuses any negative value; a background-subtracted measured
-    PSF carries a little negative noise)."""
-    negative = psf < 0
-    if not np.isfinite(psf).all() or not negative.any():
-        return psf  # non-finite values: the verb's own message
-    clipped = float(-psf[negative].sum())
-    mass = float(np.abs(psf).sum())
-    fraction = clipped / mass if mass > 0 else 1.0
-    if not args.clip_psf:
-        raise ValueError(
-            f"--psf {args.psf!r} has negative values (minimum {float(psf.min()):.3g}, "
-            f"{100 * fraction:.2g} % of its mass); pass --clip-psf to set them to 0"
-        )
-    warn(args, f"--clip-psf set {int(negative.sum())} negative values of --psf "
-               f"{Path(args.psf).name} to 0 ({100 * fraction:.2g} % of its mass)")
-    return np.clip(psf, 0.0, None)
 
 
 def _shift_negative(args, image: np.ndarray) -> tuple[np.ndarray, float]:
