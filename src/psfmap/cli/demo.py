@@ -23,6 +23,7 @@ import numpy as np
 
 from psfmap.cli import UsageError, command_parser
 from psfmap.cli._common import check_number, check_writable, summary
+from psfmap.cli.estimate import parameter_ranges
 
 EXAMPLE = "psfmap demo -o demo-output"
 # the procedural scene's seed: no training run draws it (training seeds are small integers)
@@ -96,10 +97,7 @@ def simulate_blur(state: DemoState, seed: int = 0) -> DemoState:
     state.simulation = simulate(state.sharp, **settings)
     blurred = state.simulation.blurred
     psf_map = state.simulation.psf_map
-    ranges = ", ".join(
-        f"{name} {psf_map.params[..., k].min():.2f}..{psf_map.params[..., k].max():.2f}"
-        for k, name in enumerate(psf_map.names)
-    )
+    ranges = parameter_ranges(psf_map.params, psf_map.family, ".2f")
     state.lines.append(
         f"blur: {settings['model']} on a {settings['grid'][0]}x{settings['grid'][1]} "
         f"{settings['field']} field ({ranges}), {settings['photons']:g} photons, read noise "
@@ -264,12 +262,10 @@ def real_sample(state: DemoState, model: str = "zernike3") -> DemoState:
         metadata={"psfmap": "demo blind deblur of the real measurement", "model": model})
     state.files["real_map"] = estimated.save(output / "real_estimated.psfmap")
     figure = plot_psf_map(measured, estimated, output / "real_psf_map.png",
-                          title="blind CNN PSF map over the real measurement")
+                          title="blind CNN PSF map over the real measurement", parameters=True)
     plt.close(figure)
     state.files["real_figure"] = output / "real_psf_map.png"
-    ranges = ", ".join(f"{name} {estimated.params[..., k].min():.2f}.."
-                       f"{estimated.params[..., k].max():.2f}"
-                       for k, name in enumerate(estimated.names))
+    ranges = parameter_ranges(estimated.params, estimated.family, ".2f")
     state.lines.append(
         f"real sample: bundled blurred fluorescence measurement (apsk14/rdmpy, never used in "
         f"training), 512x512 px; {model} map {estimated.grid[0]}x{estimated.grid[1]} "

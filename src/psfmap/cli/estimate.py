@@ -170,17 +170,28 @@ def write_outputs(args, image: np.ndarray, psf_map) -> list[str]:
     return written
 
 
+def _units(family, count: int) -> list[str]:
+    """" unit" per parameter (empty strings for a family that names none)."""
+    return [f" {unit}" for unit in getattr(family, "units", ("",) * count)]
+
+
+def parameter_ranges(params: np.ndarray, family, spec: str = ".3g") -> str:
+    """``"focus 0.13..0.35 waves RMS, ..."``: each parameter's range over ``params (..., N)``
+    with its unit."""
+    units = _units(family, params.shape[-1])
+    return ", ".join(
+        f"{name} {params[..., k].min():{spec}}..{params[..., k].max():{spec}}{units[k]}"
+        for k, name in enumerate(family.names))
+
+
 def describe_map(psf_map) -> str:
     """One line on a map, or on the maps of a stack (ranges over all frames)."""
     maps = psf_map if isinstance(psf_map, list) else [psf_map]
     params = np.stack([m.params for m in maps])
     validity = np.stack([m.validity for m in maps])
     gy, gx = maps[0].grid
-    units = [f" {unit}" for unit in getattr(maps[0].family, "units", ("",) * params.shape[-1])]
-    ranges = ", ".join(
-        f"{name} {params[..., k].min():.3g}..{params[..., k].max():.3g}{units[k]}"
-        for k, name in enumerate(maps[0].names)
-    )
+    units = _units(maps[0].family, params.shape[-1])
+    ranges = parameter_ranges(params, maps[0].family)
     cells = f"{int((validity >= 0.5).sum())}/{validity.size} cells valid"
     if all(m.std is not None for m in maps) and (validity >= 0.5).any():
         # the network's own error estimate, median over the valid cells
