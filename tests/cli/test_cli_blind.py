@@ -125,6 +125,13 @@ def test_stack_gets_one_map_per_frame(tmp_path, image_file, capsys, check_figure
     assert main(["deblur", str(planes), "--plane", "2", "--weights", str(weights),
                  "--iterations", "2", "--grid", "2x2", "-o", str(alone), "--quiet"]) == 0
     np.testing.assert_array_equal(tifffile.imread(alone), restored[1, 0])
+    # --plane counts the frames of every leading axis: frame 2 of the (2, 2) stack is [1, 0]
+    assert main(["deblur", str(stack_file), "--plane", "2", "--weights", str(weights),
+                 "--iterations", "2", "--grid", "2x2", "-o", str(alone), "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(alone), restored[1, 0])
+    assert main(["estimate", str(stack_file), "--plane", "4", "--weights", str(weights),
+                 "--save-map", str(tmp_path / "p.psfmap")]) == 2
+    assert "--plane must be in [0, 3]" in capsys.readouterr().err
     # the saved maps replayed: one per frame, or one map for every frame
     again = tmp_path / "again.tif"
     assert main(["deblur", str(stack_file), "--psf-map", str(maps_file), "--iterations", "2",

@@ -90,8 +90,32 @@ def test_corrupted_input_is_one_line_and_writes_nothing(tmp_path, capsys):
 def test_stack_input_is_refused(tmp_path, capsys):
     stack = write_image(tmp_path / "stack.tif", np.ones((2, 16, 16), np.float32))
     assert main(["simulate", str(stack), "-o", str(tmp_path / "out.tif")]) == 1
-    assert "2-D" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "2-D" in error and "take one frame with --plane" in error
     assert not (tmp_path / "out.tif").exists()
+
+
+def test_plane_blurs_one_frame_of_a_stack(tmp_path, sharp_file, capsys):
+    """--plane counts the frames of every leading axis (a TCYX file has T·C of them): frame 3
+    of a (2, 2, H, W) stack is blurred exactly as that frame alone; out of range, or with a
+    3-D --psf, a usage error."""
+    plane = read_image(sharp_file)[0]
+    stack = np.stack([plane * (k + 1) for k in range(4)]).reshape(2, 2, 48, 48)
+    stack_file = write_image(tmp_path / "tc.tif", stack)
+    alone_file = write_image(tmp_path / "alone.tif", stack[1, 1])
+    common = ["--model", "gaussian1", "--photons", "100", "--seed", "4", "--quiet"]
+    assert main(["simulate", str(stack_file), "--plane", "3", "-o", str(tmp_path / "a.tif"),
+                 *common]) == 0
+    assert main(["simulate", str(alone_file), "-o", str(tmp_path / "b.tif"), *common]) == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif")[0],
+                                  read_image(tmp_path / "b.tif")[0])
+    assert main(["simulate", str(stack_file), "--plane", "4", "-o", str(tmp_path / "c.tif"),
+                 *common]) == 2
+    assert "--plane must be in [0, 3]" in capsys.readouterr().err
+    assert main(["simulate", str(stack_file), "--plane", "0", "--psf", str(stack_file),
+                 "-o", str(tmp_path / "c.tif"), *common]) == 2
+    assert "whole z-stack" in capsys.readouterr().err
+    assert not (tmp_path / "c.tif").exists()
 
 
 @pytest.mark.parametrize(

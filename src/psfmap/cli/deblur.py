@@ -20,6 +20,7 @@ from psfmap.cli.estimate import (
     label_maps,
     load_estimator,
     read_plane,
+    select_frame,
     window_options,
     write_outputs,
 )
@@ -198,7 +199,7 @@ def _run_chunked(args, options: dict) -> int:
     memory, frames in parallel on threads or a cluster (--workers / --scheduler), an OME-Zarr
     output written chunk by chunk (--resume completes an interrupted one).
 
-    --plane takes one frame of a 3-D stack lazily. With --save-map or --figure the maps are
+    --plane takes one frame of a stack lazily. With --save-map or --figure the maps are
     estimated first, one per frame on its whole frame (on the cluster when there is one),
     saved, and the frames then restored with them (so they are estimated once); otherwise
     every frame's map is estimated where the frame is restored."""
@@ -207,13 +208,9 @@ def _run_chunked(args, options: dict) -> int:
     image, metadata = read_lazy(args.image, args.chunk)
     axes = metadata.get("axes")
     if args.plane is not None:
-        if image.ndim != 3:
-            raise UsageError(f"--plane applies to a 3-D stack; {args.image!r} has shape "
-                             f"{image.shape}")
-        if not 0 <= args.plane < image.shape[0]:
-            raise UsageError(f"--plane must be in [0, {image.shape[0] - 1}], got {args.plane}")
-        image = image[args.plane]
-        axes = axes[1:] if axes and len(axes) == 3 else None
+        lead = image.ndim - 2
+        image = select_frame(image, args.plane, args.image, axes)
+        axes = axes[lead:] if axes and len(axes) == lead + 2 else None
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
     frames = int(np.prod(image.shape[:-2], dtype=int))

@@ -33,7 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--save-gamma", help="write the coefficients used to this JSON file "
                                              "(and, when identified, the network's raw "
                                              "estimates)")
-    parser.add_argument("--plane", type=int, help="plane of a stack to restore (default: all)")
+    parser.add_argument("--plane", type=int, help="frame of a stack to restore, its leading "
+                                                  "axes counted in file order (default: all)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse a --gamma outside the admissible set (default: project "
                              "it onto the set with a warning); identified coefficients are "

@@ -35,7 +35,8 @@ def add_window_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--plane", type=int, default=None,
-        help="plane of a 3-D stack to use (estimate and deblur: default every frame)",
+        help="frame of a stack to use, its leading axes (Z, T, C...) counted in file order "
+             "(estimate and deblur: default every frame)",
     )
     parser.add_argument(
         "--window", type=int, default=None,
@@ -76,6 +77,26 @@ def window_options(args) -> dict[str, Any]:
     return {"window": args.window, "stride": args.stride, "grid": grid, "median": args.median}
 
 
+def _shape_text(shape: tuple, axes: str | None) -> str:
+    return f"shape {tuple(shape)}" + (f", axes {axes}" if axes and len(axes) == len(shape)
+                                       else "")
+
+
+def select_frame(image: Any, plane: int, path: str, axes: str | None = None) -> Any:
+    """Frame ``plane`` of a stack ``(..., H, W)``: its leading axes (Z, T, C...) counted
+    together in file order, so that a TCYX file has ``T · C`` frames. Works on NumPy and dask
+    arrays (no copy of the other frames)."""
+    if image.ndim < 3:
+        raise UsageError(f"--plane applies to a stack; {path!r} is one image of shape "
+                         f"{tuple(image.shape)}")
+    lead = tuple(int(n) for n in image.shape[:-2])
+    count = int(np.prod(lead))
+    if not 0 <= plane < count:
+        raise UsageError(f"--plane must be in [0, {count - 1}] (the frames of "
+                         f"{_shape_text(image.shape, axes)} in file order), got {plane}")
+    return image[tuple(int(i) for i in np.unravel_index(plane, lead))]
+
+
 def read_plane(
     path: str, plane: int | None, *, stack: bool = False, args=None
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -92,14 +113,11 @@ def read_plane(
     if plane is None and image.ndim > 2 and all(n == 1 for n in image.shape[:-2]):
         image = image.reshape(image.shape[-2:])
     if plane is not None:
-        if image.ndim != 3:
-            raise UsageError(f"--plane applies to a 3-D stack; {path!r} has shape {image.shape}")
-        if not 0 <= plane < image.shape[0]:
-            raise UsageError(f"--plane must be in [0, {image.shape[0] - 1}], got {plane}")
-        image = image[plane]
-    elif image.ndim == 3 and not stack:
+        image = select_frame(image, plane, path, metadata.get("axes"))
+    elif image.ndim >= 3 and not stack:
         raise UsageError(
-            f"{path!r} is a stack of {image.shape[0]} planes; choose one with --plane"
+            f"{path!r} is a stack of {int(np.prod(image.shape[:-2]))} planes "
+            f"({_shape_text(image.shape, metadata.get('axes'))}); choose one with --plane"
         )
     if image.ndim < 2 or (image.ndim > 2 and not stack):
         raise ValueError(f"{path!r} must be a 2-D image, got shape {image.shape}")

@@ -42,6 +42,9 @@ def add_parser(subparsers):
     parser.add_argument("--model", default="zernike3",
                         help="PSF family (gaussian1, gaussian2, zernike1, zernike2, zernike3, "
                         "...: psfmap.psf.FAMILIES)")
+    parser.add_argument("--plane", type=int, default=None,
+                        help="frame of a stack to blur, its leading axes (Z, T, C...) counted "
+                             "in file order")
     parser.add_argument("--field", default="tilt", choices=FIELD_NAMES,
                         help="how the PSF parameters vary over the field")
     parser.add_argument("--psf", metavar="PSF3D", default=None,
@@ -91,6 +94,9 @@ def run(args) -> int:
     if args.model not in FAMILIES:
         raise UsageError(f"--model must be one of {', '.join(FAMILIES)}, got {args.model!r}")
     if args.psf is not None or args.operator is not None:
+        if args.plane is not None:
+            raise UsageError("--plane takes one frame to blur in 2-D; a 3-D --psf or --operator "
+                             "blurs the whole z-stack")
         return _simulate_volume(args)
     if args.z_step is not None:
         raise UsageError("--z-step applies to z-stacks blurred with a 3-D --psf or --operator")
@@ -99,10 +105,15 @@ def run(args) -> int:
     chunked = wants_chunks(args, args.sharp, [args.output])
     sharp, metadata = (read_lazy(args.sharp, args.chunk) if chunked
                        else read_image(args.sharp))
+    if args.plane is not None:
+        from psfmap.cli.estimate import select_frame
+
+        sharp = select_frame(sharp, args.plane, args.sharp, metadata.get("axes"))
     if sharp.ndim != 2:
         raise ValueError(
             f"SHARP must be a 2-D image, got shape {sharp.shape} (axes {metadata.get('axes')}); "
-            "blur a z-stack as a volume with a 3-D --psf or --operator, or extract one plane"
+            "blur a z-stack as a volume with a 3-D --psf or --operator, or take one frame with "
+            "--plane"
         )
     image = sharp.astype(np.float32)
     # a lazy image is checked chunk by chunk as it is blurred
@@ -140,7 +151,8 @@ def _simulate_and_write(args, simulate, image, family, grid, pixel_size, chunked
         offset=args.offset,
         angle=np.deg2rad(args.angle),
         seed=args.seed,
-        metadata={"source": str(args.sharp), "pixel_size": pixel_size},
+        metadata={"source": str(args.sharp), "pixel_size": pixel_size,
+                  **({"plane": args.plane} if args.plane is not None else {})},
     )
     # everything is computed before anything is written (an .ome.zarr: chunk by chunk)
     written = {"pixel_size": pixel_size, "inputs": [args.sharp],
