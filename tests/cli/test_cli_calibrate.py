@@ -61,6 +61,19 @@ def test_calibrate_then_identify(files, capsys, check_figure):
     ])
     assert status == 0
     assert capsys.readouterr().out == ""
+    # a frame of a stack: --plane (or its old name --slice), as the other commands take it
+    stack = files / "sample_stack.tif"
+    tifffile.imwrite(stack, np.stack([np.zeros((192, 192), np.float32),
+                                      tifffile.imread(files / "sample.tif")]),
+                     photometric="minisblack")
+    for flag in ("--plane", "--slice"):
+        assert main(["identify", str(stack), flag, "1", "--family", str(family_path), "-o",
+                     str(files / "operator3.psfmap"), "--cone", "--quiet"]) == 0
+        again = ProductConvolution.load(files / "operator3.psfmap")
+        np.testing.assert_allclose(again.psf_at(96, 96), operator.psf_at(96, 96), atol=1e-6)
+    assert main(["identify", str(stack), "--family", str(family_path), "-o",
+                 str(files / "operator4.psfmap")]) == 2
+    assert "choose one with --plane" in capsys.readouterr().err
 
 
 def test_cli_errors(files, capsys):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_number, check_outputs, summary, warn_saturated
+from psfmap.cli import command_parser
+from psfmap.cli._common import check_number, check_outputs, summary
 
 EXAMPLE = "psfmap identify sample.tif --family family.psfmap -o operator.psfmap"
 
@@ -25,7 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("image", metavar="IMAGE", help="image with a few isolated beads")
     parser.add_argument("--family", required=True, help="operator family from psfmap calibrate")
     parser.add_argument("-o", "--output", required=True, help="operator file to write")
-    parser.add_argument("--slice", type=int, help="slice of a z-stack IMAGE to use")
+    parser.add_argument("--plane", "--slice", dest="plane", type=int,
+                        help="frame of a stack IMAGE to use, its leading axes counted in file "
+                             "order (as in estimate, deblur and depth)")
     parser.add_argument(
         "--positions", help="text/CSV file of bead (row, col) positions (default: detect)"
     )
@@ -65,7 +67,7 @@ def read_positions(path: str) -> np.ndarray:
 def run(args) -> int:
     from psfmap.calibrate import OperatorFamily
     from psfmap.calibrate.spikes import identify_from_spikes
-    from psfmap.cli.calibrate import read_image
+    from psfmap.cli.estimate import read_plane
 
     check_number(args.threshold, "--threshold", minimum=0, strict=True)
     check_outputs(args, [args.image, args.family, args.positions], files=[args.output])
@@ -73,19 +75,7 @@ def run(args) -> int:
         raise ValueError(f"image {args.image!r} does not exist")
     positions = read_positions(args.positions) if args.positions else None
     family = OperatorFamily.load(args.family)
-    array, _ = read_image(args.image)
-    array = np.asarray(array)
-    warn_saturated(args, array, Path(args.image).name)
-    if array.ndim == 3:
-        if args.slice is None:
-            raise UsageError(f"{args.image!r} is a stack of {len(array)} slices; pass --slice")
-        if not 0 <= args.slice < len(array):
-            raise UsageError(f"--slice must be in [0, {len(array) - 1}], got {args.slice}")
-        array = array[args.slice]
-    elif array.ndim != 2:
-        raise ValueError(f"image {args.image!r} has shape {array.shape}; expected a 2-D image")
-    elif args.slice is not None:
-        raise UsageError(f"--slice applies to a stack; {args.image!r} is a 2-D image")
+    array, _ = read_plane(args.image, args.plane, args=args)
     operator = identify_from_spikes(
         array, family, positions, cone=args.cone, k=args.threshold
     )
