@@ -57,6 +57,20 @@ def test_psf_rl_tv_stack_frame_by_frame(scene, capsys):
     )
     np.testing.assert_allclose(restored, expected, rtol=1e-5, atol=1e-6)
     assert "deconvolved 3 frame(s)" in capsys.readouterr().out
+    # --plane: one frame, restored exactly as in the whole stack, and recorded; not read as
+    # an abbreviation of --plane-by-plane (the parsers take no prefixes)
+    one = scene["tmp"] / "one.tif"
+    assert main(["deconvolve", str(scene["image"]), "--plane", "2", "--psf", str(scene["psf"]),
+                 "--method", "rl-tv", "--iterations", "5", "--tv", "0.02", "-o", str(one)]) == 0
+    frame, described = read_image(one)
+    np.testing.assert_allclose(frame, restored[2], rtol=1e-6, atol=1e-7)
+    assert described["description"]["plane"] == 2
+    assert main(["deconvolve", str(scene["image"]), "--plane", "3", "--psf", str(scene["psf"]),
+                 "-o", str(one)]) == 2
+    assert "--plane must be in [0, 2]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["deconvolve", str(scene["image"]), "--plane-by", "--psf", str(scene["psf"]),
+              "-o", str(one)])
 
 
 def test_operator_file_and_sparse_smooth_components(scene):

@@ -115,6 +115,8 @@ def command_parser(subparsers, name: str, summary: str, example: str) -> argpars
         description=summary,
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # no prefixes: '--plane 16' must not be read as '--plane-by-plane' then a stray '16'
+        allow_abbrev=False,
     )
 
 

@@ -141,6 +141,8 @@ def provenance(metadata: dict, **step) -> dict:
         described["input"] = earlier
     if metadata.get("axes"):
         described["axes"] = metadata["axes"]
+    if metadata.get("plane") is not None:  # the frame of a stack that was taken (--plane)
+        described["plane"] = metadata["plane"]
     return described
 
 

@@ -20,6 +20,7 @@ from psfmap.cli._common import (
 )
 from psfmap.cli._large import add_large_flags, wants_chunks
 from psfmap.cli._volume import add_volume_flags, run_volume, volume_operator
+from psfmap.cli.estimate import select_frame
 
 # frames restored together: at most this many pixels per batch (memory stays bounded)
 BATCH_PIXELS = 4 * 1024 * 1024
@@ -34,6 +35,10 @@ def add_parser(subparsers):
         "psfmap deconvolve cells.tif --psf-map map.psfmap --method rl-tv --tv 0.01 -o restored.tif",
     )
     parser.add_argument("image", help="image to restore (TIFF; leading Z/T/C axes are frames)")
+    parser.add_argument("--plane", type=int, default=None,
+                        help="restore one frame of a stack, its leading axes counted in file "
+                             "order (default: every frame, or the stack as a volume with a "
+                             "3-D --psf or --operator)")
     blur = parser.add_mutually_exclusive_group(required=True)
     blur.add_argument("--psf", help="one PSF image at the image's pixel size, background "
                       "subtracted and cropped (TIFF, 2-D; a 3-D PSF with a z-stack restores "
@@ -209,6 +214,18 @@ def _advance(bar, frames: int, reached: list[int]):
     return callback
 
 
+def _one_frame(args, image, metadata: dict) -> tuple:
+    """With --plane, frame N of the stack (NumPy or dask) and metadata whose axes fit it."""
+    if args.plane is None:
+        return image, metadata
+    axes = metadata.get("axes")
+    lead = image.ndim - 2
+    frame = select_frame(image, args.plane, args.image, axes)
+    kept = {**metadata, "axes": axes[lead:] if axes and len(axes) == lead + 2 else None,
+            "plane": args.plane}
+    return frame, kept
+
+
 def run(args) -> int:
     from psfmap.io import read_image, write_image
     from psfmap.restore import DEFAULT_TV, deconvolve, richardson_lucy, sparse_smooth
@@ -229,7 +246,7 @@ def run(args) -> int:
     if wants_chunks(args, args.image, outputs):
         return _run_chunked(args, method, iterations, [p for p in inputs if p is not None])
 
-    image, metadata = read_image(args.image)
+    image, metadata = _one_frame(args, *read_image(args.image))
     image = np.asarray(image)
     if image.ndim < 2:
         raise ValueError(f"{args.image!r} must be an image (..., H, W), got shape {image.shape}")
@@ -372,7 +389,7 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
     if args.tile:
         raise UsageError("--tile applies to in-memory restoration; a chunked run restores "
                          "chunk by chunk (--chunk PIXELS)")
-    image, metadata = read_lazy(args.image, None)
+    image, metadata = _one_frame(args, *read_lazy(args.image, None))
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
     volume = volume_operator(args, image)  # a 3-D PSF or operator: restore as volumes
