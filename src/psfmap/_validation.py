@@ -41,6 +41,8 @@ def as_tensor(
             raise TypeError(f"{name} must be numeric, got {describe(value)}")
         if np.iscomplexobj(array):
             raise TypeError(f"{name} must be real, got complex values")
+        if not array.dtype.isnative:  # big-endian TIFFs read by tifffile: torch refuses them
+            array = array.astype(array.dtype.newbyteorder("="))
         if not array.flags.c_contiguous or not array.flags.writeable:
             # torch warns about (and cannot guard) a read-only buffer: a copy is cheaper
             array = np.array(array, order="C")

@@ -100,6 +100,18 @@ def test_numpy_dtype_is_kept(dtype, rng):
     assert np.all(np.isfinite(restored))
 
 
+@pytest.mark.parametrize("dtype", [">u2", ">f4", ">f8"])
+def test_big_endian_arrays_are_read_like_native_ones(dtype, rng):
+    """tifffile returns big-endian TIFFs as big-endian arrays, which torch refuses: they are
+    restored as their native twins (a float keeps its dtype, an integer gives float32)."""
+    native = (rng.random((20, 20)) * 1000).astype(np.dtype(dtype).newbyteorder("="))
+    operator = Convolution(gaussian(5, 1.0))
+    expected = richardson_lucy(native, operator, iterations=3)
+    restored = richardson_lucy(native.astype(dtype), operator, iterations=3)
+    np.testing.assert_array_equal(restored, expected)
+    assert restored.dtype == (np.dtype(dtype) if dtype[1] == "f" else np.float32)
+
+
 def test_torch_in_torch_out_and_integer_images(rng):
     operator = Convolution(gaussian(5, 1.0))
     image64 = torch.rand(20, 20, dtype=torch.float64)
