@@ -111,8 +111,8 @@ def run(args) -> int:
         temporary.write_text(json.dumps(record, indent=2))
         temporary.replace(target)
         written.append(args.save_gamma)
-    projected = "" if identified is None else (
-        f", γ̂ of {int(np.any(identified != gammas, axis=1).sum())} projected onto the set")
+    moved = 0 if identified is None else int(np.any(identified != gammas, axis=1).sum())
+    projected = f", γ̂ of {moved} projected onto the set" if moved else ""
     summary(args, f"deepblur {model.name}: {len(frames)} frame(s) of "
                   f"{image.shape[-2]}x{image.shape[-1]}, P = {model.n_params}{projected}, in "
                   f"{elapsed:.1f} s -> {', '.join(written)}")
