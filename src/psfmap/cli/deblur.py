@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_outputs, progress_bar, provenance, summary
+from psfmap.cli._common import (
+    check_outputs,
+    progress_bar,
+    provenance,
+    read_plane,
+    select_frame,
+    summary,
+)
 from psfmap.cli._large import add_large_flags, wants_chunks
 from psfmap.cli.estimate import (
     DEFAULT_MEDIAN,
@@ -19,8 +26,6 @@ from psfmap.cli.estimate import (
     describe_map,
     label_maps,
     load_estimator,
-    read_plane,
-    select_frame,
     window_options,
     write_outputs,
 )

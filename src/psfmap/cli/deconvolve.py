@@ -14,13 +14,13 @@ from psfmap.cli._common import (
     checked_psf,
     progress_bar,
     provenance,
+    select_frame,
     summary,
     warn,
     warn_saturated,
 )
 from psfmap.cli._large import add_large_flags, wants_chunks
 from psfmap.cli._volume import add_volume_flags, run_volume, volume_operator
-from psfmap.cli.estimate import select_frame
 
 # frames restored together: at most this many pixels per batch (memory stays bounded)
 BATCH_PIXELS = 4 * 1024 * 1024

@@ -59,7 +59,7 @@ def _read_gamma(path: str) -> np.ndarray:
 
 
 def run(args) -> int:
-    from psfmap.cli.estimate import read_plane
+    from psfmap.cli._common import read_plane
     from psfmap.deepblur import deblur, identify, load_model
     from psfmap.deepblur.verbs import project_estimates
     from psfmap.io import write_image

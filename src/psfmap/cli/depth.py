@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from psfmap.cli import UsageError, command_parser
-from psfmap.cli._common import check_number, check_outputs, summary
-from psfmap.cli.estimate import add_window_arguments, load_estimator, read_plane, window_options
+from psfmap.cli._common import check_number, check_outputs, read_plane, summary
+from psfmap.cli.estimate import add_window_arguments, load_estimator, window_options
 
 EXAMPLE = (
     "psfmap depth calibrate beads_zstack.tif --z-step 0.1 -o depth_calibration.psfmap\n"

@@ -16,8 +16,8 @@ from psfmap.cli._common import (
     check_outputs,
     parse_pair,
     progress_bar,
+    read_plane,
     summary,
-    warn_saturated,
 )
 
 EXAMPLE = "psfmap estimate cells.tif --model zernike3 --save-map map.psfmap --figure map.png"
@@ -75,57 +75,6 @@ def window_options(args) -> dict[str, Any]:
     if grid is not None and min(grid) < 1:
         raise UsageError(f"--grid must be at least 1x1, got {args.grid!r}")
     return {"window": args.window, "stride": args.stride, "grid": grid, "median": args.median}
-
-
-def _shape_text(shape: tuple, axes: str | None) -> str:
-    return f"shape {tuple(shape)}" + (f", axes {axes}" if axes and len(axes) == len(shape)
-                                       else "")
-
-
-def select_frame(image: Any, plane: int, path: str, axes: str | None = None) -> Any:
-    """Frame ``plane`` of a stack ``(..., H, W)``: its leading axes (Z, T, C...) counted
-    together in file order, so that a TCYX file has ``T · C`` frames. Works on NumPy and dask
-    arrays (no copy of the other frames)."""
-    if image.ndim < 3:
-        raise UsageError(f"--plane applies to a stack; {path!r} is one image of shape "
-                         f"{tuple(image.shape)}")
-    lead = tuple(int(n) for n in image.shape[:-2])
-    count = int(np.prod(lead))
-    if not 0 <= plane < count:
-        raise UsageError(f"--plane must be in [0, {count - 1}] (the frames of "
-                         f"{_shape_text(image.shape, axes)} in file order), got {plane}")
-    return image[tuple(int(i) for i in np.unravel_index(plane, lead))]
-
-
-def read_plane(
-    path: str, plane: int | None, *, stack: bool = False, args=None
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read a 2-D image, or one plane of a 3-D stack, as float32/float64 (with ``args``, a
-    saturated integer image is warned about).
-
-    With ``stack`` and no ``plane``, a stack is returned whole, ``(..., H, W)``: its leading
-    axes are frames (planes, time points, channels).
-    """
-    from psfmap.io import read_image
-
-    image, metadata = read_image(path)
-    image = np.asarray(image)
-    if plane is None and image.ndim > 2 and all(n == 1 for n in image.shape[:-2]):
-        image = image.reshape(image.shape[-2:])
-    if plane is not None:
-        image = select_frame(image, plane, path, metadata.get("axes"))
-    elif image.ndim >= 3 and not stack:
-        raise UsageError(
-            f"{path!r} is a stack of {int(np.prod(image.shape[:-2]))} planes "
-            f"({_shape_text(image.shape, metadata.get('axes'))}); choose one with --plane"
-        )
-    if image.ndim < 2 or (image.ndim > 2 and not stack):
-        raise ValueError(f"{path!r} must be a 2-D image, got shape {image.shape}")
-    if args is not None:
-        warn_saturated(args, image, Path(path).name)
-    if not np.issubdtype(image.dtype, np.floating):
-        image = image.astype(np.float32)
-    return image, metadata
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -67,7 +67,7 @@ def read_positions(path: str) -> np.ndarray:
 def run(args) -> int:
     from psfmap.calibrate import OperatorFamily
     from psfmap.calibrate.spikes import identify_from_spikes
-    from psfmap.cli.estimate import read_plane
+    from psfmap.cli._common import read_plane
 
     check_number(args.threshold, "--threshold", minimum=0, strict=True)
     check_outputs(args, [args.image, args.family, args.positions], files=[args.output])

@@ -106,7 +106,7 @@ def run(args) -> int:
     sharp, metadata = (read_lazy(args.sharp, args.chunk) if chunked
                        else read_image(args.sharp))
     if args.plane is not None:
-        from psfmap.cli.estimate import select_frame
+        from psfmap.cli._common import select_frame
 
         sharp = select_frame(sharp, args.plane, args.sharp, metadata.get("axes"))
     if sharp.ndim != 2:
