@@ -148,7 +148,8 @@ def plot_psf_map(
     aspect = height / width
     names = psf_map.names if parameters and isinstance(psf_map, PSFMap) else ()
     figure, panels = plt.subplots(1, 1 + len(names), squeeze=False, figsize=(
-        figsize * (1 + 1.2 * len(names)), figsize * aspect))
+        figsize * (1 + 1.2 * len(names)), figsize * aspect),
+        layout="constrained" if names else None)  # colour bars: no gap left beside the image
     axes = panels[0, 0]
     low, high = np.percentile(image, [1.0, 99.5])
     axes.imshow(image, cmap=cmap, vmin=low, vmax=high if high > low else low + 1,
@@ -172,7 +173,8 @@ def plot_psf_map(
                    f"magnified ×{side / kernel:.1f})", fontsize=9)
     for k, name in enumerate(names):
         _draw_parameter(figure, panels[0, 1 + k], psf_map, k, name, (height, width))
-    figure.tight_layout()
+    if not names:
+        figure.tight_layout()
     if path is not None:
         save_figure(figure, path)
     return figure
