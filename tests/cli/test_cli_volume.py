@@ -121,3 +121,28 @@ def test_a_3d_psf_gets_the_checks_of_a_2d_one(stack, capsys):
     assert "--clip-psf" in capsys.readouterr().err
     assert main([*base, "--psf", str(noisy), "--clip-psf"]) == 0
     assert "--clip-psf set 1 negative values" in capsys.readouterr().err
+
+
+def test_a_raw_bead_psf_is_cropped_and_freed_of_its_background(stack, capsys):
+    """A measured PSF as it comes: a field wider than the stack, on a camera background.
+    Refused with the option to use; with --psf-crop and --psf-background it restores exactly
+    as the clean PSF does, and the output says what was done."""
+    raw = np.ones((5, 40, 40), np.float32)
+    raw[:, 10:17, 20:27] += 100 * _psf3d()
+    raw_file = stack["tmp"] / "raw_field.tif"
+    tifffile.imwrite(raw_file, raw)
+    clean, prepared = stack["tmp"] / "clean.tif", stack["tmp"] / "prepared.tif"
+    base = ["deconvolve", str(stack["imagej"]), "--iterations", "3", "--quiet"]
+    assert main([*base, "--psf", str(raw_file), "-o", str(prepared)]) == 1
+    assert "--psf-crop" in capsys.readouterr().err and not prepared.exists()
+    assert main([*base, "--psf", str(stack["psf"]), "-o", str(clean)]) == 0
+    assert main([*base, "--psf", str(raw_file), "--psf-crop", "7", "--psf-background",
+                 "-o", str(prepared)]) == 0
+    assert capsys.readouterr().err == ""  # no pedestal left to warn about
+    np.testing.assert_allclose(read_image(prepared)[0], read_image(clean)[0], rtol=1e-4,
+                               atol=1e-5)
+    with tifffile.TiffFile(prepared) as tif:
+        blur = json.loads(tif.pages[0].description)["blur"]
+    assert "cropped to 7 px, background subtracted" in blur
+    assert main([*base, "--psf", str(raw_file), "--psf-crop", "8", "-o", str(prepared)]) == 2
+    assert "odd number" in capsys.readouterr().err

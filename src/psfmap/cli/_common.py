@@ -210,31 +210,70 @@ def warn_saturated(args, image, name: str) -> float:
     return fraction
 
 
-def pedestal_fraction(psf) -> float:
-    """Fraction of a PSF's flux (2-D or 3-D) in a flat level under it: ``b · size / sum``
-    with ``b`` the 10th percentile of its border pixels (every face of a 3-D PSF): a
-    background lifts the whole border, corners included; a tightly cropped clean PSF only
-    the middle of its edges."""
+def border_level(psf) -> float:
+    """The flat level under a PSF (2-D or 3-D): the 10th percentile of its border pixels
+    (every face of a 3-D PSF). A background lifts the whole border, corners included; a
+    tightly cropped clean PSF only the middle of its edges."""
     import numpy as np
 
     psf = np.asarray(psf, dtype=np.float64)
     inner = np.zeros(psf.shape, dtype=bool)
     inner[tuple(slice(1, -1) for _ in psf.shape)] = True
     border = psf[~inner]
-    total = float(psf.sum())
-    if border.size == 0 or not total > 0:
+    return float(np.percentile(border, 10)) if border.size else 0.0
+
+
+def pedestal_fraction(psf) -> float:
+    """Fraction of a PSF's flux in the flat level under it: ``b · size / sum``,
+    ``b`` = :func:`border_level`."""
+    import numpy as np
+
+    total = float(np.sum(psf))
+    if not total > 0:
         return 0.0
-    return float(max(np.percentile(border, 10), 0.0) * psf.size / total)
+    return float(max(border_level(psf), 0.0) * np.size(psf) / total)
+
+
+def _cropped_psf(psf, size: int, name: str):
+    """``psf`` cropped laterally to ``size × size`` around its brightest pixel (of its
+    maximum projection for a 3-D PSF), the window kept inside the array."""
+    import numpy as np
+
+    height, width = psf.shape[-2:]
+    if size < 1 or size % 2 == 0:
+        raise UsageError(f"--psf-crop must be an odd number of pixels, got {size}")
+    if size > min(height, width):
+        raise UsageError(f"--psf-crop {size} is larger than --psf {name} ({height}x{width})")
+    plane = psf.reshape(-1, height, width).max(axis=0)
+    row, col = np.unravel_index(int(np.argmax(plane)), plane.shape)
+    top = min(max(int(row) - size // 2, 0), height - size)
+    left = min(max(int(col) - size // 2, 0), width - size)
+    return psf[..., top : top + size, left : left + size]
+
+
+def psf_preparation(args) -> str:
+    """What --psf-crop / --psf-background did to --psf, for the summary and the output's
+    description (empty when neither was asked)."""
+    done = [f"cropped to {args.psf_crop} px"] if getattr(args, "psf_crop", None) else []
+    if getattr(args, "psf_background", False):
+        done.append("background subtracted")
+    return f" ({', '.join(done)})" if done else ""
 
 
 def checked_psf(args, psf):
     """A ``--psf`` array made ready for the verbs, with one line for what the user should
-    know: negative values (the noise of a background subtraction) clipped under --clip-psf
+    know: freed of its background (--psf-background) and cropped (--psf-crop) when asked;
+    negative values (the noise of a background subtraction) clipped under --clip-psf
     with a warning, else refused naming the option; a PSF whose border level carries much
     of its flux (background not subtracted) warned about."""
     import numpy as np
 
     name = Path(args.psf).name
+    # the background is read on the whole field's border (a crop's border is the PSF's tail)
+    if getattr(args, "psf_background", False) and np.isfinite(psf).all():
+        psf = np.clip(psf - border_level(psf), 0.0, None)  # and the noise that falls below 0
+    if getattr(args, "psf_crop", None) is not None:
+        psf = _cropped_psf(psf, args.psf_crop, name)
     negative = psf < 0
     if np.isfinite(psf).all() and negative.any():  # non-finite values: the verb's message
         mass = float(np.abs(psf).sum())
@@ -248,8 +287,8 @@ def checked_psf(args, psf):
         psf = np.clip(psf, 0.0, None)
     if np.isfinite(psf).all() and (pedestal := pedestal_fraction(psf)) > PEDESTAL_WARNING:
         warn(args, f"the border level of --psf {name} carries {100 * pedestal:.0f} % of its "
-                   "flux: subtract the background and crop the PSF around the bead, or the "
-                   "restoration barely sharpens")
+                   "flux: subtract the background and crop the PSF around the bead "
+                   "(--psf-background, --psf-crop), or the restoration barely sharpens")
     return psf
 
 

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from psfmap.cli import UsageError
-from psfmap.cli._common import checked_psf, progress_bar, provenance, summary, warn
+from psfmap.cli._common import (
+    checked_psf,
+    progress_bar,
+    provenance,
+    psf_preparation,
+    summary,
+    warn,
+)
 from psfmap.io import read_z_step
 
 # a PSF's z-step may differ from the stack's by this fraction (no resampling is done)
@@ -50,12 +57,17 @@ def volume_operator(args, image: np.ndarray) -> tuple[Any, str] | None:
         if psf.ndim != 3 or image.ndim < 3 or args.plane_by_plane:
             return None
         psf = checked_psf(args, psf)
+        if any(k > n for k, n in zip(psf.shape[-2:], image.shape[-2:], strict=True)):
+            raise ValueError(f"--psf {args.psf!r} is {psf.shape[-2]}x{psf.shape[-1]} px across, "
+                             f"wider than the stack ({image.shape[-2]}x{image.shape[-1]}); crop "
+                             "it around the bead, e.g. --psf-crop 65")
         if not np.isfinite(psf).all() or not psf.sum() > 0:
             raise ValueError(f"--psf {args.psf!r} must be a finite, non-negative 3-D PSF with a "
                              "positive sum (subtract the background and clip it first)")
         from psfmap.operators import Convolution
 
-        return Convolution(psf / psf.sum()), f"3-D PSF {Path(args.psf).name}"
+        return (Convolution(psf / psf.sum()),
+                f"3-D PSF {Path(args.psf).name}{psf_preparation(args)}")
     if args.operator is not None:
         from psfmap.operators import load
 

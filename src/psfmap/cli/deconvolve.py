@@ -14,6 +14,7 @@ from psfmap.cli._common import (
     checked_psf,
     progress_bar,
     provenance,
+    psf_preparation,
     select_frame,
     summary,
     warn,
@@ -75,6 +76,16 @@ def add_parser(subparsers):
         "--clip-psf", action="store_true",
         help="set the negative values of --psf (noise of a background subtraction) to 0, "
         "with a warning giving the clipped fraction of its mass, instead of refusing them",
+    )
+    parser.add_argument(
+        "--psf-crop", type=int, default=None, metavar="PIXELS",
+        help="crop --psf to PIXELS x PIXELS (odd) around its brightest pixel first (a "
+        "measured bead PSF is often a whole field of view)",
+    )
+    parser.add_argument(
+        "--psf-background", action="store_true",
+        help="subtract the level of --psf's border (its camera background) and set what "
+        "falls below 0 to 0, before any other check",
     )
     parser.add_argument(
         "--tol", type=float, default=None, help="stop a frame when its relative change < TOL"
@@ -171,7 +182,7 @@ def _load_operator(args, image_shape: tuple[int, int]):
         # the verb's own reading of a PSF array: checked (finite, non-negative, not all
         # zero), then normalised to unit sum
         operator = as_operator(psf, image_shape, f"--psf {args.psf!r}")
-        return operator, f"PSF {Path(args.psf).name}{note}"
+        return operator, f"PSF {Path(args.psf).name}{psf_preparation(args)}{note}"
     if args.operator is not None:
         from psfmap.operators import load
 
