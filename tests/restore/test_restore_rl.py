@@ -376,3 +376,20 @@ def test_intensity_scale_defaults_to_the_frame_maximum_and_the_start_level_is_ir
     brighter = richardson_lucy(2 * image, operator, iterations=1) / 2
     np.testing.assert_allclose(brighter, richardson_lucy(image, operator, iterations=1),
                                rtol=1e-12)
+
+
+def test_big_endian_arrays_through_the_other_verbs():
+    """The blind verb, the simulation and Deep-Blur read a big-endian image like its native
+    twin (the shared reading, ``as_tensor``)."""
+    import psfmap
+    from psfmap.deepblur import deblur as deep_deblur
+    from psfmap.simulate import cells
+
+    native = (cells((96, 96), n_cells=5, seed=0) * 100).astype(np.float32)
+    swapped = native.astype(">f4")
+    np.testing.assert_array_equal(psfmap.deblur(swapped, model="gaussian1", iterations=2),
+                                  psfmap.deblur(native, model="gaussian1", iterations=2))
+    np.testing.assert_array_equal(
+        psfmap.simulate(swapped, model="gaussian1", seed=1).blurred,
+        psfmap.simulate(native, model="gaussian1", seed=1).blurred)
+    np.testing.assert_array_equal(deep_deblur(swapped, "zernike7"), deep_deblur(native, "zernike7"))
