@@ -187,7 +187,7 @@ def _draw_parameter(figure: Any, axes: Any, psf_map: Any, k: int, name: str,
     height, width = shape
     family = psf_map.family
     low, high = float(family.low[k]), float(family.high[k])
-    periodic = any(k == axis for _, axis in getattr(family, "periodic", []))
+    periodic = any(k == axis for _, axis in family.periodic)
     shown = axes.imshow(psf_map.params[..., k], cmap="twilight" if periodic else "viridis",
                         vmin=low, vmax=high, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
                         interpolation="nearest")
@@ -196,9 +196,8 @@ def _draw_parameter(figure: Any, axes: Any, psf_map: Any, k: int, name: str,
     overlay[..., :3], overlay[..., 3] = 1.0, faded
     axes.imshow(overlay, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
                 interpolation="nearest")
-    units = getattr(family, "units", None)
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04,
-                    label=f"{name} ({units[k]})" if units else name)
+                    label=f"{name} ({family.units[k]})")
     axes.set_xticks([])
     axes.set_yticks([])
     axes.set_title(name + (" (faded: low validity)" if faded.any() else ""), fontsize=9)
@@ -253,7 +252,7 @@ def plot_psf_map_stack(
                              f"{maps[0].family.name} one")
     plt = pyplot()
     names = maps[0].names
-    periodic = getattr(maps[0].family, "periodic", [])
+    periodic = maps[0].family.periodic
     # (frames, 3 quantiles, N): 10th percentile, median, 90th percentile over valid cells
     summary = np.stack([
         np.percentile(
@@ -268,12 +267,12 @@ def plot_psf_map_stack(
     figure, axes = plt.subplots(
         len(names), 1, figsize=(figsize, 2.2 * len(names) + 0.6), sharex=True, squeeze=False
     )
-    units = getattr(maps[0].family, "units", None)
+    units = maps[0].family.units
     for k, (axis, name) in enumerate(zip(axes[:, 0], names)):
         axis.fill_between(frames, summary[:, 0, k], summary[:, 2, k], alpha=0.3,
                           label="10–90 % of the cells")
         axis.plot(frames, summary[:, 1, k], "o-", markersize=3, label="median")
-        axis.set_ylabel(f"{name} ({units[k]})" if units else name)
+        axis.set_ylabel(f"{name} ({units[k]})")
         axis.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     axes[-1, 0].set_xlabel(xlabel)

@@ -254,8 +254,8 @@ def _cropped_psf(psf, size: int, name: str):
 def psf_preparation(args) -> str:
     """What --psf-crop / --psf-background did to --psf, for the summary and the output's
     description (empty when neither was asked)."""
-    done = [f"cropped to {args.psf_crop} px"] if getattr(args, "psf_crop", None) else []
-    if getattr(args, "psf_background", False):
+    done = [f"cropped to {args.psf_crop} px"] if args.psf_crop is not None else []
+    if args.psf_background:
         done.append("background subtracted")
     return f" ({', '.join(done)})" if done else ""
 
@@ -270,12 +270,14 @@ def checked_psf(args, psf):
 
     name = Path(args.psf).name
     # the background is read on the whole field's border (a crop's border is the PSF's tail)
-    if getattr(args, "psf_background", False) and np.isfinite(psf).all():
+    if args.psf_background and np.isfinite(psf).all():
         psf = np.clip(psf - border_level(psf), 0.0, None)  # and the noise that falls below 0
-    if getattr(args, "psf_crop", None) is not None:
+    if args.psf_crop is not None:
         psf = _cropped_psf(psf, args.psf_crop, name)
+    if not np.isfinite(psf).all():
+        return psf  # non-finite values: the verb's own message
     negative = psf < 0
-    if np.isfinite(psf).all() and negative.any():  # non-finite values: the verb's message
+    if negative.any():
         mass = float(np.abs(psf).sum())
         fraction = float(-psf[negative].sum()) / mass if mass > 0 else 1.0
         if not args.clip_psf:
@@ -285,7 +287,7 @@ def checked_psf(args, psf):
         warn(args, f"--clip-psf set {int(negative.sum())} negative values of --psf {name} "
                    f"to 0 ({100 * fraction:.2g} % of its mass)")
         psf = np.clip(psf, 0.0, None)
-    if np.isfinite(psf).all() and (pedestal := pedestal_fraction(psf)) > PEDESTAL_WARNING:
+    if (pedestal := pedestal_fraction(psf)) > PEDESTAL_WARNING:
         warn(args, f"the border level of --psf {name} carries {100 * pedestal:.0f} % of its "
                    "flux: subtract the background and crop the PSF around the bead "
                    "(--psf-background, --psf-crop), or the restoration barely sharpens")

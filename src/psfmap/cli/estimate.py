@@ -137,18 +137,12 @@ def write_outputs(args, image: np.ndarray, psf_map) -> list[str]:
     return written
 
 
-def _units(family, count: int) -> list[str]:
-    """" unit" per parameter (empty strings for a family that names none)."""
-    return [f" {unit}" for unit in getattr(family, "units", ("",) * count)]
-
-
 def parameter_ranges(params: np.ndarray, family, spec: str = ".3g") -> str:
     """``"focus 0.13..0.35 waves RMS, ..."``: each parameter's range over ``params (..., N)``
     with its unit."""
-    units = _units(family, params.shape[-1])
     return ", ".join(
-        f"{name} {params[..., k].min():{spec}}..{params[..., k].max():{spec}}{units[k]}"
-        for k, name in enumerate(family.names))
+        f"{name} {params[..., k].min():{spec}}..{params[..., k].max():{spec}} {unit}"
+        for k, (name, unit) in enumerate(zip(family.names, family.units, strict=True)))
 
 
 def describe_map(psf_map) -> str:
@@ -157,14 +151,14 @@ def describe_map(psf_map) -> str:
     params = np.stack([m.params for m in maps])
     validity = np.stack([m.validity for m in maps])
     gy, gx = maps[0].grid
-    units = _units(maps[0].family, params.shape[-1])
+    units = maps[0].family.units
     ranges = parameter_ranges(params, maps[0].family)
     cells = f"{int((validity >= 0.5).sum())}/{validity.size} cells valid"
     if all(m.std is not None for m in maps) and (validity >= 0.5).any():
         # the network's own error estimate, median over the valid cells
         std = np.stack([m.std for m in maps])[validity >= 0.5]
         cells += ", predicted error " + ", ".join(
-            f"{name} ±{np.median(std[:, k]):.2g}{units[k]}"
+            f"{name} ±{np.median(std[:, k]):.2g} {units[k]}"
             for k, name in enumerate(maps[0].names))
     what = f"{gy}x{gx} {maps[0].family.name} map"
     if isinstance(psf_map, list):
