@@ -316,6 +316,18 @@ def select_frame(image: Any, plane: int, path: str, axes: str | None = None) -> 
     return image[tuple(int(i) for i in np.unravel_index(plane, lead))]
 
 
+def one_frame(image: Any, metadata: dict, plane: int | None, path: str) -> tuple[Any, dict]:
+    """With a ``plane``, frame ``plane`` of the stack (:func:`select_frame`) and its metadata
+    with the frame's own axes and the plane recorded; without, both unchanged."""
+    if plane is None:
+        return image, metadata
+    axes = metadata.get("axes")
+    lead = image.ndim - 2
+    frame = select_frame(image, plane, path, axes)
+    return frame, {**metadata, "axes": axes[lead:] if axes and len(axes) == lead + 2 else None,
+                   "plane": plane}
+
+
 def read_plane(
     path: str, plane: int | None, *, stack: bool = False, args=None
 ) -> tuple[Any, dict[str, Any]]:

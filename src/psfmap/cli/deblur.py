@@ -12,10 +12,10 @@ import numpy as np
 from psfmap.cli import UsageError, command_parser
 from psfmap.cli._common import (
     check_outputs,
+    one_frame,
     progress_bar,
     provenance,
     read_plane,
-    select_frame,
     summary,
 )
 from psfmap.cli._large import add_large_flags, wants_chunks
@@ -211,11 +211,8 @@ def _run_chunked(args, options: dict) -> int:
     from psfmap.cli._large import dask_client, read_lazy, where, write_chunked
 
     image, metadata = read_lazy(args.image, args.chunk)
-    axes = metadata.get("axes")
-    if args.plane is not None:
-        lead = image.ndim - 2
-        image = select_frame(image, args.plane, args.image, axes)
-        axes = axes[lead:] if axes and len(axes) == lead + 2 else None
+    image, framed = one_frame(image, metadata, args.plane, args.image)
+    axes = framed.get("axes")
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
     frames = int(np.prod(image.shape[:-2], dtype=int))

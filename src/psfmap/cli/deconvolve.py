@@ -12,10 +12,10 @@ from psfmap.cli._common import (
     check_number,
     check_outputs,
     checked_psf,
+    one_frame,
     progress_bar,
     provenance,
     psf_preparation,
-    select_frame,
     summary,
     warn,
     warn_saturated,
@@ -225,18 +225,6 @@ def _advance(bar, frames: int, reached: list[int]):
     return callback
 
 
-def _one_frame(args, image, metadata: dict) -> tuple:
-    """With --plane, frame N of the stack (NumPy or dask) and metadata whose axes fit it."""
-    if args.plane is None:
-        return image, metadata
-    axes = metadata.get("axes")
-    lead = image.ndim - 2
-    frame = select_frame(image, args.plane, args.image, axes)
-    kept = {**metadata, "axes": axes[lead:] if axes and len(axes) == lead + 2 else None,
-            "plane": args.plane}
-    return frame, kept
-
-
 def run(args) -> int:
     from psfmap.io import read_image, write_image
     from psfmap.restore import DEFAULT_TV, deconvolve, richardson_lucy, sparse_smooth
@@ -257,7 +245,7 @@ def run(args) -> int:
     if wants_chunks(args, args.image, outputs):
         return _run_chunked(args, method, iterations, [p for p in inputs if p is not None])
 
-    image, metadata = _one_frame(args, *read_image(args.image))
+    image, metadata = one_frame(*read_image(args.image), args.plane, args.image)
     image = np.asarray(image)
     if image.ndim < 2:
         raise ValueError(f"{args.image!r} must be an image (..., H, W), got shape {image.shape}")
@@ -400,7 +388,7 @@ def _run_chunked(args, method: str, iterations: int, inputs: list) -> int:
     if args.tile:
         raise UsageError("--tile applies to in-memory restoration; a chunked run restores "
                          "chunk by chunk (--chunk PIXELS)")
-    image, metadata = _one_frame(args, *read_lazy(args.image, None))
+    image, metadata = one_frame(*read_lazy(args.image, None), args.plane, args.image)
     if not np.issubdtype(image.dtype, np.floating):
         image = image.astype(np.float32)
     volume = volume_operator(args, image)  # a 3-D PSF or operator: restore as volumes
