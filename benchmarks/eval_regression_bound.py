@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_regression import _predict_all, _r2, held_out_generator  # noqa: E402
 
 from psfmap.blind.estimator import PSFEstimator  # noqa: E402
+from psfmap.training.data import expected_electrons  # noqa: E402
 
 #: grid points per parameter (a periodic axis is sampled over one period, end excluded)
 GRID = {"gaussian1": (351,), "gaussian2": (71, 71), "zernike1": (201,),
@@ -65,16 +66,16 @@ def grid_fit(family, periodic: set[int], shape: tuple[int, ...], sharp: torch.Te
     psfs = torch.cat([family(torch.from_numpy(points[s : s + chunk]))
                       for s in range(0, len(points), chunk)]).float()
     crop, k = sharp.shape[-1], psfs.shape[-1]
+    # valid_convolve's blur of each patch by every grid PSF, the grid's spectra made once
     spectra = torch.fft.rfft2(psfs, s=(crop, crop))  # (G, crop, crop // 2 + 1)
-    noise = batch.noise
     fitted = np.empty((len(sharp), len(shape)))
     for i in range(len(sharp)):
         blurred = torch.fft.irfft2(torch.fft.rfft2(sharp[i]) * spectra, s=(crop, crop))
         blurred = blurred[:, k - 1 :, k - 1 :]
-        gain = float(noise["qe"][i] * noise["photons"][i])
-        electrons = gain * (blurred + float(noise["background"][i]))
-        variance = electrons.clamp_min(0) + float(noise["read_noise"][i]) ** 2 + 1e-3
-        residual = batch.counts[i] - float(noise["offset"][i]) - electrons
+        noise = {key: value[i] for key, value in batch.noise.items()}
+        electrons = expected_electrons(blurred, noise)  # the generator's own noise model
+        variance = electrons.clamp_min(0) + noise["read_noise"] ** 2 + 1e-3
+        residual = batch.counts[i] - noise["offset"] - electrons
         loss = 0.5 * (residual**2 / variance + variance.log()).sum((-2, -1))
         fitted[i] = _refine(loss.double().numpy().reshape(shape), axes, periodic)
     return fitted

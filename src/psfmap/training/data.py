@@ -479,7 +479,9 @@ class PatchGenerator:
         p = cfg.patch_size
         k = self.family.size
         center = sharp[:, k // 2:k // 2 + p, k // 2:k // 2 + p]
-        electrons = qe * (photons * blurred + photons * background)
+        noise = {"photons": photons, "qe": qe, "read_noise": read, "background": background,
+                 "offset": offset}
+        electrons = expected_electrons(blurred, noise)
         counts = torch.poisson(electrons.clamp_min(0), generator=self.generator)
         noisy = counts + read * torch.randn(counts.shape, generator=self.generator) + offset
 
@@ -491,10 +493,16 @@ class PatchGenerator:
         detail_snr = detail / noise_level
         signal_snr = signal / noise_level
         valid = (detail_snr >= cfg.detail_snr) & (signal_snr >= cfg.signal_snr) & ~explicit
-        noise = {"photons": photons, "qe": qe, "read_noise": read, "background": background,
-                 "offset": offset}
         return Batch(normalize_patches(noisy), params.float(), valid.float(), names,
                      detail_snr, signal_snr, noisy, noise)
+
+
+def expected_electrons(blurred: torch.Tensor, noise: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean photo-electrons of blurred patches (peak 1) under a noise draw (``Batch.noise``):
+    ``qe · photons · (blurred + background)``; the camera adds Poisson noise to it, then read
+    noise and the offset."""
+    photons = noise["photons"]
+    return noise["qe"] * (photons * blurred + photons * noise["background"])
 
 
 def _laplacian(images: torch.Tensor) -> torch.Tensor:
