@@ -21,6 +21,11 @@ def _faults_of_a_fresh_buffer(megabytes: int) -> int:
     return faults
 
 
+def _resident_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as stream:
+        return int(stream.read().split()[1]) * resource.getpagesize()
+
+
 @pytest.mark.skipif(_memory._glibc() is None, reason="needs glibc's mallopt")
 def test_freed_buffers_are_reused_inside_the_block_only():
     with _memory.reuse_freed_memory() as active:
@@ -29,11 +34,13 @@ def test_freed_buffers_are_reused_inside_the_block_only():
             assert nested
         _faults_of_a_fresh_buffer(64)
         inside = _faults_of_a_fresh_buffer(48)  # fits in the freed 64 MB
+        kept = _resident_bytes()
     assert _memory._reuse_depth == 0
-    _faults_of_a_fresh_buffer(64)
-    after = _faults_of_a_fresh_buffer(48)
+    given_back = kept - _resident_bytes()
     assert inside < 1000  # the freed 64 MB came back from the heap: no new pages
-    assert after > 10_000  # given back to the kernel: 12 288 pages touched again
+    # the block's end hands the freed 64 MB to the kernel (page faults after it are not a
+    # measure: later buffers may be carved from the heap's free chunk, by heap layout)
+    assert given_back > 48 * 2**20
 
 
 def test_elsewhere_the_block_changes_nothing(monkeypatch):
