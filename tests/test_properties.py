@@ -1,6 +1,7 @@
-"""Property-based tests (issue 18): every public verb and operator, on random shapes, dtypes,
-scales and NaN/Inf placements, gives either a finite result of the documented kind and dtype
-or a ValueError/TypeError whose message names the argument."""
+"""Property-based tests (issue 18): every public verb and operator (the Deep-Blur and blind
+map verbs included), on random shapes, dtypes, scales and NaN/Inf placements, gives either a
+finite result of the documented kind and dtype or a ValueError/TypeError whose message names
+the argument."""
 
 from __future__ import annotations
 
@@ -146,3 +147,47 @@ def test_metrics_are_finite_or_refuse(image):
             _documented(error, "reference", "estimate", "image", "shape", "window")
             continue
         assert np.isfinite(value) or value == np.inf  # snr of identical images is +inf
+
+
+def _deepblur_model():
+    from psfmap.deepblur import load_model
+
+    return load_model("zernike7")
+
+
+@SETTINGS
+@given(images(min_side=56, max_side=80, ndim=(1, 2, 3)))  # both sides of the 64 px field
+def test_deepblur_identify_and_deblur_are_finite_or_refuse(image):
+    from psfmap.deepblur import deblur as deepblur_deblur
+    from psfmap.deepblur import identify
+
+    model = _deepblur_model()
+    try:
+        gamma = identify(image, model)
+    except Exception as error:  # noqa: BLE001
+        _documented(error, "image")
+    else:
+        assert isinstance(gamma, np.ndarray)
+        assert gamma.shape == (*image.shape[:-2], model.n_params)
+        assert np.isfinite(gamma).all()
+    try:
+        restored = deepblur_deblur(image, model, model.family.centre)
+    except Exception as error:  # noqa: BLE001
+        _documented(error, "image")
+        return
+    _check_restored(restored, image)
+
+
+@SETTINGS
+@given(images(min_side=56, max_side=80, ndim=(1, 2, 3)))  # both sides of the 64 px window
+def test_blind_psf_map_estimation_is_finite_or_refuses(image):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # widths at the range's end
+            maps = psfmap.estimate(image, "gaussian1")
+    except Exception as error:  # noqa: BLE001
+        _documented(error, "image", "window")
+        return
+    for psf_map in maps if isinstance(maps, list) else [maps]:
+        assert np.isfinite(np.asarray(psf_map.params)).all()
+        assert np.isfinite(np.asarray(psf_map.validity)).all()
