@@ -14,8 +14,8 @@ MAX_LINES = 600
 DEPRECATED = {"identify", "depth"}
 # psf -> optics -> operators -> (simulate, restore) -> (calibrate, blind, deepblur) -> (cli, napari)
 RANK = {
-    "_validation": 0, "_container": 0, "_memory": 0, "_callable_module": 0, "_deprecated": 0,
-    "_lazy": 0, "_chunks": 0, "metrics": 0,
+    "_validation": 0, "_container": 0, "_memory": 0, "_cpu": 0, "_callable_module": 0,
+    "_deprecated": 0, "_lazy": 0, "_chunks": 0, "metrics": 0,
     "io": 1, "_zarr": 1, "psf": 1,
     "optics": 2,
     "operators": 3,

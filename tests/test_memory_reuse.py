@@ -56,6 +56,8 @@ def test_the_choice_follows_the_environment_then_the_memory(monkeypatch):
     assert _memory.worth_reusing(400 * 2**20, 3 * gb)  # 3 GB of 20: reuse
     assert not _memory.worth_reusing(400 * 2**20, 4 * gb)  # more than a sixth: lower peak
     assert not _memory.worth_reusing(16 * 2**20, 1 * gb)  # glibc reuses buffers this small
+    assert _memory.worth_reusing(None, 3 * gb)  # a network's activations: no size test
+    assert not _memory.worth_reusing(None, 4 * gb)
     monkeypatch.setenv("PSFMAP_REUSE_MEMORY", "0")
     assert not _memory.worth_reusing(400 * 2**20, 3 * gb)
     monkeypatch.setenv("PSFMAP_REUSE_MEMORY", "1")
@@ -77,3 +79,16 @@ def test_volume_rl_gives_the_same_result_with_reuse(monkeypatch):
     reused = richardson_lucy(volume, psf / psf.sum(), iterations=3)
     torch.testing.assert_close(reused, plain, rtol=0, atol=0)
     assert _memory._reuse_depth == 0
+
+
+def test_deepblur_gives_the_same_result_with_reuse(monkeypatch):
+    from psfmap.deepblur import deblur, load_model
+
+    model = load_model("zernike7")
+    image = torch.rand(70, 66, generator=torch.Generator().manual_seed(2)).numpy()
+    results = []
+    for choice in ("0", "1"):
+        monkeypatch.setenv("PSFMAP_REUSE_MEMORY", choice)
+        results.append(deblur(image, model, model.family.centre))
+    assert _memory._reuse_depth == 0  # the block ended with the call
+    assert (results[0] == results[1]).all()

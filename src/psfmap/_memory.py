@@ -86,11 +86,13 @@ def _loaded_glibc() -> Any:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
-def worth_reusing(buffer_bytes: int, working_set_bytes: int) -> bool:
+def worth_reusing(buffer_bytes: int | None, working_set_bytes: int) -> bool:
     """Whether a solver should run inside :func:`reuse_freed_memory`.
 
     ``PSFMAP_REUSE_MEMORY`` = ``1`` / ``0`` forces it on / off; otherwise (``auto``) when its
-    buffers are above glibc's 32 MB mmap ceiling (smaller ones are reused anyway) and the
+    buffers are above glibc's 32 MB mmap ceiling (an FFT solver's smaller ones are reused
+    anyway; ``buffer_bytes=None`` skips this test, for a network whose many activations of a
+    few MB each make glibc trim and fault in its heap again and again) and the
     working set is at most a sixth of the available memory: the heap's fragmentation took up
     to 1.7× a run's peak (``benchmarks/bench_volume_large.py``), so a run that needs more keeps
     the lower peak.
@@ -101,7 +103,7 @@ def worth_reusing(buffer_bytes: int, working_set_bytes: int) -> bool:
     if choice != "auto":
         raise ValueError(f"PSFMAP_REUSE_MEMORY must be 0, 1 or auto, got {choice!r}")
     available = available_memory()
-    return (buffer_bytes > _MMAP_CEILING and available is not None
+    return ((buffer_bytes is None or buffer_bytes > _MMAP_CEILING) and available is not None
             and available >= 6 * working_set_bytes)
 
 

@@ -133,3 +133,44 @@ def test_upper_quantile_equals_torch_quantile():
         for q in (0.995, 0.9, 1.0):
             torch.testing.assert_close(upper_quantile(rows, q), torch.quantile(rows, q, dim=1),
                                        atol=1e-6, rtol=0)
+
+
+def test_bfloat16_inference_restores_as_float32_and_training_keeps_float32(monkeypatch):
+    from psfmap.deepblur import load_model
+
+    model = load_model("zernike7")
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 72, 72, generator=generator) * 50
+    operator = model.family.operator(model.family.centre, (72, 72))
+    results = {}
+    for choice in ("0", "1"):
+        monkeypatch.setenv("PSFMAP_BFLOAT16", choice)
+        with torch.no_grad():
+            results[choice] = model.deblurrer(image, operator)
+        with torch.enable_grad():  # training: float32 whatever the setting
+            results[choice + " grad"] = model.deblurrer(image, operator).detach()
+    plain = results["0"]
+    error = float((results["1"] - plain).norm() / plain.norm())
+    # bfloat16 ran (measured 1.4e-3 after 8 iterations, far below the noise of the data)
+    assert 0 < error < 5e-3
+    torch.testing.assert_close(results["1 grad"], plain, rtol=0, atol=0)
+    torch.testing.assert_close(results["0 grad"], plain, rtol=0, atol=0)
+
+
+def test_bfloat16_choice_follows_the_environment_then_the_cpu(monkeypatch):
+    from psfmap import _cpu
+
+    tensor = torch.zeros(2)
+    monkeypatch.delenv("PSFMAP_BFLOAT16", raising=False)
+    with torch.no_grad():
+        for native in (True, False):
+            monkeypatch.setattr(_cpu, "_native_bfloat16", lambda native=native: native)
+            assert _cpu.bfloat16_inference(tensor) is native
+        assert not _cpu.bfloat16_inference(tensor.double())  # float32 only
+        monkeypatch.setenv("PSFMAP_BFLOAT16", "1")
+        assert _cpu.bfloat16_inference(tensor)
+        monkeypatch.setenv("PSFMAP_BFLOAT16", "fast")
+        with pytest.raises(ValueError, match="PSFMAP_BFLOAT16 must be 0, 1 or auto"):
+            _cpu.bfloat16_inference(tensor)
+    monkeypatch.setenv("PSFMAP_BFLOAT16", "1")
+    assert not _cpu.bfloat16_inference(tensor)  # autograd on

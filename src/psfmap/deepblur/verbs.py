@@ -12,11 +12,13 @@ network may stray just outside it) or refused (``outside="raise"``).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 import torch
 
+from psfmap._memory import reuse_freed_memory, worth_reusing
 from psfmap._validation import ArrayKind, as_tensor, check_finite, describe
 from psfmap.deepblur.families import gamma_array
 from psfmap.deepblur.model import load_model
@@ -28,6 +30,12 @@ __all__ = ["deblur", "identify"]
 #: everywhere, and the identification network's cost grows with the area (52 ms at 512²,
 #: 13 ms at 256² on 2 CPU cores)
 IDENTIFY_WINDOW = 256
+#: bytes of memory a frame's restoration holds per pixel, for the choice to keep freed
+#: buffers (measured: 80–120 per pixel at 512² and 1024², doubled). Inside
+#: :func:`~psfmap._memory.reuse_freed_memory` the unrolled network's activations reuse the
+#: heap instead of being faulted in again after glibc trims it: 16–24 thousand page faults
+#: and 120–160 ms per 512² call without, 3–4 thousand and ~105 ms with (zernike7, 2 threads)
+WORKING_SET_PER_PIXEL = 256
 
 
 def _frames(image: Any, name: str, field: int) -> tuple[torch.Tensor, ArrayKind, tuple]:
@@ -157,7 +165,8 @@ def deblur(image: Any, model: Any, gamma: Any = None, *, family: Any = None,
         gammas = np.stack([model.family.check_gamma(row, outside=outside) for row in gammas])
     shape = tuple(frames.shape[-2:])
     restored = torch.empty_like(frames)
-    with torch.no_grad():
+    reuse = worth_reusing(None, WORKING_SET_PER_PIXEL * shape[0] * shape[1])
+    with torch.no_grad(), reuse_freed_memory() if reuse else contextlib.nullcontext():
         for index, frame in enumerate(frames):
             operator = model.family.operator(gammas[index], shape)
             restored[index] = model.deblurrer.eval()(frame[None], [operator])[0]
