@@ -34,3 +34,28 @@ def test_deblur_gathers_split_frames_with_a_note_and_refuses_return_map(rng):
     assert lazy.chunks == ((48, 48), (48, 48))
     with pytest.raises(ValueError, match="return_map=True needs an in-memory image"):
         psfmap.deblur(da.from_array(frame), return_map=True)
+
+
+def test_a_chunk_of_a_lazy_stack_names_its_frame_in_the_whole_stack(rng):
+    import warnings
+
+    frames = np.concatenate([scene(rng, (2, 2, 96, 96)).reshape(4, 96, 96),
+                             np.zeros((2, 96, 96), np.float32)]).reshape(3, 2, 96, 96)
+    stack = da.from_array(frames, chunks=(1, 2, 96, 96))  # frames 4 and 5 are empty
+    with pytest.raises(ValueError, match=r"^frame 4 of 6: "):
+        psfmap.deblur(stack, iterations=2).compute(scheduler="sync")
+    # a frame's warnings carry its number in the stack, as in memory (were all "frame 0")
+    from scipy.ndimage import gaussian_filter
+
+    blurred = gaussian_filter(frames[0, 0], 8)  # beyond the model's range: a warning
+    flat = np.stack([frames[0, 0], frames[0, 1], blurred / blurred.max()])
+    with warnings.catch_warnings(record=True) as lazy_caught:
+        warnings.simplefilter("always")
+        psfmap.deblur(da.from_array(flat, chunks=(1, 96, 96)), iterations=2).compute(
+            scheduler="sync")
+    with warnings.catch_warnings(record=True) as memory_caught:
+        warnings.simplefilter("always")
+        psfmap.deblur(flat, iterations=2)
+    lazy_messages = sorted(str(w.message) for w in lazy_caught)
+    assert lazy_messages == sorted(str(w.message) for w in memory_caught)
+    assert any(message.startswith("frame 2: ") for message in lazy_messages)

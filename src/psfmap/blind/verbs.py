@@ -19,7 +19,9 @@ the next.
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -123,6 +125,19 @@ def _frames(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1, *tensor.shape[-2:])
 
 
+#: inside one chunk of a lazy stack: (local frame index → frame index in the whole stack,
+#: number of frames of the stack), so that warnings and errors name the stack's frame
+_STACK_FRAMES: contextvars.ContextVar[tuple[Callable[[int], int], int] | None] = (
+    contextvars.ContextVar("psfmap_stack_frames", default=None))
+
+
+def _in_stack(index: int, count: int) -> tuple[int, int]:
+    """Frame ``index`` of ``count`` as ``(frame, frames)`` of the whole stack when a chunk of a
+    lazy stack is being restored (:data:`_STACK_FRAMES`), else as given."""
+    stack = _STACK_FRAMES.get()
+    return (stack[0](index), stack[1]) if stack is not None else (index, count)
+
+
 def each_frame(frames: Any, action: Callable[[int, Any], Any]) -> list:
     """``[action(index, frame) for every frame]``; a ``ValueError`` raised for one frame of
     several names that frame (``frame 3 of 40: ...``)."""
@@ -131,9 +146,10 @@ def each_frame(frames: Any, action: Callable[[int, Any], Any]) -> list:
         try:
             results.append(action(index, frame))
         except ValueError as error:
-            if len(frames) == 1:
+            if len(frames) == 1 and _STACK_FRAMES.get() is None:
                 raise
-            raise ValueError(f"frame {index} of {len(frames)}: {error}") from error
+            number, count = _in_stack(index, len(frames))
+            raise ValueError(f"frame {number} of {count}: {error}") from error
     return results
 
 
@@ -195,7 +211,7 @@ def estimate(
 
     def one_frame(index: int, frame: torch.Tensor) -> PSFMap:
         psf_map = estimate_psf_map(frame, estimator, window, stride, **options)
-        _flag(psf_map, f"frame {index}: " if tensor.ndim > 2 else "")
+        _flag(psf_map, f"frame {_in_stack(index, 1)[0]}: " if tensor.ndim > 2 else "")
         if callback is not None:
             callback(index)
         return psf_map
@@ -423,8 +439,25 @@ def _deblur_frames_lazily(image: Any, *, return_map: bool, **settings: Any) -> A
 
     dtype = np.float64 if image.dtype == np.float64 else np.float32
 
-    def block(frames: Any) -> Any:
-        return np.asarray(deblur(np.asarray(frames, dtype=dtype), **settings), dtype=dtype)
+    leading = image.shape[:-2]
+
+    def block(frames: Any, block_info: dict | None = None) -> Any:
+        frames = np.asarray(frames, dtype=dtype)
+        if not leading or block_info is None:
+            return np.asarray(deblur(frames, **settings), dtype=dtype)
+        starts = [start for start, _ in block_info[0]["array-location"][:-2]]
+        local_shape = frames.shape[:-2]
+
+        def in_stack(index: int) -> int:  # the chunk's frame index → the stack's (C order)
+            local = np.unravel_index(index, local_shape)
+            return int(np.ravel_multi_index([s + i for s, i in zip(starts, local, strict=True)],
+                                            leading))
+
+        token = _STACK_FRAMES.set((in_stack, math.prod(leading)))
+        try:
+            return np.asarray(deblur(frames, **settings), dtype=dtype)
+        finally:
+            _STACK_FRAMES.reset(token)
 
     result = image.map_blocks(block, dtype=dtype,
                               meta=np.empty((0,) * image.ndim, dtype))
