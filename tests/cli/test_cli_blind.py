@@ -72,6 +72,23 @@ def test_saved_maps_keep_the_source_and_its_pixel_size(tmp_path, image_file):
         assert metadata["source"] == "calibrated.tif" and metadata["pixel_size"] == 0.1
 
 
+def test_estimate_takes_o_for_its_map_and_a_wrong_option_names_the_command(
+        tmp_path, image_file, capsys):
+    weights = _weights(tmp_path / "g1.pt", "gaussian1")
+    saved = tmp_path / "map.psfmap"
+    assert main(["estimate", str(image_file), "--weights", str(weights), "--grid", "2x2",
+                 "-o", str(saved), "--quiet"]) == 0
+    assert PSFMap.load(saved).params.shape[:2] == (2, 2)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate", str(image_file), "--weights", str(weights), "--bogus", "1"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    # the command's own usage and name, not psfmap's list of commands
+    assert "psfmap estimate: error: unrecognized arguments: --bogus 1" in error
+    assert "usage: psfmap estimate" in error
+
+
 def test_deblur_writes_restored_image(tmp_path, image_file):
     weights = _weights(tmp_path / "g1.pt", "gaussian1")
     out = tmp_path / "restored.tif"

@@ -98,7 +98,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             raise
         sub = module.add_parser(subparsers)
         add_common_flags(sub)
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(_run=module.run, _parser=sub)
     return parser
 
 
@@ -135,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the first word names the command unless it is an option (--help, --version)
             chosen = words[0] if words and words[0] in COMMANDS else None
             parser = build_parser(chosen)
-            args = parser.parse_args(words)  # exits 2 on usage errors
+            args, unknown = parser.parse_known_args(words)  # exits 2 on usage errors
+            if unknown:  # said by the command's own parser, with its usage, not psfmap's
+                getattr(args, "_parser", parser).error(
+                    f"unrecognized arguments: {' '.join(unknown)}")
             _raise_pending(state)
         except (Interrupted, KeyboardInterrupt) as error:
             signum = getattr(error, "signum", signal.SIGINT)

@@ -20,7 +20,7 @@ from psfmap.cli._common import (
     summary,
 )
 
-EXAMPLE = "psfmap estimate cells.tif --model zernike3 --save-map map.psfmap --figure map.png"
+EXAMPLE = "psfmap estimate cells.tif --model zernike3 -o map.psfmap --figure map.png"
 
 
 def add_window_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,14 +90,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="blurred image (TIFF/PNG); a stack (..., H, W) gets one map per frame",
     )
     add_window_arguments(parser)
-    add_map_output_arguments(parser)
+    add_map_output_arguments(parser, main_output=True)
     return parser
 
 
-def add_map_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """--save-map and --figure (estimate and deblur), written by :func:`write_outputs`."""
+def add_map_output_arguments(parser: argparse.ArgumentParser, *, main_output: bool = False
+                             ) -> None:
+    """--save-map and --figure (estimate and deblur), written by :func:`write_outputs`; where
+    the map is the command's output (estimate), ``-o/--output`` names it too, as the
+    other commands' outputs."""
+    flags = ("-o", "--output", "--save-map") if main_output else ("--save-map",)
     parser.add_argument(
-        "--save-map", default=None,
+        *flags, dest="save_map", default=None, metavar="MAP",
         help="PSF map file to write (.psfmap; a stack: the maps of all frames)",
     )
     parser.add_argument(
@@ -184,7 +188,7 @@ def run(args) -> int:
 
     outputs = [args.save_map, args.figure]
     if all(o is None for o in outputs):
-        raise UsageError("nothing to write: give --save-map and/or --figure")
+        raise UsageError("nothing to write: give -o MAP (the PSF map, .psfmap) and/or --figure")
     check_outputs(args, [args.image, args.weights], files=[args.save_map],
                   figures=[args.figure])
     options = window_options(args)
