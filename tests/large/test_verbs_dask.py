@@ -59,3 +59,24 @@ def test_a_chunk_of_a_lazy_stack_names_its_frame_in_the_whole_stack(rng):
     lazy_messages = sorted(str(w.message) for w in lazy_caught)
     assert lazy_messages == sorted(str(w.message) for w in memory_caught)
     assert any(message.startswith("frame 2: ") for message in lazy_messages)
+
+
+def test_a_lazy_stack_takes_one_map_per_frame_and_names_them(rng):
+    import warnings
+
+    from scipy.ndimage import gaussian_filter
+
+    frames = scene(rng, (3, 96, 96))
+    frames[2] = gaussian_filter(frames[2], 8) / gaussian_filter(frames[2], 8).max()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        maps = psfmap.estimate(frames)  # frame 2's map is flagged
+    records = {}
+    for kind, image in (("memory", frames), ("lazy", da.from_array(frames, chunks=(1, 96, 96)))):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            restored = psfmap.deblur(image, psf_map=maps, iterations=2)
+            records[kind] = (np.asarray(restored), sorted(str(w.message) for w in caught))
+    assert np.array_equal(records["lazy"][0], records["memory"][0])
+    assert records["lazy"][1] == records["memory"][1]
+    assert any("psf_map[2]: " in message for message in records["lazy"][1])

@@ -19,12 +19,13 @@ the next.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,21 @@ def _frames(tensor: torch.Tensor) -> torch.Tensor:
 #: number of frames of the stack), so that warnings and errors name the stack's frame
 _STACK_FRAMES: contextvars.ContextVar[tuple[Callable[[int], int], int] | None] = (
     contextvars.ContextVar("psfmap_stack_frames", default=None))
+
+
+@contextlib.contextmanager
+def stack_frames(numbers: Callable[[int], int], count: int) -> Iterator[None]:
+    """While the block runs, the frames the verbs see are frames ``numbers(i)`` of a stack of
+    ``count`` (a chunk of a lazy stack, or one frame restored on its own by the command line):
+    their warnings and errors name them so. No effect for a stack of one frame."""
+    if count <= 1:
+        yield
+        return
+    token = _STACK_FRAMES.set((numbers, count))
+    try:
+        yield
+    finally:
+        _STACK_FRAMES.reset(token)
 
 
 def _in_stack(index: int, count: int) -> tuple[int, int]:
@@ -403,7 +419,8 @@ def deblur(
         maps = _maps_for_frames(psf_map, len(frames), tuple(tensor.shape[-2:]))
         warn_out_of_range(maps, "psf_map")
         for index, one in enumerate(maps):  # estimated maps were flagged by estimate()
-            _flag(one, f"psf_map[{index}]: " if len(maps) > 1 else "psf_map: ",
+            number, count = _in_stack(index, len(maps))
+            _flag(one, f"psf_map[{number}]: " if count > 1 else "psf_map: ",
                   "restoring with a PSF map flagged as unreliable: ")
     restored = each_frame(
         frames, lambda index, frame: _restore_frame(frame, maps[index], iterations, tv, energy,
@@ -417,47 +434,55 @@ def deblur(
 
 def _deblur_frames_lazily(image: Any, *, return_map: bool, **settings: Any) -> Any:
     """``deblur`` of a dask array: a lazy dask array of the same shape and chunks, every frame
-    deblurred in memory as ``deblur`` would (its map estimated on the whole frame), frames in
-    parallel. A frame split into chunks is gathered into one chunk first (with a warning):
-    blind estimation needs the whole frame; for frames larger than memory, estimate a map
-    and pass ``deconvolve(dask_array, psf_map)``."""
+    deblurred in memory as ``deblur`` would (its map estimated on the whole frame, or the
+    given map, or its own of a list of maps), frames in parallel. A frame split into chunks
+    is gathered into one chunk first (with a warning): blind estimation needs the whole
+    frame; for frames larger than memory, estimate a map and pass
+    ``deconvolve(dask_array, psf_map)``. Warnings and errors name a frame by its place in
+    the whole stack, as in memory."""
+    import numpy as np
+
     if return_map:
         raise ValueError("return_map=True needs an in-memory image; a dask array gives a lazy "
                          "restored array only (estimate the maps with psfmap.estimate)")
     if image.ndim < 2:
         raise ValueError(f"image must be a dask array (..., H, W), got shape {image.shape}")
+    leading = image.shape[:-2]
+    count = math.prod(leading)
+    maps = settings.pop("psf_map", None)
+    if maps is not None and not isinstance(maps, PSFMap):  # a list or a file: checked now
+        maps = _maps_for_frames(maps, count, tuple(image.shape[-2:]))
     original = image.chunks
     if len(original[-2]) > 1 or len(original[-1]) > 1:
         warnings.warn(
-            f"deblur estimates each frame's PSF map on the whole frame; the frames of "
+            f"deblur {'estimates' if maps is None else 'restores with'} each frame's PSF map "
+            f"on the whole frame; the frames of "
             f"{image.shape[-2]}x{image.shape[-1]} px stored in chunks of "
             f"{max(original[-2])}x{max(original[-1])} px are gathered into one chunk each "
-            "(for frames larger than memory: psfmap.estimate, then psfmap.deconvolve of the "
-            "dask array)", UserWarning, stacklevel=3)
+            f"(for frames larger than memory: {'psfmap.estimate, then ' if maps is None else ''}"
+            "psfmap.deconvolve of the dask array)", UserWarning, stacklevel=3)
         image = image.rechunk(original[:-2] + ((image.shape[-2],), (image.shape[-1],)))
-    import numpy as np
-
     dtype = np.float64 if image.dtype == np.float64 else np.float32
-
-    leading = image.shape[:-2]
 
     def block(frames: Any, block_info: dict | None = None) -> Any:
         frames = np.asarray(frames, dtype=dtype)
-        if not leading or block_info is None:
-            return np.asarray(deblur(frames, **settings), dtype=dtype)
-        starts = [start for start, _ in block_info[0]["array-location"][:-2]]
         local_shape = frames.shape[:-2]
+        starts = ([start for start, _ in block_info[0]["array-location"][:-2]]
+                  if block_info is not None else [0] * len(leading))
 
         def in_stack(index: int) -> int:  # the chunk's frame index → the stack's (C order)
+            if not leading:
+                return index
             local = np.unravel_index(index, local_shape)
             return int(np.ravel_multi_index([s + i for s, i in zip(starts, local, strict=True)],
                                             leading))
 
-        token = _STACK_FRAMES.set((in_stack, math.prod(leading)))
-        try:
-            return np.asarray(deblur(frames, **settings), dtype=dtype)
-        finally:
-            _STACK_FRAMES.reset(token)
+        own = maps
+        if isinstance(maps, list):
+            own = [maps[in_stack(index)] for index in range(math.prod(local_shape))]
+            own = own if local_shape else own[0]
+        with stack_frames(in_stack, count):
+            return np.asarray(deblur(frames, psf_map=own, **settings), dtype=dtype)
 
     result = image.map_blocks(block, dtype=dtype,
                               meta=np.empty((0,) * image.ndim, dtype))

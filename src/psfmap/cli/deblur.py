@@ -113,7 +113,7 @@ def _given_maps(path: str, image: np.ndarray) -> list:
 
 
 def run(args) -> int:
-    from psfmap.blind.verbs import MIN_TILE, deblur, each_frame, estimate
+    from psfmap.blind.verbs import MIN_TILE, deblur, estimate, stack_frames
     from psfmap.io import write_image
 
     check_outputs(args, [args.image, args.weights, args.psf_map], images=[args.output],
@@ -155,14 +155,16 @@ def run(args) -> int:
     with progress_bar(args, len(frames), "deblur") as bar:
 
         def restore(index: int, frame: np.ndarray) -> np.ndarray:
-            restored = deblur(frame, iterations=args.iterations, tv=args.tv,
-                              psf_map=maps[index], energy=_energy(args.energy),
-                              tile=args.tile or None,
-                              overlap=args.overlap)
+            # a frame restored on its own: its warnings and errors name it in the stack
+            with stack_frames(lambda _: index, len(frames)):
+                restored = deblur(frame, iterations=args.iterations, tv=args.tv,
+                                  psf_map=maps[index], energy=_energy(args.energy),
+                                  tile=args.tile or None,
+                                  overlap=args.overlap)
             bar.update(1)
             return restored
 
-        restored = np.stack(each_frame(frames, restore))
+        restored = np.stack([restore(index, frame) for index, frame in enumerate(frames)])
     elapsed = time.perf_counter() - start
     axes = metadata.get("axes")
     description = provenance(
@@ -208,6 +210,7 @@ def _run_chunked(args, options: dict) -> int:
     estimated first, one per frame on its whole frame (on the cluster when there is one),
     saved, and the frames then restored with them (so they are estimated once); otherwise
     every frame's map is estimated where the frame is restored."""
+    from psfmap.blind.verbs import deblur
     from psfmap.cli._large import dask_client, read_lazy, where, write_chunked
 
     image, metadata = read_lazy(args.image, args.chunk)
@@ -232,7 +235,7 @@ def _run_chunked(args, options: dict) -> int:
         settings = {"iterations": args.iterations, "tv": args.tv,
                     "energy": _energy(args.energy), "tile": args.tile or None,
                     "overlap": args.overlap}
-        restored = _deblur_lazily(image, psf_map, settings, estimation)
+        restored = deblur(image, psf_map=psf_map, **settings, **estimation)
         first = psf_map[0] if isinstance(psf_map, list) else psf_map
         description = provenance(
             metadata, psfmap_command="deblur", source=Path(args.image).name,
@@ -281,33 +284,6 @@ def _estimate_frames(image, estimator, options: dict, client) -> list:
     if client is not None:
         return list(client.gather(client.compute(tasks)))
     return list(dask.compute(*tasks, scheduler="threads"))
-
-
-def _deblur_lazily(image, psf_map, settings: dict, estimation: dict):
-    """``deblur`` of the dask array ``image``: one map (or none: estimated per frame) through
-    :func:`psfmap.deblur`; a list of maps, one per frame, frame by frame with its own map."""
-    from psfmap.blind.verbs import deblur
-
-    if not isinstance(psf_map, list):
-        return deblur(image, psf_map=psf_map, **settings, **estimation)
-    # one map per frame: every chunk (whole frames) deblurred with the maps of its frames
-    original = image.chunks
-    if len(original[-2]) > 1 or len(original[-1]) > 1:
-        image = image.rechunk(original[:-2] + ((image.shape[-2],), (image.shape[-1],)))
-    dtype = np.float64 if image.dtype == np.float64 else np.float32
-    lead_shape = image.shape[:-2]
-
-    def block(frames: np.ndarray, block_info: dict | None = None) -> np.ndarray:
-        ranges = block_info[0]["array-location"][:-2]
-        index = np.arange(int(np.prod(lead_shape, dtype=int))).reshape(lead_shape)
-        chosen = index[tuple(slice(a, b) for a, b in ranges)].reshape(-1)
-        own = [psf_map[int(i)] for i in chosen]
-        frames = np.asarray(frames, dtype=dtype)
-        return np.asarray(deblur(frames, psf_map=own if frames.ndim > 2 else own[0],
-                                 **settings), dtype=dtype)
-
-    result = image.map_blocks(block, dtype=dtype, meta=np.empty((0,) * image.ndim, dtype))
-    return result if result.chunks == original else result.rechunk(original)
 
 
 def _overview_factor(image) -> int:
