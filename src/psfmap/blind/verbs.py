@@ -126,8 +126,9 @@ def _frames(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1, *tensor.shape[-2:])
 
 
-#: inside one chunk of a lazy stack: (local frame index → frame index in the whole stack,
-#: number of frames of the stack), so that warnings and errors name the stack's frame
+#: set by :func:`stack_frames` (a chunk of a lazy stack, a frame restored on its own): (frame
+#: index the verbs see → frame index in the whole stack, number of frames of the stack), so
+#: that warnings and errors name the stack's frame
 _STACK_FRAMES: contextvars.ContextVar[tuple[Callable[[int], int], int] | None] = (
     contextvars.ContextVar("psfmap_stack_frames", default=None))
 
@@ -148,8 +149,8 @@ def stack_frames(numbers: Callable[[int], int], count: int) -> Iterator[None]:
 
 
 def _in_stack(index: int, count: int) -> tuple[int, int]:
-    """Frame ``index`` of ``count`` as ``(frame, frames)`` of the whole stack when a chunk of a
-    lazy stack is being restored (:data:`_STACK_FRAMES`), else as given."""
+    """Frame ``index`` of ``count`` as ``(frame, frames)`` of the whole stack inside
+    :func:`stack_frames`, else as given."""
     stack = _STACK_FRAMES.get()
     return (stack[0](index), stack[1]) if stack is not None else (index, count)
 
