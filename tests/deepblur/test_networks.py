@@ -92,6 +92,15 @@ def test_fused_identifier_equals_the_network_in_eval_mode():
     images = torch.rand(3, 48, 40)
     with torch.no_grad():
         torch.testing.assert_close(fused(images), net(images), atol=1e-5, rtol=1e-4)
+    assert net.fused_for_inference() is fused  # kept while the weights stay
+    assert "_fused" not in dict(net.named_modules()) and not any(
+        "_fused" in key for key in net.state_dict())
+    with torch.no_grad():
+        net.head.bias.add_(1.0)  # a weight changed in place (a training step, a load)
+    refreshed = net.fused_for_inference()
+    assert refreshed is not fused
+    with torch.no_grad():
+        torch.testing.assert_close(refreshed(images), net(images), atol=1e-5, rtol=1e-4)
 
 
 def test_identifier_grows_full_resolution_blocks_without_changing_its_outputs():

@@ -31,7 +31,7 @@ import torch
 
 from psfmap._validation import ArrayKind, as_tensor, check_finite, check_int, describe
 from psfmap.blind.checkpoint import load_checkpoint
-from psfmap.blind.network import PSFRegressor
+from psfmap.blind.network import PSFRegressor, weights_version
 from psfmap.blind.psf_maps import deviation_at_most, pool_patches, subpatch_offsets
 from psfmap.psf import PSFFamily, model_from_config
 
@@ -227,8 +227,7 @@ class PSFEstimator:
         network = self.network
         if network.training:
             return network.pooled_features
-        tensors = [*network.parameters(), *network.buffers()]
-        key = tuple((id(t), t._version) for t in tensors)
+        key = weights_version(network)
         if self._fused is None or self._fused[0] != key:
             fused = network.fused_for_inference()
             self._fused = (key, fused)

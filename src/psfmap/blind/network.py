@@ -180,6 +180,12 @@ def fold_blocks(blocks: Any) -> nn.ModuleList:
     return folded
 
 
+def weights_version(module: nn.Module) -> tuple:
+    """A key that changes whenever any weight or buffer of ``module`` is replaced or changed
+    in place (tensor version counters): when an inference copy must be built again."""
+    return tuple((id(t), t._version) for t in (*module.parameters(), *module.buffers()))
+
+
 def run_folded_blocks(x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
     """``x`` through :func:`fold_blocks`' blocks, activations in place."""
     for block in blocks:

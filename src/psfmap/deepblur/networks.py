@@ -34,7 +34,13 @@ import torch
 from torch import nn
 
 from psfmap._cpu import bfloat16_inference
-from psfmap.blind.network import BasicBlock, fold_batch_norm, fold_blocks, run_folded_blocks
+from psfmap.blind.network import (
+    BasicBlock,
+    fold_batch_norm,
+    fold_blocks,
+    run_folded_blocks,
+    weights_version,
+)
 
 __all__ = ["FusedIdentifier", "IdentificationNet", "ProximalCNN", "UnrolledFISTA", "image_scale"]
 
@@ -125,8 +131,14 @@ class IdentificationNet(nn.Module):
         return missing
 
     def fused_for_inference(self) -> FusedIdentifier:
-        """An inference-only copy computing :meth:`forward` in eval mode, faster."""
-        return FusedIdentifier(self)
+        """An inference-only copy computing :meth:`forward` in eval mode, faster; kept until a
+        weight changes (building it costs 4 ms, a third of a 512² identification)."""
+        key = weights_version(self)
+        cached = self.__dict__.get("_fused")  # not a submodule: no weights of its own to save
+        if cached is None or cached[0] != key:
+            cached = (key, FusedIdentifier(self))
+            self.__dict__["_fused"] = cached
+        return cached[1]
 
 
 class FusedIdentifier(nn.Module):
