@@ -38,6 +38,13 @@ def test_deblur_kinds_and_given_gamma(tiny_model):
         warnings.simplefilter("error")  # an admissible gamma gets no warning
         given = deblur(torch.from_numpy(image[0]), tiny_model, gamma=np.zeros(7))
     assert isinstance(given, torch.Tensor) and given.shape == (40, 36)
+    done = []  # a stack in one call reports every frame, in order, and equals frame by frame
+    gammas = np.zeros((2, 7))
+    stacked = deblur(image, tiny_model, gammas, callback=done.append)
+    assert done == [0, 1]
+    for index in range(2):
+        np.testing.assert_array_equal(stacked[index],
+                                      deblur(image[index], tiny_model, gammas[index]))
 
 
 def test_bad_input_messages(tiny_model, hull_family):

@@ -86,13 +86,11 @@ def run(args) -> int:
         identified = np.asarray(identify(frames, model), dtype=np.float64).reshape(
             -1, model.n_params)
         gammas = project_estimates(identified, model.family)
-    restored = []
     with progress_bar(args, len(frames), "deepblur") as bar:
-        for frame, gamma in zip(frames, gammas, strict=True):
-            restored.append(deblur(frame, model, gamma,
-                                   outside="raise" if args.strict else "project"))
-            bar.update(1)
-    restored = np.stack(restored).reshape(image.shape)
+        # one call for the stack: its freed buffers are kept from frame to frame
+        restored = deblur(frames, model, gammas, outside="raise" if args.strict else "project",
+                          callback=lambda _: bar.update(1))
+    restored = np.asarray(restored).reshape(image.shape)
     elapsed = time.perf_counter() - start
     description = provenance(metadata, psfmap_command="deepblur", source=Path(args.image).name,
                              model=str(args.model))

@@ -13,6 +13,7 @@ network may stray just outside it) or refused (``outside="raise"``).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -126,7 +127,7 @@ def identify(image: Any, model: Any, *, family: Any = None) -> Any:
 
 
 def deblur(image: Any, model: Any, gamma: Any = None, *, family: Any = None,
-           outside: str = "project") -> Any:
+           outside: str = "project", callback: Callable[[int], Any] | None = None) -> Any:
     """Restore ``image`` with the unrolled network and the operator ``A(γ)``.
 
     Parameters
@@ -141,6 +142,8 @@ def deblur(image: Any, model: Any, gamma: Any = None, *, family: Any = None,
         A family replacing the model's own (same P).
     outside : {"project", "raise"}
         What a γ outside the admissible set gets: projected with a warning, or refused.
+    callback : callable, optional
+        ``callback(frame_index)`` after each frame is restored (e.g. a progress bar).
 
     Returns
     -------
@@ -170,5 +173,7 @@ def deblur(image: Any, model: Any, gamma: Any = None, *, family: Any = None,
         for index, frame in enumerate(frames):
             operator = model.family.operator(gammas[index], shape)
             restored[index] = model.deblurrer.eval()(frame[None], [operator])[0]
+            if callback is not None:
+                callback(index)
     restored = restored.clamp_min(0).reshape(*lead, *shape)
     return kind.restore(restored)
